@@ -1,0 +1,213 @@
+//! Validation rules of the CloudEvents type system and naming conventions.
+
+use crate::error::{EventError, EventErrorKind};
+use crate::event::ExtensionValue;
+
+/// Attribute names: `[a-z0-9]+`, and not the reserved `data`.
+pub fn extension_name(name: &str) -> Result<(), EventError> {
+    if name.is_empty() {
+        return Err(EventError::new(
+            name,
+            EventErrorKind::InvalidName,
+            "attribute names must not be empty",
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(EventError::new(
+            name,
+            EventErrorKind::InvalidName,
+            "attribute names may contain only lowercase letters a-z and digits 0-9",
+        ));
+    }
+    if name == "data" || name == "data_base64" {
+        return Err(EventError::new(
+            name,
+            EventErrorKind::InvalidName,
+            "`data` is reserved",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an extension value against its declared type.
+pub fn extension_value(name: &str, value: &ExtensionValue) -> Result<(), EventError> {
+    match value {
+        ExtensionValue::String(s) => string(name, s),
+        ExtensionValue::Uri(s) => uri(name, s),
+        ExtensionValue::UriRef(s) => uri_reference(name, s),
+        ExtensionValue::Integer(_)
+        | ExtensionValue::Boolean(_)
+        | ExtensionValue::Timestamp(_)
+        | ExtensionValue::Binary(_) => Ok(()),
+    }
+}
+
+pub fn non_empty(name: &str, value: &str) -> Result<(), EventError> {
+    if value.is_empty() {
+        return Err(EventError::empty(name));
+    }
+    Ok(())
+}
+
+/// The String type excludes control characters (U+0000–U+001F, U+007F–U+009F) and
+/// Unicode noncharacters. Rust strings cannot hold unpaired surrogates.
+pub fn string(name: &str, value: &str) -> Result<(), EventError> {
+    // Fast path: printable ASCII is always fine.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
+    for c in value.chars() {
+        let cp = c as u32;
+        if cp < 0x20 || (0x7f..=0x9f).contains(&cp) {
+            return Err(EventError::new(
+                name,
+                EventErrorKind::Invalid,
+                format!("control character U+{cp:04X} is not allowed in a String"),
+            ));
+        }
+        if (0xFDD0..=0xFDEF).contains(&cp) || (cp & 0xFFFE) == 0xFFFE {
+            return Err(EventError::new(
+                name,
+                EventErrorKind::Invalid,
+                format!("Unicode noncharacter U+{cp:04X} is not allowed in a String"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// URI-reference (RFC 3986 §4.1).
+pub fn uri_reference(name: &str, value: &str) -> Result<(), EventError> {
+    non_empty(name, value)?;
+    fluent_uri::UriRef::parse(value).map_err(|e| {
+        EventError::new(
+            name,
+            EventErrorKind::Invalid,
+            format!("not a URI-reference ({e})"),
+        )
+    })?;
+    Ok(())
+}
+
+/// Absolute URI (RFC 3986 §4.3).
+pub fn uri(name: &str, value: &str) -> Result<(), EventError> {
+    non_empty(name, value)?;
+    fluent_uri::Uri::parse(value).map_err(|e| {
+        EventError::new(
+            name,
+            EventErrorKind::Invalid,
+            format!("not an absolute URI ({e})"),
+        )
+    })?;
+    Ok(())
+}
+
+/// RFC 2046 media type: `type/subtype` with optional parameters; compared case-insensitively.
+pub fn media_type(name: &str, value: &str) -> Result<(), EventError> {
+    string(name, value)?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let valid = match essence.split_once('/') {
+        Some((t, s)) => is_token(t) && is_token(s),
+        None => false,
+    };
+    if !valid {
+        return Err(EventError::new(
+            name,
+            EventErrorKind::Invalid,
+            format!("not a media type (type/subtype): {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+*'`|~".contains(&b))
+}
+
+/// Whether a media type is JSON (`*/json` or `*/*+json`, parameters ignored, any case).
+pub fn is_json_media_type(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    let Some((_, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    subtype.eq_ignore_ascii_case("json")
+        || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Whether a media type denotes text that the JSON format can carry as a `data` string:
+/// `text/*`, XML types and a few common textual application types.
+pub fn is_text_media_type(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    let Some((top, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    top.eq_ignore_ascii_case("text")
+        || subtype.eq_ignore_ascii_case("xml")
+        || (subtype.len() > 4 && subtype[subtype.len() - 4..].eq_ignore_ascii_case("+xml"))
+        || subtype.eq_ignore_ascii_case("javascript")
+        || subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "abc123", "0x", "comexampleextension1"] {
+            assert!(extension_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Ab", "a-b", "a_b", "data", "é", "a b"] {
+            assert!(extension_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strings() {
+        assert!(string("x", "hello 🌎 €").is_ok());
+        assert!(string("x", "tab\there").is_err());
+        assert!(string("x", "del\u{7f}").is_err());
+        assert!(string("x", "c1\u{85}").is_err());
+        assert!(string("x", "non\u{FFFE}").is_err());
+        assert!(string("x", "non\u{FDD0}").is_err());
+    }
+
+    #[test]
+    fn uris() {
+        for ok in [
+            "/a/b",
+            "//github.com/x",
+            "https://example.com/x?y#z",
+            "urn:uuid:1",
+            "a",
+        ] {
+            assert!(uri_reference("source", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "http://exa mple.com", "%zz", "a b"] {
+            assert!(uri_reference("source", bad).is_err(), "{bad}");
+        }
+        assert!(uri("dataschema", "https://example.com/s.json").is_ok());
+        assert!(uri("dataschema", "/relative").is_err());
+    }
+
+    #[test]
+    fn media_types() {
+        assert!(media_type("ct", "application/json").is_ok());
+        assert!(media_type("ct", "text/plain; charset=utf-8").is_ok());
+        assert!(media_type("ct", "json").is_err());
+        assert!(media_type("ct", "").is_err());
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("APPLICATION/JSON; charset=utf-8"));
+        assert!(is_json_media_type("application/vnd.foo+json"));
+        assert!(!is_json_media_type("application/jsonx"));
+        assert!(!is_json_media_type("text/plain"));
+        assert!(is_text_media_type("text/plain; charset=us-ascii"));
+        assert!(is_text_media_type("application/xml"));
+        assert!(!is_text_media_type("application/octet-stream"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Header values of binary mode: percent-encoding (binding §3.1.3).
+
+use std::borrow::Cow;
+
+use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
+
+/// Space, `"`, `%` and everything outside printable ASCII is encoded (non-ASCII always is).
+const ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Percent-encodes an attribute's canonical string for a header, with upper-case hex.
+pub fn encode_value(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, ENCODE).into()
+}
+
+/// Decodes a header value: undoes RFC 7230 quoted-string quoting, then percent-decodes exactly
+/// once, and rejects byte sequences that are not UTF-8 (such as the overlong `%C0%A0`).
+pub fn decode_value(raw: &[u8]) -> Result<String, String> {
+    let unquoted: Cow<'_, [u8]> = if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"'
+    {
+        let inner = &raw[1..raw.len() - 1];
+        let mut out = Vec::with_capacity(inner.len());
+        let mut bytes = inner.iter();
+        while let Some(&b) = bytes.next() {
+            if b == b'\\' {
+                match bytes.next() {
+                    Some(&escaped) => out.push(escaped),
+                    None => return Err("quoted string ends with a lone backslash".into()),
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    percent_decode(&unquoted)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| "percent-decoded value is not valid UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_table() {
+        for (input, want) in [
+            ("Euro € 😀", "Euro%20%E2%82%AC%20%F0%9F%98%80"),
+            ("plain-ASCII_1.0/x", "plain-ASCII_1.0/x"),
+            ("100%", "100%25"),
+            ("say \"hi\"", "say%20%22hi%22"),
+            ("tab\t", "tab%09"),
+            ("", ""),
+        ] {
+            assert_eq!(encode_value(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn decode_table() {
+        let cases: &[(&[u8], Result<&str, ()>)] = &[
+            (b"Euro%20%E2%82%AC%20%F0%9F%98%80", Ok("Euro € 😀")),
+            (b"lower%e2%82%ac", Ok("lower€")),
+            (b"%41%42", Ok("AB")),
+            (b"no-percent {\"a\": 5}", Ok("no-percent {\"a\": 5}")),
+            (b"\"quoted%20value\"", Ok("quoted value")),
+            (b"\"esc\\\"aped\"", Ok("esc\"aped")),
+            (b"%25%32%30", Ok("%20")),
+            (b"%C0%A0", Err(())),
+            (b"%FF", Err(())),
+            (b"\"bad\\\"", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = decode_value(input);
+            match want {
+                Ok(s) => assert_eq!(
+                    got.as_deref(),
+                    Ok(*s),
+                    "{:?}",
+                    String::from_utf8_lossy(input)
+                ),
+                Err(()) => assert!(got.is_err(), "{:?}", String::from_utf8_lossy(input)),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for s in ["a b", "ünï cødé", "%%%", "\"", "{\"othervalue\": 5}"] {
+            assert_eq!(decode_value(encode_value(s).as_bytes()).unwrap(), s);
+        }
+    }
+}

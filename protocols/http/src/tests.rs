@@ -1,0 +1,357 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use ferry_core::{AttributeRef, CloudEvent, Data, ExtensionValue};
+use http::{HeaderMap, HeaderValue};
+use serde::Deserialize;
+
+use super::*;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(
+            http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn single(m: Message) -> CloudEvent {
+    match m {
+        Message::Event(e) => e,
+        Message::Batch(_) => panic!("batch"),
+    }
+}
+
+#[test]
+fn mode_detection() {
+    let cases: &[(Option<&str>, Result<ContentMode, ()>)] = &[
+        (None, Ok(ContentMode::Binary)),
+        (Some("application/json"), Ok(ContentMode::Binary)),
+        (
+            Some("application/cloudevents+json"),
+            Ok(ContentMode::Structured),
+        ),
+        (
+            Some("Application/CloudEvents+JSON; charset=UTF-8"),
+            Ok(ContentMode::Structured),
+        ),
+        (
+            Some("application/cloudevents-batch+json"),
+            Ok(ContentMode::Batch),
+        ),
+        (
+            Some("APPLICATION/CLOUDEVENTS-BATCH+JSON"),
+            Ok(ContentMode::Batch),
+        ),
+        (Some("application/cloudevents+avro"), Err(())),
+        (Some("application/cloudevents-batch+avro"), Err(())),
+    ];
+    for (ct, want) in cases {
+        let got = content_mode(*ct);
+        match want {
+            Ok(m) => assert_eq!(got.as_ref().ok(), Some(m), "{ct:?}"),
+            Err(()) => assert!(
+                matches!(got, Err(DecodeError::UnsupportedMediaType(_))),
+                "{ct:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn binary_decode() {
+    let h = headers(&[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "com.example.t"),
+        ("ce-subject", "Euro%20%E2%82%AC"),
+        ("ce-time", "2020-01-01T00:00:00Z"),
+        ("ce-myext", "\"quoted\""),
+        ("content-type", "application/json; charset=utf-8"),
+        ("x-tenant", "acme"),
+    ]);
+    let e = single(decode(&h, Bytes::from_static(br#"{"a":1}"#)).unwrap());
+    assert_eq!(e.ty(), "com.example.t");
+    assert_eq!(e.subject(), Some("Euro €"));
+    assert_eq!(e.datacontenttype(), Some("application/json; charset=utf-8"));
+    assert_eq!(e.attribute("myext"), Some(AttributeRef::Str("quoted")));
+    assert_eq!(e.data().unwrap().as_bytes(), br#"{"a":1}"#);
+    assert!(e.extension("x-tenant").is_none());
+    assert_eq!(metadata(&h).get("header.x-tenant"), Some("acme"));
+    assert_eq!(metadata(&h).get("header.ce-id"), None);
+}
+
+#[test]
+fn binary_errors_name_the_header() {
+    let base = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
+    let with = |extra: &[(&str, &str)], skip: &str| {
+        let mut pairs: Vec<(&str, &str)> =
+            base.iter().copied().filter(|(n, _)| *n != skip).collect();
+        pairs.extend_from_slice(extra);
+        decode(&headers(&pairs), Bytes::new()).unwrap_err()
+    };
+    let cases: Vec<(DecodeError, Option<&str>)> = vec![
+        (with(&[], "ce-id"), Some("ce-id")),
+        (with(&[("ce-time", "nope")], ""), Some("ce-time")),
+        (
+            with(&[("ce-datacontenttype", "text/plain")], ""),
+            Some("ce-datacontenttype"),
+        ),
+        (with(&[("ce-bad_name", "x")], ""), Some("ce-bad_name")),
+        (with(&[("ce-x", "%C0%A0")], ""), Some("ce-x")),
+        (with(&[("ce-id", "2")], ""), Some("ce-id")),
+        (
+            with(&[("content-type", "nonsense")], ""),
+            Some("content-type"),
+        ),
+    ];
+    for (err, header) in cases {
+        match &err {
+            DecodeError::Invalid { header: h, .. } => assert_eq!(h.as_deref(), header, "{err}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        decode(&headers(&[("content-type", "text/plain")]), Bytes::new()).unwrap_err(),
+        DecodeError::NotCloudEvent
+    );
+}
+
+#[test]
+fn structured_and_batch() {
+    let body = Bytes::from_static(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":[1,2]}}"#,
+    );
+    // Headers in structured mode are ignored: the body wins.
+    let h = headers(&[
+        (
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        ),
+        ("ce-id", "other"),
+    ]);
+    let e = single(decode(&h, body).unwrap());
+    assert_eq!(e.id(), "1");
+    let h = headers(&[("content-type", "application/cloudevents-batch+json")]);
+    let batch = decode(&h, Bytes::from_static(br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}]"#)).unwrap();
+    assert!(matches!(batch, Message::Batch(ref v) if v.len() == 2));
+    let bad = decode(&h, Bytes::from_static(br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","type":"t"}]"#)).unwrap_err();
+    assert_eq!(bad.attribute(), Some("source"));
+}
+
+#[test]
+fn encode_both_modes_round_trip() {
+    let mut e = CloudEvent::new("id 1", "https://example.com/src", "com.example.t").unwrap();
+    e.set_extension("ext", ExtensionValue::String("Euro € \"q\" 100%".into()))
+        .unwrap();
+    e.set_extension("num", ExtensionValue::Integer(-7)).unwrap();
+    e.set_extension("flag", ExtensionValue::Boolean(true))
+        .unwrap();
+    e.set_data(
+        Some("application/octet-stream".into()),
+        Some(Data::Binary(Bytes::from_static(&[0, 159, 146, 150]))),
+    )
+    .unwrap();
+
+    let (h, body) = encode(&e, Mode::Binary);
+    assert_eq!(
+        h.get("ce-ext").unwrap(),
+        "Euro%20%E2%82%AC%20%22q%22%20100%25"
+    );
+    assert_eq!(h.get("ce-num").unwrap(), "-7");
+    assert_eq!(h.get("content-type").unwrap(), "application/octet-stream");
+    assert_eq!(&body[..], &[0, 159, 146, 150]);
+    let back = single(decode(&h, body).unwrap());
+    assert_eq!(back.attribute("ext"), e.attribute("ext"));
+    // Headers carry strings: typed extensions come back as their canonical string.
+    assert_eq!(back.attribute("num"), Some(AttributeRef::Str("-7")));
+    assert_eq!(
+        back.data().unwrap().as_bytes(),
+        e.data().unwrap().as_bytes()
+    );
+
+    let (h, body) = encode(&e, Mode::Structured);
+    assert!(h
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/cloudevents+json"));
+    assert_eq!(single(decode(&h, body).unwrap()), e);
+
+    // JSON data without a content type gets an explicit application/json in binary mode.
+    let mut j = CloudEvent::new("2", "/s", "t").unwrap();
+    j.set_data(None, Some(Data::json(r#"{"k": "v"}"#).unwrap()))
+        .unwrap();
+    let (h, body) = encode(&j, Mode::Binary);
+    assert_eq!(h.get("content-type").unwrap(), "application/json");
+    assert_eq!(&body[..], br#"{"k": "v"}"#);
+
+    let (h, body) = encode_batch([&e, &j]);
+    assert!(matches!(decode(&h, body).unwrap(), Message::Batch(v) if v.len() == 2));
+}
+
+// --- conformance vectors (tests/conformance, from cloudevents/conformance) -------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Doc {
+    mode: Option<String>,
+    context_attributes: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    transport_extensions: BTreeMap<String, String>,
+    data: Option<String>,
+}
+
+fn scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.trim().to_owned(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn load(file: &str) -> Vec<Doc> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/conformance")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Doc::deserialize(d).unwrap())
+        .collect()
+}
+
+/// Builds the request the conformance tool sends for a document.
+fn request(doc: &Doc) -> (HeaderMap, Bytes) {
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    for (k, v) in &doc.context_attributes {
+        if k == "Extensions" {
+            for (ek, ev) in v.as_mapping().unwrap() {
+                attrs.push((scalar(ek), scalar(ev)));
+            }
+        } else {
+            attrs.push((k.clone(), scalar(v)));
+        }
+    }
+    let mut h = HeaderMap::new();
+    for (k, v) in &doc.transport_extensions {
+        h.insert(
+            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let data = doc.data.clone().unwrap_or_default();
+    if doc.mode.as_deref() == Some("structured") {
+        let mut obj = serde_json::Map::new();
+        for (k, v) in attrs {
+            obj.insert(k, serde_json::Value::String(v));
+        }
+        obj.insert("data".into(), serde_json::from_str(&data).unwrap());
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/cloudevents+json; charset=UTF-8"),
+        );
+        (h, Bytes::from(serde_json::to_vec(&obj).unwrap()))
+    } else {
+        for (k, v) in attrs {
+            let name = if k == "datacontenttype" {
+                "content-type".to_owned()
+            } else {
+                format!("ce-{k}")
+            };
+            h.insert(
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        (h, Bytes::from(data))
+    }
+}
+
+fn check(doc: &Doc, e: &CloudEvent) {
+    for (k, v) in &doc.context_attributes {
+        if k == "Extensions" {
+            for (ek, ev) in v.as_mapping().unwrap() {
+                let name = scalar(ek);
+                assert_eq!(
+                    e.attribute(&name),
+                    Some(AttributeRef::Str(&scalar(ev))),
+                    "{name}"
+                );
+            }
+        } else if k == "specversion" {
+            assert_eq!(e.specversion(), "1.0");
+        } else if k == "schemaurl" {
+            assert_eq!(e.dataschema().map(str::to_owned), Some(scalar(v)));
+        } else {
+            assert_eq!(e.attribute(k), Some(AttributeRef::Str(&scalar(v))), "{k}");
+        }
+    }
+    let want = doc.data.clone().unwrap_or_default();
+    let got = e.data().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    if doc.mode.as_deref() == Some("structured") {
+        let a: serde_json::Value = serde_json::from_str(&want).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(a, b);
+    } else {
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
+    // Transport extensions are metadata, not attributes.
+    for name in doc.transport_extensions.keys() {
+        assert!(e.extension(name).is_none());
+    }
+}
+
+#[test]
+fn conformance_vectors() {
+    let mut count = 0;
+    for file in [
+        "v1.yaml",
+        "v1.0/v1_minimum.yaml",
+        "v03.yaml",
+        "v0.3/v03_minimum.yaml",
+    ] {
+        for doc in load(file) {
+            let (h, body) = request(&doc);
+            let event = single(decode(&h, body).unwrap_or_else(|err| panic!("{file}: {err}")));
+            check(&doc, &event);
+            // Re-encode in both modes and decode again: nothing changes.
+            for mode in [Mode::Binary, Mode::Structured] {
+                let (h2, b2) = encode(&event, mode);
+                let again = single(decode(&h2, b2).unwrap());
+                assert_eq!(again.id(), event.id());
+                let bytes =
+                    |e: &CloudEvent| e.data().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+                if event
+                    .effective_content_type()
+                    .is_some_and(ferry_core::validate::is_json_media_type)
+                {
+                    // JSON data keeps its value; insignificant whitespace may go.
+                    let a: serde_json::Value = serde_json::from_slice(&bytes(&again)).unwrap();
+                    let b: serde_json::Value = serde_json::from_slice(&bytes(&event)).unwrap();
+                    assert_eq!(a, b, "{file} {mode:?}");
+                } else {
+                    assert_eq!(bytes(&again), bytes(&event), "{file} {mode:?}");
+                }
+                assert_eq!(
+                    again.effective_content_type(),
+                    event.effective_content_type()
+                );
+                assert_eq!(again.time(), event.time());
+            }
+            count += 1;
+        }
+    }
+    assert_eq!(count, 15);
+}
