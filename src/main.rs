@@ -1,1 +1,148 @@
-fn main() {}
+//! The `ferry` command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferry::config::{Config, LogFormat, SinkConfig, SourceConfig};
+use ferry::Gateway;
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_CONFIG: &str = "config/ferry.toml";
+
+/// Ferry, a multi-protocol CloudEvents gateway. Without a command, runs config/ferry.toml.
+#[derive(Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run(RunArgs),
+    /// Validate a config file and print its routes; exits 1 on error.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The config file.
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log format; overrides `log.format` in the config.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The config file.
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(RunArgs {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        log_format: None,
+    }));
+    match command {
+        Command::Check(args) => check(&args.config),
+        Command::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: ok", path.display());
+    if let Some(admin) = &config.admin {
+        println!("admin    {}", admin.listen);
+    }
+    for (name, source) in &config.sources {
+        match source {
+            SourceConfig::Http(c) => println!("source   {name} (http) {}{}", c.listen, c.path),
+        }
+    }
+    for (name, sink) in &config.sinks {
+        let target = match sink {
+            SinkConfig::File(c) => c.path.display().to_string(),
+            SinkConfig::Stdout(_) => "-".into(),
+            SinkConfig::Http(c) => format!("{} ({:?})", c.url, c.mode).to_lowercase(),
+        };
+        println!("sink     {name} ({}) {target}", sink.kind());
+    }
+    for (name, route) in &config.routes {
+        let filters = match route.filters.len() {
+            0 => "all events".to_owned(),
+            1 => "1 filter".to_owned(),
+            n => format!("{n} filters"),
+        };
+        println!(
+            "route    {name}: {} -> {} ({filters})",
+            route.from.join(", "),
+            route.to.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&config, args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let gateway = Gateway::start(config).await?;
+        tracing::info!(config = %args.config.display(), "ferry started");
+        wait_for_signal().await?;
+        tracing::info!("shutting down: no new events; finishing in-flight ones");
+        if gateway.shutdown().await {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!("shutdown deadline passed with deliveries still in flight; they were not acknowledged");
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config, format: Option<LogFormat>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.unwrap_or(config.log.format) {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

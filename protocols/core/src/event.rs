@@ -477,13 +477,15 @@ impl EventBuilder {
             "1.0" => false,
             "0.3" => true,
             "" => return Err(EventError::empty("specversion")),
-            other => return Err(EventError::new(
-                "specversion",
-                EventErrorKind::Unsupported,
-                format!(
+            other => {
+                return Err(EventError::new(
+                    "specversion",
+                    EventErrorKind::Unsupported,
+                    format!(
                     "unsupported specversion {other:?}; expected \"1.0\" (or \"0.3\", upgraded)"
                 ),
-            )),
+                ))
+            }
         };
         let id = required("id", self.id)?;
         let source = required("source", self.source)?;

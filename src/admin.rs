@@ -1,0 +1,100 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderValue, StatusCode};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Readiness of each component, by name (`source:webhooks`, `sink:archive`).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<Mutex<BTreeMap<String, bool>>>);
+
+impl Readiness {
+    pub fn set(&self, component: &str, ready: bool) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(component.to_owned(), ready);
+        }
+    }
+
+    /// Names of the components that are not ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, r)| !**r)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+pub async fn start(
+    listen: SocketAddr,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AdminState {
+            registry,
+            readiness,
+        });
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "admin listener stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let not_ready = s.readiness.not_ready();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", not_ready.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

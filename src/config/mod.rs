@@ -1,0 +1,449 @@
+//! Configuration: the TOML file, its component structs, and loading with precise errors.
+//!
+//! Loading is: read the file → interpolate `${VAR}` / `${VAR:-default}` → parse TOML →
+//! deserialize (unknown keys refused) → check references between components. Every error
+//! names the file, the line and the key.
+
+mod error;
+mod interpolate;
+mod locate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use error::ConfigError;
+
+use crate::router::FilterConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// How long shutdown waits for in-flight deliveries.
+    #[serde(default = "defaults::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `ferry=debug`; `RUST_LOG` wins.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A source: where events come in.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Http(HttpSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Http(_) => "http",
+        }
+    }
+
+    /// The socket address this source listens on, if it listens.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        match self {
+            SourceConfig::Http(c) => Some(c.listen),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    pub listen: SocketAddr,
+    /// The path events are POSTed to.
+    #[serde(default = "defaults::path")]
+    pub path: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// What to do with an event no route matches.
+    #[serde(default)]
+    pub unrouted: Unrouted,
+    /// How long a request waits for its sinks to confirm before answering 504.
+    #[serde(default = "defaults::ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// How long a request waits for room in a full sink queue before answering 503.
+    #[serde(default = "defaults::enqueue_timeout_ms")]
+    pub enqueue_timeout_ms: u64,
+    /// Most concurrent requests in progress; more wait for a slot.
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    /// Accept (202) and count it.
+    #[default]
+    Accept,
+    /// Answer 404.
+    Reject,
+}
+
+/// A sink: where events go out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Stdout(StdoutSinkConfig),
+    Http(HttpSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Http(_) => "http",
+        }
+    }
+
+    /// Capacity of the sink's queue.
+    pub fn queue(&self) -> usize {
+        match self {
+            SinkConfig::File(c) => c.queue,
+            SinkConfig::Stdout(c) => c.queue,
+            SinkConfig::Http(c) => c.queue,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// JSON-lines file, appended to; relative paths resolve against the working directory.
+    pub path: PathBuf,
+    /// `fdatasync` each written batch before confirming it (default: confirm after the write
+    /// reached the operating system).
+    #[serde(default)]
+    pub fsync: bool,
+    #[serde(default = "defaults::queue")]
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    #[serde(default = "defaults::queue")]
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    pub url: String,
+    #[serde(default)]
+    pub mode: ContentMode,
+    /// Per-request timeout.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most requests in flight at once.
+    #[serde(default = "defaults::in_flight")]
+    pub in_flight: usize,
+    #[serde(default = "defaults::queue")]
+    pub queue: usize,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// CloudEvents content mode of an outbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    #[default]
+    Binary,
+    Structured,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Source names.
+    pub from: Vec<String>,
+    /// Sink names.
+    pub to: Vec<String>,
+    /// All must match (an implicit `all`).
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+}
+
+mod defaults {
+    pub fn path() -> String {
+        "/".into()
+    }
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn ack_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn enqueue_timeout_ms() -> u64 {
+        250
+    }
+    pub fn max_concurrent_requests() -> usize {
+        4096
+    }
+    pub fn queue() -> usize {
+        1024
+    }
+    pub fn timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn in_flight() -> usize {
+        64
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn shutdown_timeout_ms() -> u64 {
+        30_000
+    }
+}
+
+impl Config {
+    /// Reads, interpolates, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        Config::from_str_at(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn from_str_at(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate::interpolate(text, env)
+            .map_err(|(offset, message)| ConfigError::at(path, text, offset, None, message))?;
+        let table = toml::de::DeTable::parse(&text).map_err(|e| {
+            let offset = e.span().map(|s| s.start);
+            ConfigError::from_parts(path, &text, offset, None, e.message().to_owned())
+        })?;
+        let root = table.get_ref().clone();
+        let de = toml::de::Deserializer::from(table);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut key = locate::key_of(e.path(), e.inner().message());
+            locate::refine(&root, &mut key, e.inner().message());
+            let offset = locate::offset(&root, &key).or_else(|| e.inner().span().map(|s| s.start));
+            ConfigError::from_parts(
+                path,
+                &text,
+                offset,
+                Some(key.join(".")),
+                e.inner().message().to_owned(),
+            )
+        })?;
+        config.check().map_err(|(key, message)| {
+            let offset = locate::offset(&root, &key);
+            ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-component checks: names, references, listeners, filters.
+    fn check(&self) -> Result<(), (Vec<String>, String)> {
+        let mut listeners: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
+        if let Some(admin) = &self.admin {
+            listeners.insert(admin.listen, vec!["admin".into(), "listen".into()]);
+        }
+        for (name, source) in &self.sources {
+            check_name(&["sources", name])?;
+            if let Some(addr) = source.listen() {
+                let key = vec!["sources".to_owned(), name.clone(), "listen".to_owned()];
+                if let Some(other) = listeners.get(&addr) {
+                    if addr.port() != 0 {
+                        return Err((
+                            key,
+                            format!(
+                                "listen address {addr} is already used by `{}`",
+                                other.join(".")
+                            ),
+                        ));
+                    }
+                }
+                listeners.insert(addr, key);
+            }
+            match source {
+                SourceConfig::Http(c) => {
+                    if !c.path.starts_with('/') {
+                        return Err((
+                            path_key("sources", name, "path"),
+                            "path must start with `/`".into(),
+                        ));
+                    }
+                    if c.max_body_bytes == 0 || c.max_concurrent_requests == 0 {
+                        return Err((
+                            path_key("sources", name, "max_body_bytes"),
+                            "limits must be greater than 0".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, sink) in &self.sinks {
+            check_name(&["sinks", name])?;
+            if sink.queue() == 0 {
+                return Err((
+                    path_key("sinks", name, "queue"),
+                    "queue must be greater than 0".into(),
+                ));
+            }
+            if let SinkConfig::Http(c) = sink {
+                let url = reqwest::Url::parse(&c.url)
+                    .map_err(|e| (path_key("sinks", name, "url"), format!("invalid URL: {e}")))?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err((
+                        path_key("sinks", name, "url"),
+                        "URL scheme must be http or https".into(),
+                    ));
+                }
+                if c.in_flight == 0 {
+                    return Err((
+                        path_key("sinks", name, "in_flight"),
+                        "in_flight must be greater than 0".into(),
+                    ));
+                }
+                for header in c.headers.keys() {
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                        return Err((
+                            vec![
+                                "sinks".into(),
+                                name.clone(),
+                                "headers".into(),
+                                header.clone(),
+                            ],
+                            "not a valid header name".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, route) in &self.routes {
+            check_name(&["routes", name])?;
+            if route.from.is_empty() {
+                return Err((
+                    path_key("routes", name, "from"),
+                    "a route needs at least one source".into(),
+                ));
+            }
+            if route.to.is_empty() {
+                return Err((
+                    path_key("routes", name, "to"),
+                    "a route needs at least one sink".into(),
+                ));
+            }
+            for (i, source) in route.from.iter().enumerate() {
+                if !self.sources.contains_key(source) {
+                    return Err((
+                        vec!["routes".into(), name.clone(), "from".into(), i.to_string()],
+                        format!("unknown source `{source}`{}", known(self.sources.keys())),
+                    ));
+                }
+            }
+            for (i, sink) in route.to.iter().enumerate() {
+                if !self.sinks.contains_key(sink) {
+                    return Err((
+                        vec!["routes".into(), name.clone(), "to".into(), i.to_string()],
+                        format!("unknown sink `{sink}`{}", known(self.sinks.keys())),
+                    ));
+                }
+            }
+            for (i, filter) in route.filters.iter().enumerate() {
+                crate::router::Filter::compile(filter).map_err(|message| {
+                    (
+                        vec![
+                            "routes".into(),
+                            name.clone(),
+                            "filters".into(),
+                            i.to_string(),
+                        ],
+                        message,
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path_key(section: &str, name: &str, key: &str) -> Vec<String> {
+    vec![section.to_owned(), name.to_owned(), key.to_owned()]
+}
+
+/// Component names appear in metrics labels and logs: keep them simple.
+fn check_name(key: &[&str; 2]) -> Result<(), (Vec<String>, String)> {
+    let name = key[1];
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            key.iter().map(|s| (*s).to_owned()).collect(),
+            "component names may contain only letters, digits, `_` and `-` (at most 64)".into(),
+        ))
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        " (none are configured)".into()
+    } else {
+        format!(" (known: {})", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests;

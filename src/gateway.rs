@@ -1,0 +1,168 @@
+//! The running gateway: builds sinks, routes and sources from a config, and shuts them down
+//! in order (sources stop accepting and finish in-flight events, then sinks drain).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, SourceConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{Generation, SharedGeneration};
+use crate::router::RouteTable;
+use crate::sinks::{self, SinkContext};
+use crate::sources::{self, SourceStats};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("source `{source_name}`: cannot listen on {addr}: {error}")]
+    Listen {
+        source_name: String,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("admin: cannot listen on {addr}: {error}")]
+    Admin {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Sink(#[from] sinks::SinkError),
+    #[error("routes: {0}")]
+    Routes(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    generation: SharedGeneration,
+    shutdown: CancellationToken,
+    sources: TaskTracker,
+    sinks: TaskTracker,
+    admin: TaskTracker,
+    source_addrs: BTreeMap<String, SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    shutdown_timeout: Duration,
+}
+
+impl Gateway {
+    /// Starts everything the config names: sinks first, then routes, then sources, so an
+    /// event can never arrive before its route and sinks exist.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let sink_tracker = TaskTracker::new();
+        let cx = SinkContext {
+            metrics: metrics.clone(),
+            tracker: sink_tracker.clone(),
+        };
+
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        let mut sink_index = HashMap::new();
+        for (name, sink) in &config.sinks {
+            sink_index.insert(name.clone(), sinks.len());
+            sinks.push(sinks::start(name, sink, &cx).await?);
+            readiness.set(&format!("sink:{name}"), true);
+        }
+        let routes = RouteTable::build(&config, &sink_index).map_err(StartError::Routes)?;
+        let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(Generation {
+            number: 1,
+            routes,
+            sinks,
+        }));
+
+        let source_tracker = TaskTracker::new();
+        let mut source_addrs = BTreeMap::new();
+        for (name, source) in &config.sources {
+            let stats = SourceStats::new(name, &metrics);
+            let addr = match source {
+                SourceConfig::Http(c) => sources::http::start(
+                    c,
+                    Arc::clone(&generation),
+                    stats,
+                    shutdown.child_token(),
+                    &source_tracker,
+                )
+                .await
+                .map_err(|error| StartError::Listen {
+                    source_name: name.clone(),
+                    addr: c.listen,
+                    error,
+                })?,
+            };
+            tracing::info!(source = %name, kind = source.kind(), %addr, "source listening");
+            source_addrs.insert(name.clone(), addr);
+            readiness.set(&format!("source:{name}"), true);
+        }
+
+        let admin_tracker = TaskTracker::new();
+        let admin_addr = match &config.admin {
+            Some(a) => {
+                let addr = admin::start(
+                    a.listen,
+                    Arc::new(registry),
+                    readiness.clone(),
+                    shutdown.child_token(),
+                    &admin_tracker,
+                )
+                .await
+                .map_err(|error| StartError::Admin {
+                    addr: a.listen,
+                    error,
+                })?;
+                tracing::info!(%addr, "admin listening");
+                Some(addr)
+            }
+            None => None,
+        };
+
+        Ok(Gateway {
+            generation,
+            shutdown,
+            sources: source_tracker,
+            sinks: sink_tracker,
+            admin: admin_tracker,
+            source_addrs,
+            admin_addr,
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        })
+    }
+
+    /// The address a source is bound to (useful with port 0).
+    pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.source_addrs.get(name).copied()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight events finish, drain the sinks, all
+    /// within the configured deadline. Returns false if the deadline passed first.
+    pub async fn shutdown(self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        self.shutdown.cancel();
+        self.sources.close();
+        let sources_done = tokio::time::timeout_at(deadline, self.sources.wait())
+            .await
+            .is_ok();
+        // Dropping the last generation closes the sink queues; sinks then drain and stop.
+        self.generation.store(Arc::new(Generation::default()));
+        drop(self.generation);
+        self.sinks.close();
+        let sinks_done = tokio::time::timeout_at(deadline, self.sinks.wait())
+            .await
+            .is_ok();
+        self.admin.close();
+        let _ = tokio::time::timeout_at(deadline, self.admin.wait()).await;
+        sources_done && sinks_done
+    }
+}

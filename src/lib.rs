@@ -1,0 +1,33 @@
+//! Ferry: a multi-protocol CloudEvents gateway.
+//!
+//! # Layout
+//!
+//! Data flows one way, and acknowledgements flow back along the same path:
+//!
+//! ```text
+//! protocol message ─▶ binding decode ─▶ CloudEvent + TransportMetadata ─▶ router ─▶ sink queues ─▶ binding encode ─▶ protocol message
+//!   (sources::*)      (protocols/*)      (pipeline::Envelope)            (router)  (pipeline)      (sinks::*)
+//!        ▲                                                                                              │
+//!        └────────────── AckWaiter resolves when every forked AckToken is confirmed ◀───────────────────┘
+//! ```
+//!
+//! - [`config`]: the TOML file and its component structs; errors carry file, line and key.
+//! - [`router`]: routes and the filter dialect.
+//! - [`pipeline`]: envelopes, deliveries, config generations and dispatch.
+//! - [`sources`], [`sinks`]: the adapters around the pure bindings in `protocols/`.
+//! - [`problem`]: HTTP errors as `application/problem+json`.
+//! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics.
+//! - [`gateway`]: starts the components in order and shuts them down gracefully.
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod pipeline;
+pub mod problem;
+pub mod router;
+pub mod sinks;
+pub mod sources;
+
+pub use config::Config;
+pub use gateway::Gateway;

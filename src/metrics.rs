@@ -1,0 +1,144 @@
+//! Prometheus metrics, served on the admin listener at `GET /metrics`.
+//!
+//! Labels are component names and fixed reason strings only, so cardinality is bounded by
+//! the config: no per-event or per-principal labels.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub source: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkFailureLabels {
+    pub sink: String,
+    pub kind: &'static str,
+}
+
+/// Every metric Ferry exports. Cheap to clone (families are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub received: Family<SourceLabels, Counter>,
+    pub accepted: Family<SourceLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub unrouted: Family<SourceLabels, Counter>,
+    pub ack_latency: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    pub connections: Family<SourceLabels, Gauge>,
+    pub delivered: Family<SinkLabels, Counter>,
+    pub delivery_failures: Family<SinkFailureLabels, Counter>,
+    pub sink_in_flight: Family<SinkLabels, Gauge>,
+    pub sink_queue_capacity: Family<SinkLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~26 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            received: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            unrouted: Family::default(),
+            ack_latency: Family::new_with_constructor(latency_histogram),
+            connections: Family::default(),
+            delivered: Family::default(),
+            delivery_failures: Family::default(),
+            sink_in_flight: Family::default(),
+            sink_queue_capacity: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("ferry");
+        r.register(
+            "events_received",
+            "Events received by a source",
+            m.received.clone(),
+        );
+        r.register(
+            "events_accepted",
+            "Events acknowledged to their sender",
+            m.accepted.clone(),
+        );
+        r.register(
+            "events_rejected",
+            "Events refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "events_unrouted",
+            "Accepted events that matched no route",
+            m.unrouted.clone(),
+        );
+        r.register(
+            "ingress_ack_seconds",
+            "Time from receipt to acknowledgement, per source",
+            m.ack_latency.clone(),
+        );
+        r.register(
+            "source_connections",
+            "Open connections per source",
+            m.connections.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Events a sink's target confirmed",
+            m.delivered.clone(),
+        );
+        r.register(
+            "delivery_failures",
+            "Failed deliveries, by kind",
+            m.delivery_failures.clone(),
+        );
+        r.register(
+            "sink_in_flight",
+            "Deliveries in progress per sink",
+            m.sink_in_flight.clone(),
+        );
+        r.register(
+            "sink_queue_capacity",
+            "Capacity of each sink's queue",
+            m.sink_queue_capacity.clone(),
+        );
+        m
+    }
+
+    pub fn source(name: &str) -> SourceLabels {
+        SourceLabels {
+            source: name.to_owned(),
+        }
+    }
+
+    pub fn sink(name: &str) -> SinkLabels {
+        SinkLabels {
+            sink: name.to_owned(),
+        }
+    }
+
+    pub fn reject(&self, source: &str, reason: &'static str, n: u64) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                source: source.to_owned(),
+                reason,
+            })
+            .inc_by(n);
+    }
+}

@@ -1,0 +1,139 @@
+//! The data path between sources and sinks: envelopes, deliveries, config generations and
+//! dispatch.
+//!
+//! A [`Generation`] is one consistent view of routes and sinks. A source loads the current
+//! generation once per inbound message, so every event is handled entirely by one
+//! generation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ferry_core::{AckToken, CloudEvent, FailureKind, TransportMetadata};
+use tokio::sync::mpsc;
+
+use crate::router::{RouteTable, SinkSet, Subject};
+
+/// An event with what came with it.
+#[derive(Debug)]
+pub struct Envelope {
+    pub event: CloudEvent,
+    pub metadata: TransportMetadata,
+}
+
+/// One event on its way to one sink, with the obligation to confirm it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub envelope: Arc<Envelope>,
+    pub ack: AckToken,
+}
+
+/// The sending half of a sink's bounded queue.
+#[derive(Debug, Clone)]
+pub struct SinkHandle {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    tx: mpsc::Sender<Delivery>,
+}
+
+impl SinkHandle {
+    pub fn new(name: Arc<str>, kind: &'static str, tx: mpsc::Sender<Delivery>) -> Self {
+        SinkHandle { name, kind, tx }
+    }
+
+    /// Events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// One consistent configuration: routes and the sinks they point to.
+#[derive(Debug, Default)]
+pub struct Generation {
+    pub number: u64,
+    pub routes: RouteTable,
+    pub sinks: Vec<SinkHandle>,
+}
+
+/// The current generation, swapped atomically on reload.
+pub type SharedGeneration = Arc<ArcSwap<Generation>>;
+
+/// Why events could not be handed to their sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchError {
+    /// A sink queue stayed full for the whole enqueue timeout.
+    Overloaded { sink: Arc<str> },
+    /// A sink is shutting down.
+    Closed { sink: Arc<str> },
+}
+
+impl Generation {
+    /// The sinks of each envelope, computed before anything is sent so a batch can be
+    /// refused as a whole.
+    pub fn route(&self, source: &str, envelopes: &[Envelope]) -> Vec<SinkSet> {
+        envelopes
+            .iter()
+            .map(|e| {
+                self.routes.select(
+                    source,
+                    Subject {
+                        event: &e.event,
+                        metadata: &e.metadata,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Hands every envelope to its sinks, forking `ack` once per delivery. Waits at most
+    /// `enqueue_timeout` for room in a full queue. On error the remaining deliveries are not
+    /// sent; forks already sent resolve normally, and the caller's outcome is a failure.
+    pub async fn dispatch(
+        &self,
+        envelopes: Vec<Envelope>,
+        sets: &[SinkSet],
+        ack: &AckToken,
+        enqueue_timeout: Duration,
+    ) -> Result<(), DispatchError> {
+        for (envelope, set) in envelopes.into_iter().zip(sets) {
+            if set.is_empty() {
+                continue;
+            }
+            let envelope = Arc::new(envelope);
+            for index in set.iter() {
+                let sink = &self.sinks[index];
+                let delivery = Delivery {
+                    envelope: Arc::clone(&envelope),
+                    ack: ack.fork(Arc::clone(&sink.name)),
+                };
+                let sent = match sink.tx.try_send(delivery) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(d)) => sink
+                        .tx
+                        .send_timeout(d, enqueue_timeout)
+                        .await
+                        .map_err(|e| match e {
+                            mpsc::error::SendTimeoutError::Timeout(d) => (d, true),
+                            mpsc::error::SendTimeoutError::Closed(d) => (d, false),
+                        }),
+                    Err(mpsc::error::TrySendError::Closed(d)) => Err((d, false)),
+                };
+                if let Err((delivery, full)) = sent {
+                    let sink = Arc::clone(&sink.name);
+                    return Err(if full {
+                        delivery
+                            .ack
+                            .fail(FailureKind::Overloaded, "sink queue is full");
+                        DispatchError::Overloaded { sink }
+                    } else {
+                        delivery
+                            .ack
+                            .fail(FailureKind::Abandoned, "sink is shutting down");
+                        DispatchError::Closed { sink }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

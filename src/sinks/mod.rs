@@ -1,0 +1,101 @@
+//! Sinks: where events leave Ferry. Each sink owns a bounded queue and a task that delivers
+//! from it and resolves every delivery's acknowledgement.
+
+mod file;
+mod http;
+
+use std::sync::Arc;
+
+use ferry_core::FailureKind;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SinkConfig;
+use crate::metrics::{Metrics, SinkFailureLabels};
+use crate::pipeline::{Delivery, SinkHandle};
+
+/// A sink that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink `{sink}`: cannot open {path}: {source}")]
+    Open {
+        sink: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("sink `{sink}`: {message}")]
+    Config { sink: String, message: String },
+}
+
+/// What a sink needs from the gateway.
+#[derive(Clone)]
+pub struct SinkContext {
+    pub metrics: Metrics,
+    pub tracker: TaskTracker,
+}
+
+/// Per-sink counters, cached so the hot path does no label lookups.
+#[derive(Clone)]
+struct SinkStats {
+    name: Arc<str>,
+    metrics: Metrics,
+    delivered: Counter,
+    in_flight: Gauge,
+}
+
+impl SinkStats {
+    fn new(name: &Arc<str>, metrics: &Metrics) -> Self {
+        let labels = Metrics::sink(name);
+        SinkStats {
+            name: Arc::clone(name),
+            metrics: metrics.clone(),
+            delivered: metrics.delivered.get_or_create(&labels).clone(),
+            in_flight: metrics.sink_in_flight.get_or_create(&labels).clone(),
+        }
+    }
+
+    fn confirm(&self, delivery: Delivery) {
+        self.delivered.inc();
+        delivery.ack.confirm();
+    }
+
+    fn fail(&self, delivery: Delivery, kind: FailureKind, message: String) {
+        tracing::warn!(sink = %self.name, event.id = delivery.envelope.event.id(), error = %message, "delivery failed");
+        self.metrics
+            .delivery_failures
+            .get_or_create(&SinkFailureLabels {
+                sink: self.name.to_string(),
+                kind: match kind {
+                    FailureKind::Retryable => "retryable",
+                    FailureKind::Permanent => "permanent",
+                    FailureKind::Overloaded => "overloaded",
+                    FailureKind::Abandoned => "abandoned",
+                },
+            })
+            .inc();
+        delivery.ack.fail(kind, message);
+    }
+}
+
+/// Starts a sink and returns the handle routes send to.
+pub async fn start(
+    name: &str,
+    config: &SinkConfig,
+    cx: &SinkContext,
+) -> Result<SinkHandle, SinkError> {
+    let name: Arc<str> = Arc::from(name);
+    let (tx, rx) = mpsc::channel(config.queue());
+    cx.metrics
+        .sink_queue_capacity
+        .get_or_create(&Metrics::sink(&name))
+        .set(config.queue() as i64);
+    let stats = SinkStats::new(&name, &cx.metrics);
+    match config {
+        SinkConfig::File(c) => file::start(&name, c, rx, stats, cx).await?,
+        SinkConfig::Stdout(_) => file::start_stdout(rx, stats, cx),
+        SinkConfig::Http(c) => http::start(&name, c, rx, stats, cx)?,
+    }
+    Ok(SinkHandle::new(name, config.kind(), tx))
+}

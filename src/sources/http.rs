@@ -1,0 +1,234 @@
+//! HTTP source: accepts CloudEvents in binary, structured and batched mode on one path.
+//!
+//! Answers `202 Accepted` only after every sink the event was routed to confirmed it. A
+//! batch is validated and routed as a whole: one invalid event rejects it and nothing is
+//! sent. Errors are `application/problem+json`, built in [`crate::problem`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use ferry_core::{AckToken, FailureKind, Outcome};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SourceStats;
+use crate::config::{HttpSourceConfig, Unrouted};
+use crate::pipeline::{DispatchError, Envelope, SharedGeneration};
+use crate::problem::Problem;
+
+struct SourceState {
+    config: HttpSourceConfig,
+    generation: SharedGeneration,
+    stats: SourceStats,
+    requests: Semaphore,
+}
+
+/// Binds the listener (so address errors surface at startup) and serves until `shutdown`.
+/// In-flight requests finish before the task ends.
+pub async fn start(
+    config: &HttpSourceConfig,
+    generation: SharedGeneration,
+    stats: SourceStats,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SourceState {
+        config: config.clone(),
+        generation,
+        stats,
+        requests: Semaphore::new(config.max_concurrent_requests),
+    });
+    let name = state.stats.name.clone();
+    let app = Router::new()
+        .route(&config.path, any(handle))
+        .fallback(not_found)
+        .with_state(state);
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(source = %name, error = %e, "HTTP source stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no CloudEvents endpoint at this path",
+    )
+}
+
+async fn handle(
+    State(state): State<Arc<SourceState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    match accept(&state, method, headers, body).await {
+        Ok(n) => {
+            state.stats.accepted.inc_by(n);
+            state
+                .stats
+                .ack_latency
+                .observe(started.elapsed().as_secs_f64());
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err((problem, n)) => {
+            state.stats.reject(problem.reason(), n.max(1));
+            problem.into_response()
+        }
+    }
+}
+
+/// Returns the number of events accepted, or the problem and the number of events refused.
+async fn accept(
+    state: &SourceState,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<u64, (Problem, u64)> {
+    if method != Method::POST {
+        let mut p = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed; send events with POST"),
+        );
+        p.allow = Some("POST");
+        return Err((p, 1));
+    }
+    let _permit = state.requests.acquire().await.map_err(|_| {
+        (
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(1),
+            1,
+        )
+    })?;
+    let max = state.config.max_body_bytes;
+    let too_large = || {
+        let mut p = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body exceeds max_body_bytes ({max} bytes)"),
+        );
+        p.header = Some("content-length".into());
+        (p, 1)
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err((
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the body: {e}"),
+                ),
+                1,
+            ));
+        }
+    };
+    let message = ferry_http::decode(&headers, bytes).map_err(|e| (Problem::from(e), 1))?;
+    let metadata = ferry_http::metadata(&headers);
+    let envelopes: Vec<Envelope> = match message {
+        ferry_http::Message::Event(event) => vec![Envelope { event, metadata }],
+        ferry_http::Message::Batch(events) => events
+            .into_iter()
+            .map(|event| Envelope {
+                event,
+                metadata: metadata.clone(),
+            })
+            .collect(),
+    };
+    let n = envelopes.len() as u64;
+    state.stats.received.inc_by(n);
+
+    let generation = state.generation.load_full();
+    let sets = generation.route(&state.stats.name, &envelopes);
+    let unrouted = sets.iter().filter(|s| s.is_empty()).count() as u64;
+    if unrouted > 0 {
+        if state.config.unrouted == Unrouted::Reject {
+            let index = sets.iter().position(|s| s.is_empty());
+            let mut p = Problem::new(StatusCode::NOT_FOUND, "no route matches the event");
+            if matches!(headers.get(http::header::CONTENT_TYPE), Some(ct) if ct.to_str().is_ok_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents-batch")))
+            {
+                p.index = index;
+            }
+            return Err((p, n));
+        }
+        state.stats.unrouted.inc_by(unrouted);
+    }
+
+    let (root, waiter) = AckToken::new();
+    let enqueue_timeout = Duration::from_millis(state.config.enqueue_timeout_ms);
+    if let Err(e) = generation
+        .dispatch(envelopes, &sets, &root, enqueue_timeout)
+        .await
+    {
+        let p = match e {
+            DispatchError::Overloaded { sink } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sink `{sink}` is at capacity; retry later"),
+            )
+            .retry_after(1),
+            DispatchError::Closed { sink } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sink `{sink}` is shutting down; retry later"),
+            )
+            .retry_after(1),
+        };
+        return Err((p, n));
+    }
+    root.confirm();
+    drop(generation);
+
+    let ack_timeout = Duration::from_millis(state.config.ack_timeout_ms);
+    match tokio::time::timeout(ack_timeout, waiter.wait()).await {
+        Ok(Outcome::Delivered) => Ok(n),
+        Ok(Outcome::Failed(f)) => {
+            let p = match f.kind {
+                FailureKind::Overloaded => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("sink `{}` is at capacity; retry later", f.sink),
+                )
+                .retry_after(1),
+                _ => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "delivery to sink `{}` failed; the event was not accepted",
+                        f.sink
+                    ),
+                ),
+            };
+            Err((p, n))
+        }
+        Err(_) => Err((
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "sinks did not confirm within {} ms; the event was not accepted",
+                    state.config.ack_timeout_ms
+                ),
+            ),
+            n,
+        )),
+    }
+}
