@@ -25,6 +25,17 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and print its routes; exits 1 on error.
     Check(CheckArgs),
+    /// GET a URL and exit 0 on a 2xx answer (a container health check without curl).
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The URL, e.g. http://127.0.0.1:9090/healthz
+    url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -52,6 +63,7 @@ fn main() -> ExitCode {
     }));
     match command {
         Command::Check(args) => check(&args.config),
+        Command::Probe(args) => probe(&args),
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -100,6 +112,32 @@ fn check(path: &Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_millis(args.timeout_ms))
+                    .build()?;
+                Ok(client.get(&args.url).send().await?.status())
+            })
+        });
+    match result {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("probe: {} answered {status}", args.url);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("probe: {}: {e:#}", args.url);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -1,7 +1,61 @@
 //! Finds where a key path stands in the TOML text, for error messages.
 
+use serde::de::DeserializeOwned;
 use serde_path_to_error::{Path, Segment};
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::{FileSinkConfig, HttpSinkConfig, HttpSourceConfig, StdoutSinkConfig};
+
+/// A precise error: key path, byte offset and message.
+pub type Located = (Vec<String>, Option<usize>, String);
+
+/// Components are internally tagged by `type`, which makes serde buffer them and lose the
+/// path and position of an error inside. When an error stops at `sources.<name>` or
+/// `sinks.<name>`, this deserializes that one table again straight into its variant's
+/// struct to find the exact key and line.
+pub fn component_error(root: &DeTable<'_>, key: &[String]) -> Option<Located> {
+    let [section, name] = key else { return None };
+    let (_, value) = root
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == section.as_str())?;
+    let DeValue::Table(components) = value.get_ref() else {
+        return None;
+    };
+    let (_, component) = components
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == name.as_str())?;
+    let DeValue::Table(table) = component.get_ref() else {
+        return None;
+    };
+    let kind = match table.get("type").map(|v| v.get_ref()) {
+        Some(DeValue::String(s)) => s.to_string(),
+        _ => return None,
+    };
+    let mut without_type = DeTable::new();
+    for (k, v) in table.iter().filter(|(k, _)| k.get_ref().as_ref() != "type") {
+        without_type.insert(k.clone(), v.clone());
+    }
+    let spanned = toml::Spanned::new(component.span(), DeValue::Table(without_type));
+    let error = match (section.as_str(), kind.as_str()) {
+        ("sources", "http") => first_error::<HttpSourceConfig>(spanned),
+        ("sinks", "file") => first_error::<FileSinkConfig>(spanned),
+        ("sinks", "stdout") => first_error::<StdoutSinkConfig>(spanned),
+        ("sinks", "http") => first_error::<HttpSinkConfig>(spanned),
+        _ => None,
+    }?;
+    let mut inner = key_of(error.path(), error.inner().message());
+    refine(table, &mut inner, error.inner().message());
+    let offset = offset(table, &inner).or_else(|| error.inner().span().map(|s| s.start));
+    let mut full = key.to_vec();
+    full.extend(inner);
+    Some((full, offset, error.inner().message().to_owned()))
+}
+
+fn first_error<T: DeserializeOwned>(
+    value: toml::Spanned<DeValue<'_>>,
+) -> Option<serde_path_to_error::Error<toml::de::Error>> {
+    serde_path_to_error::deserialize::<_, T>(ValueDeserializer::from(value)).err()
+}
 
 /// The dotted key an error concerns: the deserializer's path, plus the unknown field's name
 /// when serde reports one.

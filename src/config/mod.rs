@@ -272,14 +272,13 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let mut key = locate::key_of(e.path(), e.inner().message());
             locate::refine(&root, &mut key, e.inner().message());
-            let offset = locate::offset(&root, &key).or_else(|| e.inner().span().map(|s| s.start));
-            ConfigError::from_parts(
-                path,
-                &text,
-                offset,
-                Some(key.join(".")),
-                e.inner().message().to_owned(),
-            )
+            let (key, offset, message) =
+                locate::component_error(&root, &key).unwrap_or_else(|| {
+                    let offset =
+                        locate::offset(&root, &key).or_else(|| e.inner().span().map(|s| s.start));
+                    (key, offset, e.inner().message().to_owned())
+                });
+            ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
         })?;
         config.check().map_err(|(key, message)| {
             let offset = locate::offset(&root, &key);

@@ -32,6 +32,8 @@ pub enum ContentMode {
 }
 
 /// What a decoded HTTP message carried.
+// A single event is the common case; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Event(CloudEvent),

@@ -1,0 +1,22 @@
+# Multi-stage build: a release binary on a small non-root runtime image.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY protocols protocols
+COPY src src
+RUN cargo build --release --locked --bin ferry
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/ferry --create-home ferry
+COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
+COPY config/ferry.toml /etc/ferry/ferry.toml
+WORKDIR /var/lib/ferry
+USER ferry
+# The default config reads these; inside a container, listen on every interface.
+ENV FERRY_HTTP_LISTEN=0.0.0.0:8080 \
+    FERRY_ADMIN_LISTEN=0.0.0.0:9090
+EXPOSE 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
+    CMD ["ferry", "probe", "http://127.0.0.1:9090/healthz"]
+ENTRYPOINT ["ferry"]
+CMD ["run", "--config", "/etc/ferry/ferry.toml"]

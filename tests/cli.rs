@@ -1,0 +1,127 @@
+//! The real `ferry` binary: `check`, `run`, signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+#[test]
+fn check_prints_routes() {
+    let out = Command::new(FERRY)
+        .args(["check", "--config", "config/examples/orders.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("route    orders: webhooks -> orders (2 filters)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route    everything: webhooks -> archive (all events)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_a_typo_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    let text = std::fs::read_to_string("config/examples/orders.toml")
+        .unwrap()
+        .replacen("path = \"/events\"", "pth = \"/events\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(FERRY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "{}:9:1: key `sources.webhooks.pth`: unknown field `pth`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_on_every_command() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["probe", "--help"],
+    ] {
+        let out = Command::new(FERRY).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8(out.stdout).unwrap().contains("--"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn run_serves_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\npath = \"/events\"\n\n[sinks.out]\ntype = \"file\"\npath = \"{}/out.jsonl\"\n\n[routes.all]\nfrom = [\"web\"]\nto = [\"out\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(FERRY)
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Wait for the log line that says the source is listening, and read its address.
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("ferry exited before listening")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["message"] == "source listening" {
+            break v["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(
+        b"POST /events HTTP/1.1\r\nhost: ferry\r\nce-specversion: 1.0\r\nce-id: 1\r\nce-source: /cli\r\nce-type: t\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    // The container health check command works against a live listener.
+    let probe = Command::new(FERRY)
+        .args(["probe", &format!("http://{addr}/nope")])
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1), "404 is not healthy");
+    let probe = Command::new(FERRY).args(["probe", &format!("http://{admin}/healthz")]).output().unwrap();
+    assert_eq!(probe.status.code(), Some(0));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert!(written.contains("\"source\":\"/cli\""), "{written}");
+    // The rest of the log is drained so the pipe never blocks the child.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("shutdown complete")),
+        "{rest:?}"
+    );
+}
