@@ -84,16 +84,21 @@ fn run_serves_and_exits_zero_on_sigterm() {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // Wait for the log line that says the source is listening, and read its address.
-    let addr = loop {
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
         let line = lines
             .next()
             .expect("ferry exited before listening")
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["message"] == "source listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_owned();
+        let found = v["fields"]["addr"].as_str().map(str::to_owned);
+        match v["fields"]["message"].as_str() {
+            Some("source listening") => addr = found,
+            Some("admin listening") => admin = found,
+            _ => {}
         }
-    };
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.write_all(
         b"POST /events HTTP/1.1\r\nhost: ferry\r\nce-specversion: 1.0\r\nce-id: 1\r\nce-source: /cli\r\nce-type: t\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
@@ -108,7 +113,10 @@ fn run_serves_and_exits_zero_on_sigterm() {
         .output()
         .unwrap();
     assert_eq!(probe.status.code(), Some(1), "404 is not healthy");
-    let probe = Command::new(FERRY).args(["probe", &format!("http://{admin}/healthz")]).output().unwrap();
+    let probe = Command::new(FERRY)
+        .args(["probe", &format!("http://{admin}/healthz")])
+        .output()
+        .unwrap();
     assert_eq!(probe.status.code(), Some(0));
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
