@@ -72,7 +72,8 @@ impl Gateway {
             sinks.push(sinks::start(name, sink, &cx).await?);
             readiness.set(&format!("sink:{name}"), true);
         }
-        let routes = RouteTable::build(&config, &sink_index).map_err(StartError::Routes)?;
+        let routes =
+            RouteTable::build(&config, &sink_index, &metrics).map_err(StartError::Routes)?;
         let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(Generation {
             number: 1,
             routes,

@@ -22,6 +22,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub sink: String,
 }
@@ -45,6 +50,8 @@ pub struct Metrics {
     pub delivery_failures: Family<SinkFailureLabels, Counter>,
     pub sink_in_flight: Family<SinkLabels, Gauge>,
     pub sink_queue_capacity: Family<SinkLabels, Gauge>,
+    pub route_matched: Family<RouteLabels, Counter>,
+    pub route_filter_errors: Family<RouteLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,6 +73,8 @@ impl Metrics {
             delivery_failures: Family::default(),
             sink_in_flight: Family::default(),
             sink_queue_capacity: Family::default(),
+            route_matched: Family::default(),
+            route_filter_errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferry");
         r.register(
@@ -118,7 +127,23 @@ impl Metrics {
             "Capacity of each sink's queue",
             m.sink_queue_capacity.clone(),
         );
+        r.register(
+            "route_matched",
+            "Events a route matched",
+            m.route_matched.clone(),
+        );
+        r.register(
+            "route_filter_errors",
+            "CESQL evaluation errors in a route's filters (counted as no match)",
+            m.route_filter_errors.clone(),
+        );
         m
+    }
+
+    pub fn route(name: &str) -> RouteLabels {
+        RouteLabels {
+            route: name.to_owned(),
+        }
     }
 
     pub fn source(name: &str) -> SourceLabels {

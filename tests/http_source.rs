@@ -543,3 +543,63 @@ async fn admin_health_and_readiness() {
     let r = reqwest::get(gw.admin("/readyz")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn routes_by_a_cesql_expression_over_an_extension() {
+    let text = BASIC.replace(
+        "to = [\"archive\"]",
+        "to = [\"archive\"]\nfilters = [{ cesql = \"type LIKE 'com.example.%' AND temperature > 30\" }]",
+    );
+    let gw = TestGateway::start(&text).await;
+    let url = gw.url("web", "/events");
+    let send = |id: &'static str, ty: &'static str, temperature: &'static str| {
+        let url = url.clone();
+        async move {
+            client()
+                .post(&url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", id)
+                .header("ce-source", "/sensors")
+                .header("ce-type", ty)
+                .header("ce-temperature", temperature)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(send("hot", "com.example.reading", "31").await, 202);
+    assert_eq!(send("cold", "com.example.reading", "12").await, 202);
+    assert_eq!(send("other", "org.other.reading", "40").await, 202);
+    assert_eq!(send("broken", "com.example.reading", "warm").await, 202);
+    // Structured mode: the extension is a JSON Integer.
+    let resp = client()
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"hot-json","source":"/sensors","type":"com.example.reading","temperature":35}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let ids: Vec<Value> = gw
+        .lines("events.jsonl")
+        .iter()
+        .map(|l| l["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("hot"), json!("hot-json")]);
+    // "warm" > 30 is a cast error: no match, and the route counts it.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("ferry_events_unrouted_total{source=\"web\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_route_filter_errors_total{route=\"all\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_route_matched_total{route=\"all\"} 2"),
+        "{metrics}"
+    );
+}

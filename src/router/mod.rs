@@ -7,12 +7,14 @@
 mod filter;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
 
 pub use filter::{Filter, FilterConfig, Key, Op, Subject};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// One compiled route.
 #[derive(Debug)]
@@ -23,10 +25,10 @@ pub struct Route {
     /// Indexes into the generation's sink list.
     sinks: Vec<usize>,
     filter: Filter,
-    /// Events this route matched.
-    pub matched: AtomicU64,
-    /// CESQL evaluation errors (counted as "no match").
-    pub errors: AtomicU64,
+    /// Events this route matched (shared across generations by route name).
+    pub matched: Counter,
+    /// CESQL evaluation errors, counted as "no match".
+    pub errors: Counter,
 }
 
 /// All routes of one config generation, indexed by source.
@@ -59,6 +61,7 @@ impl RouteTable {
     pub fn build(
         config: &Config,
         sink_index: &HashMap<String, usize>,
+        metrics: &Metrics,
     ) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
         for (name, route) in &config.routes {
@@ -94,8 +97,14 @@ impl RouteTable {
                 to: route.to.clone(),
                 sinks,
                 filter,
-                matched: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
+                matched: metrics
+                    .route_matched
+                    .get_or_create(&Metrics::route(name))
+                    .clone(),
+                errors: metrics
+                    .route_filter_errors
+                    .get_or_create(&Metrics::route(name))
+                    .clone(),
             });
         }
         Ok(table)
@@ -111,14 +120,14 @@ impl RouteTable {
             let route = &self.routes[i];
             match route.filter.matches(subject) {
                 Ok(true) => {
-                    route.matched.fetch_add(1, Ordering::Relaxed);
+                    route.matched.inc();
                     for &sink in &route.sinks {
                         set.insert(sink);
                     }
                 }
                 Ok(false) => {}
                 Err(_) => {
-                    route.errors.fetch_add(1, Ordering::Relaxed);
+                    route.errors.inc();
                 }
             }
         }
