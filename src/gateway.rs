@@ -12,22 +12,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, SharedGeneration};
 use crate::router::RouteTable;
 use crate::sinks::{self, SinkContext};
-use crate::sources::{self, SourceStats};
+use crate::sources::{self, SourceContext, SourceStats};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("source `{source_name}`: cannot listen on {addr}: {error}")]
-    Listen {
-        source_name: String,
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Source(#[from] sources::SourceError),
     #[error("admin: cannot listen on {addr}: {error}")]
     Admin {
         addr: SocketAddr,
@@ -63,14 +59,21 @@ impl Gateway {
         let cx = SinkContext {
             metrics: metrics.clone(),
             tracker: sink_tracker.clone(),
+            readiness: readiness.clone(),
         };
 
         let mut sinks = Vec::with_capacity(config.sinks.len());
         let mut sink_index = HashMap::new();
         for (name, sink) in &config.sinks {
             sink_index.insert(name.clone(), sinks.len());
+            // File, stdout and HTTP sinks are ready once started; broker sinks report
+            // readiness themselves while connected.
+            let ready = matches!(
+                sink,
+                SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_)
+            );
+            cx.set_ready(name, ready);
             sinks.push(sinks::start(name, sink, &cx).await?);
-            readiness.set(&format!("sink:{name}"), true);
         }
         let routes =
             RouteTable::build(&config, &sink_index, &metrics).map_err(StartError::Routes)?;
@@ -83,25 +86,24 @@ impl Gateway {
         let source_tracker = TaskTracker::new();
         let mut source_addrs = BTreeMap::new();
         for (name, source) in &config.sources {
-            let stats = SourceStats::new(name, &metrics);
-            let addr = match source {
-                SourceConfig::Http(c) => sources::http::start(
-                    c,
-                    Arc::clone(&generation),
-                    stats,
-                    shutdown.child_token(),
-                    &source_tracker,
-                )
-                .await
-                .map_err(|error| StartError::Listen {
-                    source_name: name.clone(),
-                    addr: c.listen,
-                    error,
-                })?,
+            let cx = SourceContext {
+                generation: Arc::clone(&generation),
+                stats: SourceStats::new(name, &metrics),
+                shutdown: shutdown.child_token(),
+                tracker: source_tracker.clone(),
+                readiness: readiness.clone(),
             };
-            tracing::info!(source = %name, kind = source.kind(), %addr, "source listening");
-            source_addrs.insert(name.clone(), addr);
-            readiness.set(&format!("source:{name}"), true);
+            cx.set_ready(false);
+            match source {
+                SourceConfig::Http(c) => {
+                    let addr = sources::http::start(c, cx).await?;
+                    tracing::info!(source = %name, kind = "http", %addr, "source listening");
+                    source_addrs.insert(name.clone(), addr);
+                }
+                SourceConfig::Amqp(c) => sources::amqp::start(c, cx).await?,
+                SourceConfig::Mqtt(c) => sources::mqtt::start(c, cx).await?,
+                SourceConfig::Nats(c) => sources::nats::start(c, cx).await?,
+            }
         }
 
         let admin_tracker = TaskTracker::new();

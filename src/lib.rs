@@ -15,19 +15,24 @@
 //! - [`router`]: routes and the filter dialect.
 //! - [`pipeline`]: envelopes, deliveries, config generations and dispatch.
 //! - [`sources`], [`sinks`]: the adapters around the pure bindings in `protocols/`.
+//! - [`normalize`], [`template`]: building events from messages that are not CloudEvents,
+//!   and sink addresses from event attributes.
 //! - [`problem`]: HTTP errors as `application/problem+json`.
 //! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`gateway`]: starts the components in order and shuts them down gracefully.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod normalize;
 pub mod pipeline;
 pub mod problem;
 pub mod router;
 pub mod sinks;
 pub mod sources;
+pub mod template;
 
 pub use config::Config;
 pub use gateway::Gateway;

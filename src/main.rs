@@ -89,6 +89,9 @@ fn check(path: &Path) -> ExitCode {
     for (name, source) in &config.sources {
         match source {
             SourceConfig::Http(c) => println!("source   {name} (http) {}{}", c.listen, c.path),
+            SourceConfig::Amqp(c) => println!("source   {name} (amqp) queue {}", c.queue),
+            SourceConfig::Mqtt(c) => println!("source   {name} (mqtt) {}", c.topics.join(", ")),
+            SourceConfig::Nats(c) => println!("source   {name} (nats) {}", c.subject),
         }
     }
     for (name, sink) in &config.sinks {
@@ -96,6 +99,15 @@ fn check(path: &Path) -> ExitCode {
             SinkConfig::File(c) => c.path.display().to_string(),
             SinkConfig::Stdout(_) => "-".into(),
             SinkConfig::Http(c) => format!("{} ({:?})", c.url, c.mode).to_lowercase(),
+            SinkConfig::Amqp(c) => {
+                format!("exchange {:?} routing key {}", c.exchange, c.routing_key)
+            }
+            SinkConfig::Mqtt(c) => format!("topic {}", c.topic),
+            SinkConfig::Nats(c) => format!(
+                "subject {}{}",
+                c.subject,
+                if c.jetstream { " (jetstream)" } else { "" }
+            ),
         };
         println!("sink     {name} ({}) {target}", sink.kind());
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ferry_core::{AckToken, CloudEvent, FailureKind, TransportMetadata};
+use ferry_core::{AckToken, AckWaiter, CloudEvent, FailureKind, TransportMetadata};
 use tokio::sync::mpsc;
 
 use crate::router::{RouteTable, SinkSet, Subject};
@@ -136,4 +136,46 @@ impl Generation {
         }
         Ok(())
     }
+}
+
+/// What to do with an event that matches no route.
+pub use crate::config::Unrouted;
+
+/// Why a source could not hand its events on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestError {
+    /// No route matched the event at `index` and the source rejects unrouted events.
+    Unrouted { index: usize },
+    /// A sink's queue stayed full, or the sink is closing: the sender should retry later.
+    Dispatch(DispatchError),
+}
+
+/// Routes and dispatches one message's events (one, or a batch) within one generation.
+/// Returns the waiter that resolves once every sink confirmed (immediately when no route
+/// matched and unrouted events are accepted). Counts received and unrouted events.
+pub async fn ingest(
+    generation: &SharedGeneration,
+    stats: &crate::sources::SourceStats,
+    envelopes: Vec<Envelope>,
+    unrouted: Unrouted,
+    enqueue_timeout: Duration,
+) -> Result<AckWaiter, IngestError> {
+    stats.received.inc_by(envelopes.len() as u64);
+    let generation = generation.load_full();
+    let sets = generation.route(&stats.name, &envelopes);
+    if let Some(index) = sets.iter().position(SinkSet::is_empty) {
+        if unrouted == Unrouted::Reject {
+            return Err(IngestError::Unrouted { index });
+        }
+        stats
+            .unrouted
+            .inc_by(sets.iter().filter(|s| s.is_empty()).count() as u64);
+    }
+    let (root, waiter) = AckToken::new();
+    generation
+        .dispatch(envelopes, &sets, &root, enqueue_timeout)
+        .await
+        .map_err(IngestError::Dispatch)?;
+    root.confirm();
+    Ok(waiter)
 }

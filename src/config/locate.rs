@@ -4,7 +4,10 @@ use serde::de::DeserializeOwned;
 use serde_path_to_error::{Path, Segment};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::{FileSinkConfig, HttpSinkConfig, HttpSourceConfig, StdoutSinkConfig};
+use super::{
+    AmqpSinkConfig, AmqpSourceConfig, FileSinkConfig, HttpSinkConfig, HttpSourceConfig,
+    MqttSinkConfig, MqttSourceConfig, NatsSinkConfig, NatsSourceConfig, StdoutSinkConfig,
+};
 
 /// A precise error: key path, byte offset and message.
 pub type Located = (Vec<String>, Option<usize>, String);
@@ -41,6 +44,12 @@ pub fn component_error(root: &DeTable<'_>, key: &[String]) -> Option<Located> {
         ("sinks", "file") => first_error::<FileSinkConfig>(spanned),
         ("sinks", "stdout") => first_error::<StdoutSinkConfig>(spanned),
         ("sinks", "http") => first_error::<HttpSinkConfig>(spanned),
+        ("sources", "amqp") => first_error::<AmqpSourceConfig>(spanned),
+        ("sinks", "amqp") => first_error::<AmqpSinkConfig>(spanned),
+        ("sources", "mqtt") => first_error::<MqttSourceConfig>(spanned),
+        ("sinks", "mqtt") => first_error::<MqttSinkConfig>(spanned),
+        ("sources", "nats") => first_error::<NatsSourceConfig>(spanned),
+        ("sinks", "nats") => first_error::<NatsSinkConfig>(spanned),
         _ => None,
     }?;
     let mut inner = key_of(error.path(), error.inner().message());

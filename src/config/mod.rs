@@ -4,9 +4,12 @@
 //! deserialize (unknown keys refused) → check references between components. Every error
 //! names the file, the line and the key.
 
+mod amqp;
 mod error;
 mod interpolate;
 mod locate;
+mod mqtt;
+mod nats;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,8 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use amqp::{AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
+pub use mqtt::{MqttProtocol, MqttSinkConfig, MqttSourceConfig};
+pub use nats::{NatsSinkConfig, NatsSourceConfig};
 
+use crate::normalize::NormalizeConfig;
 use crate::router::FilterConfig;
 
 /// The whole configuration file.
@@ -76,12 +83,18 @@ pub enum LogFormat {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(HttpSourceConfig),
+    Amqp(AmqpSourceConfig),
+    Mqtt(MqttSourceConfig),
+    Nats(NatsSourceConfig),
 }
 
 impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Amqp(_) => "amqp",
+            SourceConfig::Mqtt(_) => "mqtt",
+            SourceConfig::Nats(_) => "nats",
         }
     }
 
@@ -89,6 +102,7 @@ impl SourceConfig {
     pub fn listen(&self) -> Option<SocketAddr> {
         match self {
             SourceConfig::Http(c) => Some(c.listen),
+            SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => None,
         }
     }
 }
@@ -114,6 +128,9 @@ pub struct HttpSourceConfig {
     /// Most concurrent requests in progress; more wait for a slot.
     #[serde(default = "defaults::max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Builds events from requests that are not CloudEvents (third-party webhooks).
+    #[serde(default)]
+    pub normalize: Option<NormalizeConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -133,6 +150,9 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
     Http(HttpSinkConfig),
+    Amqp(AmqpSinkConfig),
+    Mqtt(MqttSinkConfig),
+    Nats(NatsSinkConfig),
 }
 
 impl SinkConfig {
@@ -141,6 +161,9 @@ impl SinkConfig {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Mqtt(_) => "mqtt",
+            SinkConfig::Nats(_) => "nats",
         }
     }
 
@@ -150,6 +173,9 @@ impl SinkConfig {
             SinkConfig::File(c) => c.queue,
             SinkConfig::Stdout(c) => c.queue,
             SinkConfig::Http(c) => c.queue,
+            SinkConfig::Amqp(c) => c.queue,
+            SinkConfig::Mqtt(c) => c.queue,
+            SinkConfig::Nats(c) => c.queue,
         }
     }
 }
@@ -214,7 +240,7 @@ pub struct RouteConfig {
     pub filters: Vec<FilterConfig>,
 }
 
-mod defaults {
+pub(crate) mod defaults {
     pub fn path() -> String {
         "/".into()
     }
@@ -244,6 +270,15 @@ mod defaults {
     }
     pub fn shutdown_timeout_ms() -> u64 {
         30_000
+    }
+    pub fn prefetch() -> u16 {
+        64
+    }
+    pub fn routing_key() -> String {
+        "{type}".into()
+    }
+    pub fn qos() -> u8 {
+        1
     }
 }
 
@@ -310,7 +345,11 @@ impl Config {
                 }
                 listeners.insert(addr, key);
             }
-            match source {
+            let prefix = |(mut key, message): (Vec<String>, String)| {
+                key.splice(0..0, ["sources".to_owned(), name.clone()]);
+                (key, message)
+            };
+            let normalize = match source {
                 SourceConfig::Http(c) => {
                     if !c.path.starts_with('/') {
                         return Err((
@@ -324,7 +363,28 @@ impl Config {
                             "limits must be greater than 0".into(),
                         ));
                     }
+                    &c.normalize
                 }
+                SourceConfig::Amqp(c) => {
+                    c.check().map_err(prefix)?;
+                    &c.normalize
+                }
+                SourceConfig::Mqtt(c) => {
+                    c.check().map_err(prefix)?;
+                    &c.normalize
+                }
+                SourceConfig::Nats(c) => {
+                    c.check().map_err(prefix)?;
+                    &c.normalize
+                }
+            };
+            if let Some(n) = normalize {
+                crate::normalize::Normalizer::compile(n).map_err(|(key, message)| {
+                    (
+                        vec!["sources".into(), name.clone(), "normalize".into(), key],
+                        message,
+                    )
+                })?;
             }
         }
         for (name, sink) in &self.sinks {
@@ -334,6 +394,26 @@ impl Config {
                     path_key("sinks", name, "queue"),
                     "queue must be greater than 0".into(),
                 ));
+            }
+            let prefix = |(mut key, message): (Vec<String>, String)| {
+                key.splice(0..0, ["sinks".to_owned(), name.clone()]);
+                (key, message)
+            };
+            match sink {
+                SinkConfig::Amqp(c) => c.check().map_err(prefix)?,
+                SinkConfig::Mqtt(c) => c.check().map_err(prefix)?,
+                SinkConfig::Nats(c) => c.check().map_err(prefix)?,
+                SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
+            }
+            let prefix = |(mut key, message): (Vec<String>, String)| {
+                key.splice(0..0, ["sinks".to_owned(), name.clone()]);
+                (key, message)
+            };
+            match sink {
+                SinkConfig::Amqp(c) => c.check().map_err(prefix)?,
+                SinkConfig::Mqtt(c) => c.check().map_err(prefix)?,
+                SinkConfig::Nats(c) => c.check().map_err(prefix)?,
+                SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
             }
             if let SinkConfig::Http(c) = sink {
                 let url = reqwest::Url::parse(&c.url)

@@ -22,7 +22,9 @@ fn the_documented_examples_load() {
 #[test]
 fn defaults() {
     let c = load("[sources.a]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    let SourceConfig::Http(h) = &c.sources["a"];
+    let SourceConfig::Http(h) = &c.sources["a"] else {
+        panic!("http")
+    };
     assert_eq!(h.path, "/");
     assert_eq!(h.max_body_bytes, 1024 * 1024);
     assert_eq!(h.unrouted, Unrouted::Accept);
@@ -34,7 +36,9 @@ fn interpolation() {
         "[sources.a]\ntype = \"http\"\nlisten = \"127.0.0.1:${PORT}\"\npath = \"${PATH_X:-/in}\"\n",
     )
     .unwrap();
-    let SourceConfig::Http(h) = &c.sources["a"];
+    let SourceConfig::Http(h) = &c.sources["a"] else {
+        panic!("http")
+    };
     assert_eq!(h.listen.port(), 8088);
     assert_eq!(h.path, "/in");
     let e = load("[sources.a]\ntype = \"http\"\nlisten = \"${NOPE}\"\n").unwrap_err();

@@ -1,8 +1,11 @@
 //! Sinks: where events leave Ferry. Each sink owns a bounded queue and a task that delivers
 //! from it and resolves every delivery's acknowledgement.
 
+mod amqp;
 mod file;
 mod http;
+mod mqtt;
+mod nats;
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Readiness;
 use crate::config::SinkConfig;
 use crate::metrics::{Metrics, SinkFailureLabels};
 use crate::pipeline::{Delivery, SinkHandle};
@@ -34,11 +38,19 @@ pub enum SinkError {
 pub struct SinkContext {
     pub metrics: Metrics,
     pub tracker: TaskTracker,
+    pub readiness: Readiness,
+}
+
+impl SinkContext {
+    /// Reports whether a sink is connected (`/readyz`).
+    pub fn set_ready(&self, sink: &str, ready: bool) {
+        self.readiness.set(&format!("sink:{sink}"), ready);
+    }
 }
 
 /// Per-sink counters, cached so the hot path does no label lookups.
 #[derive(Clone)]
-struct SinkStats {
+pub struct SinkStats {
     name: Arc<str>,
     metrics: Metrics,
     delivered: Counter,
@@ -56,12 +68,12 @@ impl SinkStats {
         }
     }
 
-    fn confirm(&self, delivery: Delivery) {
+    pub fn confirm(&self, delivery: Delivery) {
         self.delivered.inc();
         delivery.ack.confirm();
     }
 
-    fn fail(&self, delivery: Delivery, kind: FailureKind, message: String) {
+    pub fn fail(&self, delivery: Delivery, kind: FailureKind, message: String) {
         tracing::warn!(sink = %self.name, event.id = delivery.envelope.event.id(), error = %message, "delivery failed");
         self.metrics
             .delivery_failures
@@ -96,6 +108,9 @@ pub async fn start(
         SinkConfig::File(c) => file::start(&name, c, rx, stats, cx).await?,
         SinkConfig::Stdout(_) => file::start_stdout(rx, stats, cx),
         SinkConfig::Http(c) => http::start(&name, c, rx, stats, cx)?,
+        SinkConfig::Amqp(c) => amqp::start(&name, c, rx, stats, cx)?,
+        SinkConfig::Mqtt(c) => mqtt::start(&name, c, rx, stats, cx)?,
+        SinkConfig::Nats(c) => nats::start(&name, c, rx, stats, cx)?,
     }
     Ok(SinkHandle::new(name, config.kind(), tx))
 }

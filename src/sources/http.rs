@@ -13,17 +13,16 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use ferry_core::{AckToken, FailureKind, Outcome};
+use ferry_core::{FailureKind, Outcome};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::SourceStats;
-use crate::config::{HttpSourceConfig, Unrouted};
-use crate::pipeline::{DispatchError, Envelope, SharedGeneration};
+use super::{SourceContext, SourceError, SourceStats};
+use crate::config::HttpSourceConfig;
+use crate::normalize::{Normalizer, Raw};
+use crate::pipeline::{self, DispatchError, Envelope, IngestError, SharedGeneration};
 use crate::problem::Problem;
 
 struct SourceState {
@@ -31,31 +30,47 @@ struct SourceState {
     generation: SharedGeneration,
     stats: SourceStats,
     requests: Semaphore,
+    normalizer: Option<Normalizer>,
 }
 
-/// Binds the listener (so address errors surface at startup) and serves until `shutdown`.
+/// Binds the listener (so address errors surface at startup) and serves until shutdown.
 /// In-flight requests finish before the task ends.
 pub async fn start(
     config: &HttpSourceConfig,
-    generation: SharedGeneration,
-    stats: SourceStats,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
+    cx: SourceContext,
+) -> Result<SocketAddr, SourceError> {
+    let listen_error = |error| SourceError::Listen {
+        source_name: cx.name().to_owned(),
+        addr: config.listen,
+        error,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let normalizer = match &config.normalize {
+        Some(n) => Some(
+            Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
+                source_name: cx.name().to_owned(),
+                message: format!("normalize.{key}: {message}"),
+            })?,
+        ),
+        None => None,
+    };
     let state = Arc::new(SourceState {
         config: config.clone(),
-        generation,
-        stats,
+        generation: cx.generation.clone(),
+        stats: cx.stats.clone(),
         requests: Semaphore::new(config.max_concurrent_requests),
+        normalizer,
     });
     let name = state.stats.name.clone();
     let app = Router::new()
         .route(&config.path, any(handle))
         .fallback(not_found)
         .with_state(state);
-    tracker.spawn(async move {
+    let shutdown = cx.shutdown.clone();
+    cx.tracker.spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
@@ -63,7 +78,22 @@ pub async fn start(
             tracing::error!(source = %name, error = %e, "HTTP source stopped");
         }
     });
+    cx.set_ready(true);
     Ok(addr)
+}
+
+/// A message is raw (not a CloudEvent) when it has neither `ce-specversion` nor a
+/// CloudEvents media type.
+fn is_raw(headers: &HeaderMap) -> bool {
+    let ce_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/cloudevents")
+        });
+    !ce_type && !ferry_http::is_binary_event(headers)
 }
 
 async fn not_found() -> Problem {
@@ -146,8 +176,33 @@ async fn accept(
             ));
         }
     };
-    let message = ferry_http::decode(&headers, bytes).map_err(|e| (Problem::from(e), 1))?;
     let metadata = ferry_http::metadata(&headers);
+    let message = match &state.normalizer {
+        // Not a CloudEvent (no ce-specversion, not application/cloudevents…): build one.
+        Some(n) if is_raw(&headers) => {
+            let content_type = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let raw = Raw {
+                metadata: &metadata,
+                body: bytes,
+                content_type,
+                message_id: None,
+            };
+            n.apply(raw)
+                .map(ferry_http::Message::Event)
+                .map_err(|error| {
+                    (
+                        Problem::from(ferry_http::DecodeError::Invalid {
+                            header: None,
+                            error,
+                        }),
+                        1,
+                    )
+                })?
+        }
+        _ => ferry_http::decode(&headers, bytes).map_err(|e| (Problem::from(e), 1))?,
+    };
     let envelopes: Vec<Envelope> = match message {
         ferry_http::Message::Event(event) => vec![Envelope { event, metadata }],
         ferry_http::Message::Batch(events) => events
@@ -159,46 +214,42 @@ async fn accept(
             .collect(),
     };
     let n = envelopes.len() as u64;
-    state.stats.received.inc_by(n);
-
-    let generation = state.generation.load_full();
-    let sets = generation.route(&state.stats.name, &envelopes);
-    let unrouted = sets.iter().filter(|s| s.is_empty()).count() as u64;
-    if unrouted > 0 {
-        if state.config.unrouted == Unrouted::Reject {
-            let index = sets.iter().position(|s| s.is_empty());
-            let mut p = Problem::new(StatusCode::NOT_FOUND, "no route matches the event");
-            if matches!(headers.get(http::header::CONTENT_TYPE), Some(ct) if ct.to_str().is_ok_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents-batch")))
-            {
-                p.index = index;
-            }
-            return Err((p, n));
-        }
-        state.stats.unrouted.inc_by(unrouted);
-    }
-
-    let (root, waiter) = AckToken::new();
+    let is_batch = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/cloudevents-batch")
+        });
     let enqueue_timeout = Duration::from_millis(state.config.enqueue_timeout_ms);
-    if let Err(e) = generation
-        .dispatch(envelopes, &sets, &root, enqueue_timeout)
-        .await
-    {
+    let waiter = pipeline::ingest(
+        &state.generation,
+        &state.stats,
+        envelopes,
+        state.config.unrouted,
+        enqueue_timeout,
+    )
+    .await
+    .map_err(|e| {
         let p = match e {
-            DispatchError::Overloaded { sink } => Problem::new(
+            IngestError::Unrouted { index } => {
+                let mut p = Problem::new(StatusCode::NOT_FOUND, "no route matches the event");
+                p.index = is_batch.then_some(index);
+                p
+            }
+            IngestError::Dispatch(DispatchError::Overloaded { sink }) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("sink `{sink}` is at capacity; retry later"),
             )
             .retry_after(1),
-            DispatchError::Closed { sink } => Problem::new(
+            IngestError::Dispatch(DispatchError::Closed { sink }) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("sink `{sink}` is shutting down; retry later"),
             )
             .retry_after(1),
         };
-        return Err((p, n));
-    }
-    root.confirm();
-    drop(generation);
+        (p, n)
+    })?;
 
     let ack_timeout = Duration::from_millis(state.config.ack_timeout_ms);
     match tokio::time::timeout(ack_timeout, waiter.wait()).await {

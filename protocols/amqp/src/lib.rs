@@ -1,0 +1,1 @@
+//! CloudEvents amqp binding (in progress).

@@ -1,0 +1,1 @@
+//! CloudEvents mqtt binding (in progress).

@@ -1,0 +1,1 @@
+//! CloudEvents nats binding (in progress).

@@ -1,0 +1,24 @@
+//! NATS sink (in progress).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{SinkContext, SinkError, SinkStats};
+use crate::config::NatsSinkConfig;
+use crate::pipeline::Delivery;
+
+/// Starts the sink task: connects (and reconnects) in the background and delivers from `rx`.
+pub fn start(
+    name: &Arc<str>,
+    config: &NatsSinkConfig,
+    rx: mpsc::Receiver<Delivery>,
+    stats: SinkStats,
+    cx: &SinkContext,
+) -> Result<(), SinkError> {
+    let _ = (config, rx, stats, cx);
+    Err(SinkError::Config {
+        sink: name.to_string(),
+        message: "not implemented yet".into(),
+    })
+}

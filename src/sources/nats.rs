@@ -1,0 +1,14 @@
+//! NATS source (in progress).
+
+use super::{SourceContext, SourceError};
+use crate::config::NatsSourceConfig;
+
+/// Starts consuming in the background; reconnects on its own. Readiness is reported through
+/// the context while connected.
+pub async fn start(config: &NatsSourceConfig, cx: SourceContext) -> Result<(), SourceError> {
+    let _ = (config, cx);
+    Err(SourceError::Config {
+        source_name: "-".into(),
+        message: "not implemented yet".into(),
+    })
+}
