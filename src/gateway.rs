@@ -43,6 +43,7 @@ pub struct Gateway {
     sinks: TaskTracker,
     admin: TaskTracker,
     source_addrs: BTreeMap<String, SocketAddr>,
+    sink_addrs: BTreeMap<String, SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shutdown_timeout: Duration,
 }
@@ -63,17 +64,23 @@ impl Gateway {
         };
 
         let mut sinks = Vec::with_capacity(config.sinks.len());
+        let mut sink_addrs = BTreeMap::new();
         let mut sink_index = HashMap::new();
         for (name, sink) in &config.sinks {
             sink_index.insert(name.clone(), sinks.len());
-            // File, stdout and HTTP sinks are ready once started; broker sinks report
+            // Local sinks are ready once started; broker sinks report
             // readiness themselves while connected.
-            let ready = matches!(
+            let ready = !matches!(
                 sink,
-                SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_)
+                SinkConfig::Amqp(_) | SinkConfig::Mqtt(_) | SinkConfig::Nats(_)
             );
             cx.set_ready(name, ready);
-            sinks.push(sinks::start(name, sink, &cx).await?);
+            let (handle, addr) = sinks::start(name, sink, &cx).await?;
+            if let Some(addr) = addr {
+                tracing::info!(sink = %name, kind = sink.kind(), %addr, "sink listening");
+                sink_addrs.insert(name.clone(), addr);
+            }
+            sinks.push(handle);
         }
         let routes =
             RouteTable::build(&config, &sink_index, &metrics).map_err(StartError::Routes)?;
@@ -103,6 +110,11 @@ impl Gateway {
                 SourceConfig::Amqp(c) => sources::amqp::start(c, cx).await?,
                 SourceConfig::Mqtt(c) => sources::mqtt::start(c, cx).await?,
                 SourceConfig::Nats(c) => sources::nats::start(c, cx).await?,
+                SourceConfig::Websocket(c) => {
+                    let addr = sources::websocket::start(c, cx).await?;
+                    tracing::info!(source = %name, kind = "websocket", %addr, "source listening");
+                    source_addrs.insert(name.clone(), addr);
+                }
             }
         }
 
@@ -134,6 +146,7 @@ impl Gateway {
             sinks: sink_tracker,
             admin: admin_tracker,
             source_addrs,
+            sink_addrs,
             admin_addr,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
@@ -142,6 +155,11 @@ impl Gateway {
     /// The address a source is bound to (useful with port 0).
     pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
         self.source_addrs.get(name).copied()
+    }
+
+    /// The address a listening sink (WebSocket push) is bound to.
+    pub fn sink_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.sink_addrs.get(name).copied()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -92,6 +92,9 @@ fn check(path: &Path) -> ExitCode {
             SourceConfig::Amqp(c) => println!("source   {name} (amqp) queue {}", c.queue),
             SourceConfig::Mqtt(c) => println!("source   {name} (mqtt) {}", c.topics.join(", ")),
             SourceConfig::Nats(c) => println!("source   {name} (nats) {}", c.subject),
+            SourceConfig::Websocket(c) => {
+                println!("source   {name} (websocket) {}{}", c.listen, c.path)
+            }
         }
     }
     for (name, sink) in &config.sinks {
@@ -103,6 +106,7 @@ fn check(path: &Path) -> ExitCode {
                 format!("exchange {:?} routing key {}", c.exchange, c.routing_key)
             }
             SinkConfig::Mqtt(c) => format!("topic {}", c.topic),
+            SinkConfig::Websocket(c) => format!("{}{} (push)", c.listen, c.path),
             SinkConfig::Nats(c) => format!(
                 "subject {}{}",
                 c.subject,

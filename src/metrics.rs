@@ -22,6 +22,12 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub component: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -50,6 +56,9 @@ pub struct Metrics {
     pub delivery_failures: Family<SinkFailureLabels, Counter>,
     pub sink_in_flight: Family<SinkLabels, Gauge>,
     pub sink_queue_capacity: Family<SinkLabels, Gauge>,
+    pub websocket_dropped: Family<SinkLabels, Counter>,
+    pub websocket_closed: Family<ClosedLabels, Counter>,
+    pub sink_connections: Family<SinkLabels, Gauge>,
     pub route_matched: Family<RouteLabels, Counter>,
     pub route_filter_errors: Family<RouteLabels, Counter>,
 }
@@ -73,6 +82,9 @@ impl Metrics {
             delivery_failures: Family::default(),
             sink_in_flight: Family::default(),
             sink_queue_capacity: Family::default(),
+            websocket_dropped: Family::default(),
+            websocket_closed: Family::default(),
+            sink_connections: Family::default(),
             route_matched: Family::default(),
             route_filter_errors: Family::default(),
         };
@@ -128,6 +140,21 @@ impl Metrics {
             m.sink_queue_capacity.clone(),
         );
         r.register(
+            "websocket_dropped",
+            "Events dropped for slow WebSocket subscribers (drop-oldest)",
+            m.websocket_dropped.clone(),
+        );
+        r.register(
+            "websocket_closed",
+            "WebSocket connections closed by Ferry or the client, by reason",
+            m.websocket_closed.clone(),
+        );
+        r.register(
+            "sink_connections",
+            "Connected subscribers per push sink",
+            m.sink_connections.clone(),
+        );
+        r.register(
             "route_matched",
             "Events a route matched",
             m.route_matched.clone(),
@@ -156,6 +183,16 @@ impl Metrics {
         SinkLabels {
             sink: name.to_owned(),
         }
+    }
+
+    /// Counts a closed WebSocket connection of a source or sink.
+    pub fn websocket_closed(&self, component: &str, reason: &'static str) {
+        self.websocket_closed
+            .get_or_create(&ClosedLabels {
+                component: component.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn reject(&self, source: &str, reason: &'static str, n: u64) {

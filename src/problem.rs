@@ -2,7 +2,10 @@
 //! responses.
 
 use axum::response::{IntoResponse, Response};
+use ferry_core::{DeliveryFailure, FailureKind, Outcome};
 use ferry_http::DecodeError;
+
+use crate::pipeline::{DispatchError, IngestError};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
@@ -69,6 +72,62 @@ impl Problem {
             StatusCode::GATEWAY_TIMEOUT => "timeout",
             _ => "delivery_failed",
         }
+    }
+}
+
+impl Problem {
+    /// An event that could not be handed to its sinks. `index` is its position in a batch.
+    pub fn from_ingest(e: IngestError, in_batch: bool) -> Problem {
+        match e {
+            IngestError::Unrouted { index } => {
+                let mut p = Problem::new(StatusCode::NOT_FOUND, "no route matches the event");
+                p.index = in_batch.then_some(index);
+                p
+            }
+            IngestError::Dispatch(DispatchError::Overloaded { sink }) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sink `{sink}` is at capacity; retry later"),
+            )
+            .retry_after(1),
+            IngestError::Dispatch(DispatchError::Closed { sink }) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sink `{sink}` is shutting down; retry later"),
+            )
+            .retry_after(1),
+        }
+    }
+
+    /// The answer for a delivery outcome; `None` when it was delivered.
+    pub fn from_outcome(outcome: Outcome) -> Option<Problem> {
+        match outcome {
+            Outcome::Delivered => None,
+            Outcome::Failed(f) => Some(Problem::from_failure(&f)),
+        }
+    }
+
+    fn from_failure(f: &DeliveryFailure) -> Problem {
+        match f.kind {
+            FailureKind::Overloaded => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sink `{}` is at capacity; retry later", f.sink),
+            )
+            .retry_after(1),
+            _ => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "delivery to sink `{}` failed; the event was not accepted",
+                    f.sink
+                ),
+            ),
+        }
+    }
+
+    /// The sinks did not confirm in time.
+    pub fn ack_timeout(ms: u64) -> Problem {
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("sinks did not confirm within {ms} ms; the event was not accepted"),
+        )
     }
 }
 

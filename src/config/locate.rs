@@ -7,6 +7,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::{
     AmqpSinkConfig, AmqpSourceConfig, FileSinkConfig, HttpSinkConfig, HttpSourceConfig,
     MqttSinkConfig, MqttSourceConfig, NatsSinkConfig, NatsSourceConfig, StdoutSinkConfig,
+    WebSocketSinkConfig, WebSocketSourceConfig,
 };
 
 /// A precise error: key path, byte offset and message.
@@ -50,6 +51,8 @@ pub fn component_error(root: &DeTable<'_>, key: &[String]) -> Option<Located> {
         ("sinks", "mqtt") => first_error::<MqttSinkConfig>(spanned),
         ("sources", "nats") => first_error::<NatsSourceConfig>(spanned),
         ("sinks", "nats") => first_error::<NatsSinkConfig>(spanned),
+        ("sources", "websocket") => first_error::<WebSocketSourceConfig>(spanned),
+        ("sinks", "websocket") => first_error::<WebSocketSinkConfig>(spanned),
         _ => None,
     }?;
     let mut inner = key_of(error.path(), error.inner().message());

@@ -10,6 +10,7 @@ mod interpolate;
 mod locate;
 mod mqtt;
 mod nats;
+mod websocket;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use amqp::{AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
 pub use mqtt::{MqttProtocol, MqttSinkConfig, MqttSourceConfig};
 pub use nats::{NatsSinkConfig, NatsSourceConfig};
+pub use websocket::{SlowClient, WebSocketSinkConfig, WebSocketSourceConfig};
 
 use crate::normalize::NormalizeConfig;
 use crate::router::FilterConfig;
@@ -86,6 +88,7 @@ pub enum SourceConfig {
     Amqp(AmqpSourceConfig),
     Mqtt(MqttSourceConfig),
     Nats(NatsSourceConfig),
+    Websocket(WebSocketSourceConfig),
 }
 
 impl SourceConfig {
@@ -95,6 +98,7 @@ impl SourceConfig {
             SourceConfig::Amqp(_) => "amqp",
             SourceConfig::Mqtt(_) => "mqtt",
             SourceConfig::Nats(_) => "nats",
+            SourceConfig::Websocket(_) => "websocket",
         }
     }
 
@@ -102,6 +106,7 @@ impl SourceConfig {
     pub fn listen(&self) -> Option<SocketAddr> {
         match self {
             SourceConfig::Http(c) => Some(c.listen),
+            SourceConfig::Websocket(c) => Some(c.listen),
             SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => None,
         }
     }
@@ -153,6 +158,7 @@ pub enum SinkConfig {
     Amqp(AmqpSinkConfig),
     Mqtt(MqttSinkConfig),
     Nats(NatsSinkConfig),
+    Websocket(WebSocketSinkConfig),
 }
 
 impl SinkConfig {
@@ -164,6 +170,7 @@ impl SinkConfig {
             SinkConfig::Amqp(_) => "amqp",
             SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::Nats(_) => "nats",
+            SinkConfig::Websocket(_) => "websocket",
         }
     }
 
@@ -176,6 +183,7 @@ impl SinkConfig {
             SinkConfig::Amqp(c) => c.queue,
             SinkConfig::Mqtt(c) => c.queue,
             SinkConfig::Nats(c) => c.queue,
+            SinkConfig::Websocket(c) => c.queue,
         }
     }
 }
@@ -280,6 +288,18 @@ pub(crate) mod defaults {
     pub fn qos() -> u8 {
         1
     }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn ws_in_flight() -> usize {
+        64
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn ping_interval_ms() -> u64 {
+        20_000
+    }
 }
 
 impl Config {
@@ -331,19 +351,7 @@ impl Config {
         for (name, source) in &self.sources {
             check_name(&["sources", name])?;
             if let Some(addr) = source.listen() {
-                let key = vec!["sources".to_owned(), name.clone(), "listen".to_owned()];
-                if let Some(other) = listeners.get(&addr) {
-                    if addr.port() != 0 {
-                        return Err((
-                            key,
-                            format!(
-                                "listen address {addr} is already used by `{}`",
-                                other.join(".")
-                            ),
-                        ));
-                    }
-                }
-                listeners.insert(addr, key);
+                claim(&mut listeners, addr, &["sources", name, "listen"])?;
             }
             let prefix = |(mut key, message): (Vec<String>, String)| {
                 key.splice(0..0, ["sources".to_owned(), name.clone()]);
@@ -377,6 +385,34 @@ impl Config {
                     c.check().map_err(prefix)?;
                     &c.normalize
                 }
+                SourceConfig::Websocket(c) => {
+                    if !c.path.starts_with('/') {
+                        return Err((
+                            path_key("sources", name, "path"),
+                            "path must start with `/`".into(),
+                        ));
+                    }
+                    for (key, v) in [
+                        ("max_message_bytes", c.max_message_bytes),
+                        ("max_connections", c.max_connections),
+                        ("max_in_flight", c.max_in_flight),
+                    ] {
+                        if v == 0 {
+                            return Err((
+                                path_key("sources", name, key),
+                                format!("{key} must be greater than 0"),
+                            ));
+                        }
+                    }
+                    if c.ping_interval_ms == 0 || c.ping_interval_ms >= c.idle_timeout_ms {
+                        return Err((
+                            path_key("sources", name, "ping_interval_ms"),
+                            "ping_interval_ms must be greater than 0 and less than idle_timeout_ms"
+                                .into(),
+                        ));
+                    }
+                    &c.normalize
+                }
             };
             if let Some(n) = normalize {
                 crate::normalize::Normalizer::compile(n).map_err(|(key, message)| {
@@ -389,6 +425,9 @@ impl Config {
         }
         for (name, sink) in &self.sinks {
             check_name(&["sinks", name])?;
+            if let SinkConfig::Websocket(c) = sink {
+                claim(&mut listeners, c.listen, &["sinks", name, "listen"])?;
+            }
             if sink.queue() == 0 {
                 return Err((
                     path_key("sinks", name, "queue"),
@@ -403,6 +442,20 @@ impl Config {
                 SinkConfig::Amqp(c) => c.check().map_err(prefix)?,
                 SinkConfig::Mqtt(c) => c.check().map_err(prefix)?,
                 SinkConfig::Nats(c) => c.check().map_err(prefix)?,
+                SinkConfig::Websocket(c) => {
+                    if !c.path.starts_with('/') {
+                        return Err((
+                            path_key("sinks", name, "path"),
+                            "path must start with `/`".into(),
+                        ));
+                    }
+                    if c.max_connections == 0 || c.ping_interval_ms == 0 {
+                        return Err((
+                            path_key("sinks", name, "max_connections"),
+                            "max_connections and ping_interval_ms must be greater than 0".into(),
+                        ));
+                    }
+                }
                 SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
             }
             let prefix = |(mut key, message): (Vec<String>, String)| {
@@ -413,6 +466,20 @@ impl Config {
                 SinkConfig::Amqp(c) => c.check().map_err(prefix)?,
                 SinkConfig::Mqtt(c) => c.check().map_err(prefix)?,
                 SinkConfig::Nats(c) => c.check().map_err(prefix)?,
+                SinkConfig::Websocket(c) => {
+                    if !c.path.starts_with('/') {
+                        return Err((
+                            path_key("sinks", name, "path"),
+                            "path must start with `/`".into(),
+                        ));
+                    }
+                    if c.max_connections == 0 || c.ping_interval_ms == 0 {
+                        return Err((
+                            path_key("sinks", name, "max_connections"),
+                            "max_connections and ping_interval_ms must be greater than 0".into(),
+                        ));
+                    }
+                }
                 SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
             }
             if let SinkConfig::Http(c) = sink {
@@ -491,6 +558,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Records a listener address; two components on one address (other than port 0) are refused.
+fn claim(
+    listeners: &mut BTreeMap<SocketAddr, Vec<String>>,
+    addr: SocketAddr,
+    key: &[&str],
+) -> Result<(), (Vec<String>, String)> {
+    let key: Vec<String> = key.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(other) = listeners.get(&addr) {
+        if addr.port() != 0 {
+            return Err((
+                key,
+                format!(
+                    "listen address {addr} is already used by `{}`",
+                    other.join(".")
+                ),
+            ));
+        }
+    }
+    listeners.insert(addr, key);
+    Ok(())
 }
 
 fn path_key(section: &str, name: &str, key: &str) -> Vec<String> {

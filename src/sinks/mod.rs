@@ -6,6 +6,7 @@ mod file;
 mod http;
 mod mqtt;
 mod nats;
+mod websocket;
 
 use std::sync::Arc;
 
@@ -91,12 +92,13 @@ impl SinkStats {
     }
 }
 
-/// Starts a sink and returns the handle routes send to.
+/// Starts a sink and returns the handle routes send to, and the address it listens on if it
+/// listens (the WebSocket push sink).
 pub async fn start(
     name: &str,
     config: &SinkConfig,
     cx: &SinkContext,
-) -> Result<SinkHandle, SinkError> {
+) -> Result<(SinkHandle, Option<std::net::SocketAddr>), SinkError> {
     let name: Arc<str> = Arc::from(name);
     let (tx, rx) = mpsc::channel(config.queue());
     cx.metrics
@@ -104,13 +106,15 @@ pub async fn start(
         .get_or_create(&Metrics::sink(&name))
         .set(config.queue() as i64);
     let stats = SinkStats::new(&name, &cx.metrics);
+    let mut addr = None;
     match config {
         SinkConfig::File(c) => file::start(&name, c, rx, stats, cx).await?,
+        SinkConfig::Websocket(c) => addr = Some(websocket::start(&name, c, rx, stats, cx).await?),
         SinkConfig::Stdout(_) => file::start_stdout(rx, stats, cx),
         SinkConfig::Http(c) => http::start(&name, c, rx, stats, cx)?,
         SinkConfig::Amqp(c) => amqp::start(&name, c, rx, stats, cx)?,
         SinkConfig::Mqtt(c) => mqtt::start(&name, c, rx, stats, cx)?,
         SinkConfig::Nats(c) => nats::start(&name, c, rx, stats, cx)?,
     }
-    Ok(SinkHandle::new(name, config.kind(), tx))
+    Ok((SinkHandle::new(name, config.kind(), tx), addr))
 }

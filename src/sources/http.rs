@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use ferry_core::{FailureKind, Outcome};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
@@ -22,7 +21,7 @@ use tokio::sync::Semaphore;
 use super::{SourceContext, SourceError, SourceStats};
 use crate::config::HttpSourceConfig;
 use crate::normalize::{Normalizer, Raw};
-use crate::pipeline::{self, DispatchError, Envelope, IngestError, SharedGeneration};
+use crate::pipeline::{self, Envelope, SharedGeneration};
 use crate::problem::Problem;
 
 struct SourceState {
@@ -230,56 +229,13 @@ async fn accept(
         enqueue_timeout,
     )
     .await
-    .map_err(|e| {
-        let p = match e {
-            IngestError::Unrouted { index } => {
-                let mut p = Problem::new(StatusCode::NOT_FOUND, "no route matches the event");
-                p.index = is_batch.then_some(index);
-                p
-            }
-            IngestError::Dispatch(DispatchError::Overloaded { sink }) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("sink `{sink}` is at capacity; retry later"),
-            )
-            .retry_after(1),
-            IngestError::Dispatch(DispatchError::Closed { sink }) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("sink `{sink}` is shutting down; retry later"),
-            )
-            .retry_after(1),
-        };
-        (p, n)
-    })?;
-
+    .map_err(|e| (Problem::from_ingest(e, is_batch), n))?;
     let ack_timeout = Duration::from_millis(state.config.ack_timeout_ms);
     match tokio::time::timeout(ack_timeout, waiter.wait()).await {
-        Ok(Outcome::Delivered) => Ok(n),
-        Ok(Outcome::Failed(f)) => {
-            let p = match f.kind {
-                FailureKind::Overloaded => Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("sink `{}` is at capacity; retry later", f.sink),
-                )
-                .retry_after(1),
-                _ => Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "delivery to sink `{}` failed; the event was not accepted",
-                        f.sink
-                    ),
-                ),
-            };
-            Err((p, n))
-        }
-        Err(_) => Err((
-            Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "sinks did not confirm within {} ms; the event was not accepted",
-                    state.config.ack_timeout_ms
-                ),
-            ),
-            n,
-        )),
+        Ok(outcome) => match Problem::from_outcome(outcome) {
+            None => Ok(n),
+            Some(p) => Err((p, n)),
+        },
+        Err(_) => Err((Problem::ack_timeout(state.config.ack_timeout_ms), n)),
     }
 }

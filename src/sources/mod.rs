@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod http;
 pub mod mqtt;
 pub mod nats;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

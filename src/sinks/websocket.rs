@@ -1,0 +1,301 @@
+//! WebSocket sink (server push): clients connect and receive every event routed to the sink,
+//! one structured-mode JSON event per text message, optionally narrowed by a filter.
+//!
+//! Filters are given on connect as query parameters, in the route filter dialect:
+//! `?filter=<JSON filter>` (e.g. `{"prefix":{"type":"com.example."}}`) and/or
+//! `?cesql=<expression>`; both must match when both are given.
+//!
+//! A slow client never blocks the gateway: each subscriber has a bounded queue (`queue`).
+//! When it is full, `slow_client = "drop-oldest"` drops the oldest queued event (counted in
+//! `ferry_websocket_dropped_total`), `"disconnect"` closes the connection with 1008.
+//!
+//! The sink confirms an event once it is queued for every connected subscriber whose filter
+//! matches it (with none connected, at once): a live feed, not a durable one.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{SinkContext, SinkError, SinkStats};
+use crate::config::{SlowClient, WebSocketSinkConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::Delivery;
+use crate::problem::Problem;
+use crate::router::{Filter, FilterConfig, Subject};
+
+/// How long a closing connection may take to accept its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Subscriber {
+    filter: Option<Filter>,
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    notify: Notify,
+    /// Cancelled when the subscriber must be disconnected for being too slow.
+    kick: CancellationToken,
+}
+
+struct Hub {
+    config: WebSocketSinkConfig,
+    subscribers: RwLock<HashMap<u64, Arc<Subscriber>>>,
+    next_id: AtomicU64,
+    connections: Arc<Semaphore>,
+    dropped: Counter,
+    connected: Gauge,
+    metrics: Metrics,
+    name: Arc<str>,
+    stop: CancellationToken,
+    /// Connections are tracked so shutdown waits for their close frames.
+    tracker: tokio_util::task::TaskTracker,
+}
+
+/// Binds the listener and starts the sink task. Returns the bound address.
+pub async fn start(
+    name: &Arc<str>,
+    config: &WebSocketSinkConfig,
+    mut rx: mpsc::Receiver<Delivery>,
+    stats: SinkStats,
+    cx: &SinkContext,
+) -> Result<SocketAddr, SinkError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SinkError::Open {
+            sink: name.to_string(),
+            path: config.listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SinkError::Open {
+        sink: name.to_string(),
+        path: config.listen.to_string(),
+        source,
+    })?;
+    let labels = Metrics::sink(name);
+    let hub = Arc::new(Hub {
+        config: config.clone(),
+        subscribers: RwLock::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        dropped: cx.metrics.websocket_dropped.get_or_create(&labels).clone(),
+        connected: cx.metrics.sink_connections.get_or_create(&labels).clone(),
+        metrics: cx.metrics.clone(),
+        name: Arc::clone(name),
+        stop: CancellationToken::new(),
+        tracker: cx.tracker.clone(),
+    });
+    let app = Router::new()
+        .route(&config.path, any(connect))
+        .fallback(|| async {
+            Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
+        })
+        .with_state(Arc::clone(&hub));
+    let stop = hub.stop.clone();
+    let sink_name = Arc::clone(name);
+    cx.tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(sink = %sink_name, error = %e, "WebSocket sink listener stopped");
+        }
+    });
+    cx.tracker.spawn(async move {
+        while let Some(delivery) = rx.recv().await {
+            hub.publish(&delivery);
+            stats.confirm(delivery);
+        }
+        // The gateway is shutting down: subscribers get 1001 once their queues are sent.
+        hub.stop.cancel();
+    });
+    Ok(addr)
+}
+
+impl Hub {
+    fn publish(&self, delivery: &Delivery) {
+        let subject = Subject {
+            event: &delivery.envelope.event,
+            metadata: &delivery.envelope.metadata,
+        };
+        let Ok(subscribers) = self.subscribers.read() else {
+            return;
+        };
+        let mut text: Option<Utf8Bytes> = None;
+        for sub in subscribers.values() {
+            let wanted = match &sub.filter {
+                None => true,
+                Some(f) => f.matches(subject).unwrap_or(false),
+            };
+            if !wanted {
+                continue;
+            }
+            // Encoded once per event, shared by every subscriber.
+            let text = text
+                .get_or_insert_with(|| ferry_websocket::encode(&delivery.envelope.event).into())
+                .clone();
+            let Ok(mut queue) = sub.queue.lock() else {
+                continue;
+            };
+            if queue.len() >= self.config.queue {
+                match self.config.slow_client {
+                    SlowClient::DropOldest => {
+                        queue.pop_front();
+                        self.dropped.inc();
+                    }
+                    SlowClient::Disconnect => {
+                        sub.kick.cancel();
+                        continue;
+                    }
+                }
+            }
+            queue.push_back(text);
+            drop(queue);
+            sub.notify.notify_one();
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConnectQuery {
+    filter: Option<String>,
+    cesql: Option<String>,
+}
+
+async fn connect(
+    State(hub): State<Arc<Hub>>,
+    Query(q): Query<ConnectQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let filter = match compile_filter(&q) {
+        Ok(f) => f,
+        Err(detail) => return Problem::new(StatusCode::BAD_REQUEST, detail).into_response(),
+    };
+    let Ok(permit) = Arc::clone(&hub.connections).try_acquire_owned() else {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too many connections")
+            .retry_after(1)
+            .into_response();
+    };
+    let tracked = hub.tracker.token();
+    ws.protocols([ferry_websocket::SUBPROTOCOL_JSON])
+        .on_upgrade(move |socket| async move {
+            let _tracked = tracked;
+            let _permit = permit;
+            hub.connected.inc();
+            serve(&hub, socket, filter).await;
+        })
+}
+
+fn compile_filter(q: &ConnectQuery) -> Result<Option<Filter>, String> {
+    let mut filters = Vec::new();
+    if let Some(text) = &q.filter {
+        let config: FilterConfig =
+            serde_json::from_str(text).map_err(|e| format!("invalid `filter` parameter: {e}"))?;
+        filters.push(
+            Filter::compile(&config).map_err(|e| format!("invalid `filter` parameter: {e}"))?,
+        );
+    }
+    if let Some(text) = &q.cesql {
+        filters.push(
+            Filter::compile(&FilterConfig::Cesql(text.clone()))
+                .map_err(|e| format!("invalid `cesql` parameter: {e}"))?,
+        );
+    }
+    Ok(match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Filter::All(filters)),
+    })
+}
+
+async fn serve(hub: &Hub, socket: WebSocket, filter: Option<Filter>) {
+    let sub = Arc::new(Subscriber {
+        filter,
+        queue: Mutex::new(VecDeque::with_capacity(16)),
+        notify: Notify::new(),
+        kick: CancellationToken::new(),
+    });
+    let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut subs) = hub.subscribers.write() {
+        subs.insert(id, Arc::clone(&sub));
+    }
+    let (mut tx, mut rx) = socket.split();
+    let ping_every = Duration::from_millis(hub.config.ping_interval_ms);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let close = loop {
+        let next = sub.queue.lock().ok().and_then(|mut q| q.pop_front());
+        if let Some(text) = next {
+            tokio::select! {
+                sent = tx.send(Message::Text(text)) => if sent.is_err() { break None },
+                _ = sub.kick.cancelled() => break Some((1008, "too slow: send queue full")),
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = sub.notify.notified() => {}
+            _ = sub.kick.cancelled() => break Some((1008, "too slow: send queue full")),
+            _ = ping.tick() => {
+                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break None;
+                }
+            }
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                // Subscribers only listen; anything they send is ignored.
+                Some(Ok(_)) => {}
+            },
+            _ = hub.stop.cancelled() => {
+                // Send what is queued, then say goodbye.
+                let rest: Vec<Utf8Bytes> = sub.queue.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+                for text in rest {
+                    if tx.send(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                break Some((1001, "server shutting down"));
+            }
+        }
+    };
+    if let Ok(mut subs) = hub.subscribers.write() {
+        subs.remove(&id);
+    }
+    hub.connected.dec();
+    let label = match close {
+        None => "client",
+        Some((1008, _)) => "too_slow",
+        Some(_) => "shutdown",
+    };
+    hub.metrics
+        .websocket_closed(&format!("sink:{}", hub.name), label);
+    if let Some((code, reason)) = close {
+        // A subscriber that stopped reading may never make room for the close frame.
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if tx.send(frame).await.is_ok() {
+                // Closing handshake: wait for the client's close frame.
+                while let Some(Ok(m)) = rx.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    let _ = tx.close().await;
+}

@@ -1,0 +1,412 @@
+//! WebSocket source: devices and browsers send one CloudEvent per text message and get an
+//! acknowledgement event back for each once the routed sinks confirmed it.
+//!
+//! The source has its own listener (axum's WebSocket upgrade on tokio-tungstenite). Per
+//! connection, a reader takes messages while fewer than `max_in_flight` are unacknowledged
+//! (then it stops reading: backpressure), and a writer sends acknowledgements and pings. An
+//! invalid event gets an error acknowledgement and the connection stays open; a binary frame on
+//! a `cloudevents.json` connection closes it with 1003, an oversized message with 1009. On
+//! shutdown the source stops reading, sends the outstanding acknowledgements, then closes with
+//! 1001 (going away).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use ferry_core::{CloudEvent, EventError, TransportMetadata};
+use ferry_websocket::{AckData, MessageError, Negotiated};
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{SourceContext, SourceError};
+use crate::config::WebSocketSourceConfig;
+use crate::normalize::{Normalizer, Raw};
+use crate::pipeline::{self, Envelope};
+use crate::problem::Problem;
+
+/// Close codes (RFC 6455 §7.4.1).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// How long a closing connection may take to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct SourceState {
+    config: WebSocketSourceConfig,
+    cx: SourceContext,
+    normalizer: Option<Normalizer>,
+    connections: Arc<Semaphore>,
+    /// `source` of acknowledgement events.
+    ack_source: String,
+}
+
+/// Binds the listener and serves until shutdown.
+pub async fn start(
+    config: &WebSocketSourceConfig,
+    cx: SourceContext,
+) -> Result<SocketAddr, SourceError> {
+    let listen_error = |error| SourceError::Listen {
+        source_name: cx.name().to_owned(),
+        addr: config.listen,
+        error,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let normalizer = match &config.normalize {
+        Some(n) => Some(
+            Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
+                source_name: cx.name().to_owned(),
+                message: format!("normalize.{key}: {message}"),
+            })?,
+        ),
+        None => None,
+    };
+    let state = Arc::new(SourceState {
+        config: config.clone(),
+        normalizer,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        ack_source: format!("/ferry/sources/{}", cx.name()),
+        cx: cx.clone(),
+    });
+    let app = Router::new()
+        .route(&config.path, any(upgrade))
+        .fallback(|| async {
+            Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
+        })
+        .with_state(state);
+    let shutdown = cx.shutdown.clone();
+    let name = cx.stats.name.clone();
+    cx.tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(source = %name, error = %e, "WebSocket source stopped");
+        }
+    });
+    cx.set_ready(true);
+    Ok(addr)
+}
+
+async fn upgrade(
+    State(state): State<Arc<SourceState>>,
+    request: axum::extract::Request,
+) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let offered: Vec<String> = parts
+        .headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_owned()))
+        .collect();
+    let mode = ferry_websocket::negotiate(
+        offered.iter().map(String::as_str),
+        state.normalizer.is_some(),
+    );
+    if mode == Negotiated::Refused {
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "offer the `cloudevents.json` subprotocol (Sec-WebSocket-Protocol); this source does not accept raw messages",
+        );
+        p.header = Some("sec-websocket-protocol".into());
+        state.cx.stats.reject("invalid", 1);
+        return p.into_response();
+    }
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
+        state.cx.stats.reject("connection_limit", 1);
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too many connections")
+            .retry_after(1)
+            .into_response();
+    };
+    let metadata = ferry_http::metadata(&parts.headers);
+    let ws = ws
+        .max_message_size(state.config.max_message_bytes)
+        .max_frame_size(state.config.max_message_bytes);
+    let ws = if mode == Negotiated::Json {
+        ws.protocols([ferry_websocket::SUBPROTOCOL_JSON])
+    } else {
+        ws
+    };
+    let tracked = state.cx.tracker.token();
+    ws.on_upgrade(move |socket| async move {
+        let _tracked = tracked;
+        let _permit = permit;
+        state.cx.stats.connections.inc();
+        Connection {
+            state: &state,
+            mode,
+            metadata,
+        }
+        .run(socket)
+        .await;
+        state.cx.stats.connections.dec();
+    })
+}
+
+struct Connection<'a> {
+    state: &'a Arc<SourceState>,
+    mode: Negotiated,
+    metadata: TransportMetadata,
+}
+
+/// Why the reader stopped.
+enum End {
+    Client,
+    Shutdown,
+    Idle,
+    Close(u16, &'static str),
+}
+
+impl Connection<'_> {
+    async fn run(self, socket: WebSocket) {
+        let config = &self.state.config;
+        let (mut sink, mut stream) = socket.split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Message>(config.max_in_flight + 8);
+        let ping_every = Duration::from_millis(config.ping_interval_ms);
+        let writer = tokio::spawn(async move {
+            let mut ping =
+                tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+            loop {
+                let message = tokio::select! {
+                    m = out_rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Bytes::new()),
+                };
+                let closing = matches!(message, Message::Close(_));
+                if sink.send(message).await.is_err() || closing {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+        let idle = Duration::from_millis(config.idle_timeout_ms);
+        let shutdown = self.state.cx.shutdown.clone();
+        let end = loop {
+            // At the in-flight limit, stop reading until an acknowledgement went out.
+            let permit = tokio::select! {
+                p = Arc::clone(&in_flight).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break End::Shutdown,
+                },
+                _ = shutdown.cancelled() => break End::Shutdown,
+            };
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, stream.next()) => n,
+                _ = shutdown.cancelled() => break End::Shutdown,
+            };
+            let message = match next {
+                Err(_) => break End::Idle,
+                Ok(None) => break End::Client,
+                Ok(Some(Err(e))) => break end_for_error(e),
+                Ok(Some(Ok(m))) => m,
+            };
+            let body = match message {
+                Message::Text(text) => Bytes::from(text),
+                Message::Binary(bytes) if self.mode == Negotiated::Raw => bytes,
+                Message::Binary(_) => {
+                    self.state.cx.stats.reject("invalid", 1);
+                    break End::Close(
+                        close::UNSUPPORTED_DATA,
+                        "cloudevents.json carries text frames only",
+                    );
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(_) => break End::Client,
+            };
+            let received = Instant::now();
+            match self.decode(body) {
+                Ok(event) => {
+                    let id = event.id().to_owned();
+                    let envelope = Envelope {
+                        event,
+                        metadata: self.metadata.clone(),
+                    };
+                    self.spawn_delivery(envelope, id, received, permit, out_tx.clone())
+                        .await;
+                }
+                Err(error) => {
+                    let problem = Problem::from(ferry_http::DecodeError::Invalid {
+                        header: None,
+                        error,
+                    });
+                    self.state.cx.stats.reject(problem.reason(), 1);
+                    let _ = out_tx.send(self.ack_message(None, &problem)).await;
+                }
+            }
+        };
+        // Every outstanding acknowledgement goes out before the close frame.
+        let _ = in_flight.acquire_many(config.max_in_flight as u32).await;
+        let (code, reason, label) = match end {
+            End::Client => (close::NORMAL, "bye", "client"),
+            End::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
+            End::Idle => (close::NORMAL, "idle timeout", "idle"),
+            End::Close(code, reason) if code == close::TOO_BIG => (code, reason, "too_large"),
+            End::Close(code, reason) => (code, reason, "protocol_violation"),
+        };
+        let stats = &self.state.cx.stats;
+        stats
+            .metrics
+            .websocket_closed(&format!("source:{}", stats.name), label);
+        if label == "too_large" {
+            stats.reject("too_large", 1);
+        }
+        let _ = out_tx
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+        drop(out_tx);
+        let _ = writer.await;
+        // Closing handshake: wait (bounded) for the client's close frame before dropping the
+        // socket, so the client reads ours instead of a connection reset.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn decode(&self, body: Bytes) -> Result<CloudEvent, EventError> {
+        match (self.mode, &self.state.normalizer) {
+            (Negotiated::Raw, Some(n)) => n.apply(Raw {
+                metadata: &self.metadata,
+                body,
+                content_type: None,
+                message_id: None,
+            }),
+            _ => {
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| EventError::malformed("text message is not UTF-8"))?;
+                ferry_websocket::decode_text(text).map_err(|e| match e {
+                    MessageError::Invalid(error) => error,
+                    MessageError::BinaryFrame => EventError::malformed("binary frame"),
+                })
+            }
+        }
+    }
+
+    /// Routes the event and, in a tracked task, sends its acknowledgement once the sinks
+    /// answered. The in-flight permit is released after the acknowledgement was queued.
+    async fn spawn_delivery(
+        &self,
+        envelope: Envelope,
+        id: String,
+        received: Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        out: mpsc::Sender<Message>,
+    ) {
+        let state = Arc::clone(self.state);
+        let config = &state.config;
+        let enqueue = Duration::from_millis(config.enqueue_timeout_ms);
+        let ingested = pipeline::ingest(
+            &state.cx.generation,
+            &state.cx.stats,
+            vec![envelope],
+            config.unrouted,
+            enqueue,
+        )
+        .await;
+        let waiter = match ingested {
+            Ok(w) => w,
+            Err(e) => {
+                let problem = Problem::from_ingest(e, false);
+                state.cx.stats.reject(problem.reason(), 1);
+                let _ = out
+                    .send(ack_message(&state.ack_source, Some(&id), Some(&problem)))
+                    .await;
+                return;
+            }
+        };
+        let tracker = state.cx.tracker.clone();
+        tracker.spawn(async move {
+            let timeout = Duration::from_millis(state.config.ack_timeout_ms);
+            let problem = match tokio::time::timeout(timeout, waiter.wait()).await {
+                Ok(outcome) => Problem::from_outcome(outcome),
+                Err(_) => Some(Problem::ack_timeout(state.config.ack_timeout_ms)),
+            };
+            match &problem {
+                None => {
+                    state.cx.stats.accepted.inc();
+                    state
+                        .cx
+                        .stats
+                        .ack_latency
+                        .observe(received.elapsed().as_secs_f64());
+                }
+                Some(p) => state.cx.stats.reject(p.reason(), 1),
+            }
+            let _ = out
+                .send(ack_message(&state.ack_source, Some(&id), problem.as_ref()))
+                .await;
+            drop(permit);
+        });
+    }
+
+    fn ack_message(&self, id: Option<&str>, problem: &Problem) -> Message {
+        ack_message(&self.state.ack_source, id, Some(problem))
+    }
+}
+
+/// An acknowledgement event as a text message.
+fn ack_message(source: &str, id: Option<&str>, problem: Option<&Problem>) -> Message {
+    let data = match problem {
+        None => AckData {
+            id,
+            status: 202,
+            title: None,
+            detail: None,
+            attribute: None,
+        },
+        Some(p) => AckData {
+            id,
+            status: p.status.as_u16(),
+            title: Some(p.title),
+            detail: Some(&p.detail),
+            attribute: p.attribute.as_deref(),
+        },
+    };
+    match ferry_websocket::ack(source, &data) {
+        Ok(event) => Message::Text(ferry_websocket::encode(&event).into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build an acknowledgement");
+            Message::Text(Utf8Bytes::from_static("{}"))
+        }
+    }
+}
+
+fn end_for_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+        Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+            End::Close(close::TOO_BIG, "message too big")
+        }
+        _ => End::Client,
+    }
+}
