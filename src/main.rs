@@ -194,7 +194,8 @@ fn init_logging(config: &Config, format: Option<LogFormat>) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format.unwrap_or(config.log.format) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
