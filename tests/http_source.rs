@@ -603,3 +603,52 @@ async fn routes_by_a_cesql_expression_over_an_extension() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn third_party_webhooks_are_normalized_by_a_template() {
+    let text = BASIC.replace(
+        "max_body_bytes = 4096",
+        "max_body_bytes = 4096\nnormalize = { type = \"com.github.{header.x-github-event}\", source = \"https://github.com/{data/repository/full_name}\", id = \"{header.x-github-delivery}\" }",
+    );
+    let gw = TestGateway::start(&text).await;
+    let url = gw.url("web", "/events");
+    let body = r#"{"action":"opened","repository":{"full_name":"acme/app"}}"#;
+    let resp = client()
+        .post(&url)
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "72d3162e-cc78")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let line = &gw.lines("events.jsonl")[0];
+    assert_eq!(line["type"], "com.github.pull_request");
+    assert_eq!(line["id"], "72d3162e-cc78");
+    assert_eq!(line["source"], "https://github.com/acme/app");
+    assert_eq!(line["datacontenttype"], "application/json");
+    assert_eq!(line["data"], serde_json::from_str::<Value>(body).unwrap());
+    assert!(line["time"].is_string());
+
+    // A request without the delivery header cannot fill `id`: 400 naming it.
+    let resp = client()
+        .post(&url)
+        .header("x-github-event", "push")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(resp, 400).await["attribute"], "id");
+    // Real CloudEvents still pass through unchanged.
+    let resp = client()
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"ce-1","source":"/s","type":"t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(gw.lines("events.jsonl")[1]["id"], "ce-1");
+}
