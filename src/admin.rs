@@ -62,14 +62,8 @@ pub async fn start(
             registry,
             readiness,
         });
-    tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "admin listener stopped");
-        }
-    });
+    let tls = Arc::new(arc_swap::ArcSwapOption::empty());
+    tracker.spawn(crate::listener::serve(listener, tls, app, shutdown, None));
     Ok(addr)
 }
 

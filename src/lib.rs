@@ -23,16 +23,20 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod certs;
 pub mod config;
 pub mod gateway;
+pub mod listener;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;
 pub mod router;
+pub mod security;
 pub mod sinks;
 pub mod sources;
 pub mod template;
+pub mod tls;
 
 pub use config::Config;
 pub use gateway::Gateway;

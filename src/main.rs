@@ -27,6 +27,20 @@ enum Command {
     Check(CheckArgs),
     /// GET a URL and exit 0 on a 2xx answer (a container health check without curl).
     Probe(ProbeArgs),
+    /// Certificate tools.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Generate a development CA, a server certificate for localhost/127.0.0.1 and a client
+    /// certificate (never for production).
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -64,6 +78,22 @@ fn main() -> ExitCode {
     match command {
         Command::Check(args) => check(&args.config),
         Command::Probe(args) => probe(&args),
+        Command::Certs(CertsCommand::Dev { out }) => match ferry::certs::generate_dev(&out) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                println!(
+                    "client certificate identity: {}",
+                    ferry::certs::CLIENT_IDENTITY
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

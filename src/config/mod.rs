@@ -133,6 +133,9 @@ pub struct HttpSourceConfig {
     /// Most concurrent requests in progress; more wait for a slot.
     #[serde(default = "defaults::max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// TLS (and mTLS) for the listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Builds events from requests that are not CloudEvents (third-party webhooks).
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,

@@ -30,6 +30,9 @@ pub struct WebSocketSourceConfig {
     /// How often the server pings.
     #[serde(default = "defaults::ping_interval_ms")]
     pub ping_interval_ms: u64,
+    /// TLS (and mTLS) for the listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// With a template, clients that offer no CloudEvents subprotocol may send raw messages.
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,
@@ -67,4 +70,7 @@ pub struct WebSocketSinkConfig {
     pub max_connections: usize,
     #[serde(default = "defaults::ping_interval_ms")]
     pub ping_interval_ms: u64,
+    /// TLS for the listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }

@@ -63,20 +63,25 @@ pub async fn start(
         requests: Semaphore::new(config.max_concurrent_requests),
         normalizer,
     });
-    let name = state.stats.name.clone();
+    let tls =
+        crate::listener::tls_handle(config.tls.as_ref(), &[b"h2", b"http/1.1"]).map_err(|e| {
+            SourceError::Config {
+                source_name: cx.name().to_owned(),
+                message: format!("tls: {e}"),
+            }
+        })?;
     let app = Router::new()
         .route(&config.path, any(handle))
         .fallback(not_found)
         .with_state(state);
-    let shutdown = cx.shutdown.clone();
-    cx.tracker.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(source = %name, error = %e, "HTTP source stopped");
-        }
-    });
+    let connections = Some(cx.stats.connections.clone());
+    cx.tracker.spawn(crate::listener::serve(
+        listener,
+        tls,
+        app,
+        cx.shutdown.clone(),
+        connections,
+    ));
     cx.set_ready(true);
     Ok(addr)
 }

@@ -75,6 +75,12 @@ pub async fn start(
         ),
         None => None,
     };
+    let tls = crate::listener::tls_handle(config.tls.as_ref(), &[b"http/1.1"]).map_err(|e| {
+        SourceError::Config {
+            source_name: cx.name().to_owned(),
+            message: format!("tls: {e}"),
+        }
+    })?;
     let state = Arc::new(SourceState {
         config: config.clone(),
         normalizer,
@@ -88,16 +94,13 @@ pub async fn start(
             Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
         })
         .with_state(state);
-    let shutdown = cx.shutdown.clone();
-    let name = cx.stats.name.clone();
-    cx.tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(source = %name, error = %e, "WebSocket source stopped");
-        }
-    });
+    cx.tracker.spawn(crate::listener::serve(
+        listener,
+        tls,
+        app,
+        cx.shutdown.clone(),
+        None,
+    ));
     cx.set_ready(true);
     Ok(addr)
 }

@@ -1,0 +1,5 @@
+//! Authentication and authorisation of inbound messages.
+
+pub mod policy;
+pub mod principal;
+pub mod ratelimit;
