@@ -52,6 +52,7 @@ impl Gateway {
     /// Starts everything the config names: sinks first, then routes, then sources, so an
     /// event can never arrive before its route and sinks exist.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        crate::tls::install_default_provider();
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let readiness = Readiness::default();
@@ -88,6 +89,7 @@ impl Gateway {
             number: 1,
             routes,
             sinks,
+            policies: crate::security::policy::Policies::new(config.policies.clone()),
         }));
 
         let source_tracker = TaskTracker::new();

@@ -71,6 +71,7 @@ struct CheckArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ferry::tls::install_default_provider();
     let command = cli.command.unwrap_or(Command::Run(RunArgs {
         config: PathBuf::from(DEFAULT_CONFIG),
         log_format: None,

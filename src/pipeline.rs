@@ -19,6 +19,18 @@ use crate::router::{RouteTable, SinkSet, Subject};
 pub struct Envelope {
     pub event: CloudEvent,
     pub metadata: TransportMetadata,
+    /// Routes the sender's policy allows; `None` means every route.
+    pub routes: Option<Arc<[String]>>,
+}
+
+impl Envelope {
+    pub fn new(event: CloudEvent, metadata: TransportMetadata) -> Envelope {
+        Envelope {
+            event,
+            metadata,
+            routes: None,
+        }
+    }
 }
 
 /// One event on its way to one sink, with the obligation to confirm it.
@@ -53,6 +65,7 @@ pub struct Generation {
     pub number: u64,
     pub routes: RouteTable,
     pub sinks: Vec<SinkHandle>,
+    pub policies: crate::security::policy::Policies,
 }
 
 /// The current generation, swapped atomically on reload.
@@ -80,6 +93,7 @@ impl Generation {
                         event: &e.event,
                         metadata: &e.metadata,
                     },
+                    e.routes.as_deref(),
                 )
             })
             .collect()
@@ -160,8 +174,20 @@ pub async fn ingest(
     unrouted: Unrouted,
     enqueue_timeout: Duration,
 ) -> Result<AckWaiter, IngestError> {
-    stats.received.inc_by(envelopes.len() as u64);
     let generation = generation.load_full();
+    ingest_with(&generation, stats, envelopes, unrouted, enqueue_timeout).await
+}
+
+/// [`ingest`] within a generation the caller already loaded (to authorise against its
+/// policies first).
+pub async fn ingest_with(
+    generation: &Generation,
+    stats: &crate::sources::SourceStats,
+    envelopes: Vec<Envelope>,
+    unrouted: Unrouted,
+    enqueue_timeout: Duration,
+) -> Result<AckWaiter, IngestError> {
+    stats.received.inc_by(envelopes.len() as u64);
     let sets = generation.route(&stats.name, &envelopes);
     if let Some(index) = sets.iter().position(SinkSet::is_empty) {
         if unrouted == Unrouted::Reject {

@@ -64,6 +64,9 @@ impl Problem {
     pub fn reason(&self) -> &'static str {
         match self.status {
             StatusCode::BAD_REQUEST => "invalid",
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
@@ -122,6 +125,37 @@ impl Problem {
         }
     }
 
+    /// Authentication failed.
+    pub fn unauthenticated(e: crate::security::source::Unauthenticated) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            format!("{}: {}", e.method, e.reason),
+        );
+        p.header = e.header;
+        p
+    }
+
+    /// A policy refused an event.
+    pub fn forbidden(
+        index: usize,
+        denied: crate::security::policy::Denied,
+        in_batch: bool,
+    ) -> Problem {
+        let mut p = Problem::new(StatusCode::FORBIDDEN, denied.detail);
+        p.attribute = denied.attribute.map(str::to_owned);
+        p.index = in_batch.then_some(index);
+        p
+    }
+
+    /// Over the rate limit.
+    pub fn rate_limited(wait: std::time::Duration) -> Problem {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit exceeded; retry later",
+        )
+        .retry_after(crate::security::ratelimit::retry_after_secs(wait))
+    }
+
     /// The sinks did not confirm in time.
     pub fn ack_timeout(ms: u64) -> Problem {
         Problem::new(
@@ -173,6 +207,12 @@ impl IntoResponse for Problem {
         );
         if let Some(s) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ferry\""),
+            );
         }
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));

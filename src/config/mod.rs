@@ -42,6 +42,9 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Authorisation rules for authenticated principals.
+    #[serde(default)]
+    pub policies: Vec<crate::security::policy::PolicyConfig>,
     /// How long shutdown waits for in-flight deliveries.
     #[serde(default = "defaults::shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
@@ -136,6 +139,15 @@ pub struct HttpSourceConfig {
     /// TLS (and mTLS) for the listener.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Authentication of senders.
+    #[serde(default)]
+    pub auth: Option<crate::security::source::AuthConfig>,
+    /// Rate limit per principal, client IP or source.
+    #[serde(default)]
+    pub rate_limit: Option<crate::security::ratelimit::RateLimitConfig>,
+    /// Refuse principals that no policy names.
+    #[serde(default)]
+    pub require_policy: bool,
     /// Builds events from requests that are not CloudEvents (third-party webhooks).
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,

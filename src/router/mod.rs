@@ -110,14 +110,22 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// The sinks an event from `source` goes to.
-    pub fn select(&self, source: &str, subject: Subject<'_>) -> SinkSet {
+    /// The sinks an event from `source` goes to, taking only the `allowed` routes if given.
+    pub fn select(
+        &self,
+        source: &str,
+        subject: Subject<'_>,
+        allowed: Option<&[String]>,
+    ) -> SinkSet {
         let mut set = SinkSet::default();
         let Some(routes) = self.by_source.get(source) else {
             return set;
         };
         for &i in routes {
             let route = &self.routes[i];
+            if allowed.is_some_and(|names| !names.iter().any(|n| **n == *route.name)) {
+                continue;
+            }
             match route.filter.matches(subject) {
                 Ok(true) => {
                     route.matched.inc();

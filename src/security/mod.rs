@@ -3,3 +3,4 @@
 pub mod policy;
 pub mod principal;
 pub mod ratelimit;
+pub mod source;

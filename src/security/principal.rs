@@ -53,15 +53,18 @@ impl Principal {
     }
 
     /// Stamps the auth-context extension (`authtype`, `authid`) into the event, replacing
-    /// whatever the sender set (including `authclaims`): only Ferry vouches for these.
+    /// whatever the sender set (including `authclaims`): only Ferry vouches for these. An
+    /// anonymous principal removes them and adds nothing.
     pub fn stamp(&self, event: &mut CloudEvent) {
         event.remove_extension("authclaims");
         event.remove_extension("authid");
-        let _ = event.set_extension(
-            "authtype",
-            ExtensionValue::String(self.method.authtype().to_owned()),
-        );
-        if self.method != Method::None && !self.id.is_empty() {
+        event.remove_extension("authtype");
+        if self.method == Method::None {
+            return;
+        }
+        let authtype = ExtensionValue::String(self.method.authtype().to_owned());
+        let _ = event.set_extension("authtype", authtype);
+        if !self.id.is_empty() {
             let _ = event.set_extension("authid", ExtensionValue::String(self.id.clone()));
         }
     }
@@ -98,9 +101,6 @@ mod tests {
         assert_eq!(e.attribute("authclaims"), None);
         Principal::anonymous().stamp(&mut e);
         assert_eq!(e.attribute("authid"), None);
-        assert_eq!(
-            e.attribute("authtype"),
-            Some(AttributeRef::Str("unauthenticated"))
-        );
+        assert_eq!(e.attribute("authtype"), None);
     }
 }

@@ -20,9 +20,11 @@ use tokio::sync::Semaphore;
 
 use super::{SourceContext, SourceError, SourceStats};
 use crate::config::HttpSourceConfig;
+use crate::listener::Peer;
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope, SharedGeneration};
 use crate::problem::Problem;
+use crate::security::source::SourceSecurity;
 
 struct SourceState {
     config: HttpSourceConfig,
@@ -30,6 +32,7 @@ struct SourceState {
     stats: SourceStats,
     requests: Semaphore,
     normalizer: Option<Normalizer>,
+    security: SourceSecurity,
 }
 
 /// Binds the listener (so address errors surface at startup) and serves until shutdown.
@@ -62,6 +65,16 @@ pub async fn start(
         stats: cx.stats.clone(),
         requests: Semaphore::new(config.max_concurrent_requests),
         normalizer,
+        security: SourceSecurity::build(
+            cx.name(),
+            config.auth.as_ref(),
+            config.rate_limit.as_ref(),
+            config.require_policy,
+        )
+        .map_err(|message| SourceError::Config {
+            source_name: cx.name().to_owned(),
+            message,
+        })?,
     });
     let tls =
         crate::listener::tls_handle(config.tls.as_ref(), &[b"h2", b"http/1.1"]).map_err(|e| {
@@ -109,12 +122,14 @@ async fn not_found() -> Problem {
 
 async fn handle(
     State(state): State<Arc<SourceState>>,
+    peer: Option<axum::Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    match accept(&state, method, headers, body).await {
+    let peer = peer.map(|axum::Extension(p)| p);
+    match accept(&state, peer.as_ref(), method, headers, body).await {
         Ok(n) => {
             state.stats.accepted.inc_by(n);
             state
@@ -133,6 +148,7 @@ async fn handle(
 /// Returns the number of events accepted, or the problem and the number of events refused.
 async fn accept(
     state: &SourceState,
+    peer: Option<&Peer>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -180,7 +196,12 @@ async fn accept(
             ));
         }
     };
-    let metadata = ferry_http::metadata(&headers);
+    let principal = state
+        .security
+        .authenticate(peer, &headers, &bytes)
+        .map_err(|e| (Problem::unauthenticated(e), 1))?;
+    let mut metadata = ferry_http::metadata(&headers);
+    metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {
         // Not a CloudEvent (no ce-specversion, not application/cloudevents…): build one.
         Some(n) if is_raw(&headers) => {
@@ -207,17 +228,18 @@ async fn accept(
         }
         _ => ferry_http::decode(&headers, bytes).map_err(|e| (Problem::from(e), 1))?,
     };
-    let envelopes: Vec<Envelope> = match message {
-        ferry_http::Message::Event(event) => vec![Envelope { event, metadata }],
+    let mut envelopes: Vec<Envelope> = match message {
+        ferry_http::Message::Event(event) => vec![Envelope::new(event, metadata)],
         ferry_http::Message::Batch(events) => events
             .into_iter()
-            .map(|event| Envelope {
-                event,
-                metadata: metadata.clone(),
-            })
+            .map(|event| Envelope::new(event, metadata.clone()))
             .collect(),
     };
     let n = envelopes.len() as u64;
+    state
+        .security
+        .rate_limit(&principal, peer.map(|p| p.addr.ip()), n as u32)
+        .map_err(|wait| (Problem::rate_limited(wait), n))?;
     let is_batch = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -225,9 +247,14 @@ async fn accept(
             ct.to_ascii_lowercase()
                 .starts_with("application/cloudevents-batch")
         });
+    let generation = state.generation.load_full();
+    state
+        .security
+        .authorize(&generation.policies, &principal, &mut envelopes)
+        .map_err(|(index, denied)| (Problem::forbidden(index, denied, is_batch), n))?;
     let enqueue_timeout = Duration::from_millis(state.config.enqueue_timeout_ms);
-    let waiter = pipeline::ingest(
-        &state.generation,
+    let waiter = pipeline::ingest_with(
+        &generation,
         &state.stats,
         envelopes,
         state.config.unrouted,
@@ -235,6 +262,7 @@ async fn accept(
     )
     .await
     .map_err(|e| (Problem::from_ingest(e, is_batch), n))?;
+    drop(generation);
     let ack_timeout = Duration::from_millis(state.config.ack_timeout_ms);
     match tokio::time::timeout(ack_timeout, waiter.wait()).await {
         Ok(outcome) => match Problem::from_outcome(outcome) {

@@ -243,10 +243,7 @@ impl Connection<'_> {
             match self.decode(body) {
                 Ok(event) => {
                     let id = event.id().to_owned();
-                    let envelope = Envelope {
-                        event,
-                        metadata: self.metadata.clone(),
-                    };
+                    let envelope = Envelope::new(event, self.metadata.clone());
                     self.spawn_delivery(envelope, id, received, permit, out_tx.clone())
                         .await;
                 }

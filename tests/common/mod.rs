@@ -25,6 +25,7 @@ impl TestGateway {
     /// Starts a gateway from config text. `{dir}` in the text is replaced by a fresh
     /// temporary directory.
     pub async fn start(text: &str) -> TestGateway {
+        ferry::tls::install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let text = text.replace("{dir}", dir.path().to_str().expect("utf-8 path"));
         let config = Config::from_str_at(&text, Path::new("test.toml"), &|_| None).expect("config");
@@ -84,6 +85,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        ferry::tls::install_default_provider();
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
         let app = Router::new()
