@@ -33,6 +33,15 @@ pub struct WebSocketSourceConfig {
     /// TLS (and mTLS) for the listener.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Authentication of clients, checked at the upgrade.
+    #[serde(default)]
+    pub auth: Option<crate::security::source::AuthConfig>,
+    /// Rate limit per principal, client IP or source (per event).
+    #[serde(default)]
+    pub rate_limit: Option<crate::security::ratelimit::RateLimitConfig>,
+    /// Refuse principals that no policy names.
+    #[serde(default)]
+    pub require_policy: bool,
     /// With a template, clients that offer no CloudEvents subprotocol may send raw messages.
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,

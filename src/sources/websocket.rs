@@ -28,9 +28,12 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{SourceContext, SourceError};
 use crate::config::WebSocketSourceConfig;
+use crate::listener::Peer;
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope};
 use crate::problem::Problem;
+use crate::security::principal::Principal;
+use crate::security::source::SourceSecurity;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -47,6 +50,7 @@ struct SourceState {
     config: WebSocketSourceConfig,
     cx: SourceContext,
     normalizer: Option<Normalizer>,
+    security: SourceSecurity,
     connections: Arc<Semaphore>,
     /// `source` of acknowledgement events.
     ack_source: String,
@@ -81,7 +85,18 @@ pub async fn start(
             message: format!("tls: {e}"),
         }
     })?;
+    let security = SourceSecurity::build(
+        cx.name(),
+        config.auth.as_ref(),
+        config.rate_limit.as_ref(),
+        config.require_policy,
+    )
+    .map_err(|message| SourceError::Config {
+        source_name: cx.name().to_owned(),
+        message,
+    })?;
     let state = Arc::new(SourceState {
+        security,
         config: config.clone(),
         normalizer,
         connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -110,6 +125,17 @@ async fn upgrade(
     request: axum::extract::Request,
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
+    let peer = parts.extensions.get::<Peer>().cloned();
+    let principal = match state
+        .security
+        .authenticate(peer.as_ref(), &parts.headers, &[])
+    {
+        Ok(p) => p,
+        Err(e) => {
+            state.cx.stats.reject("unauthenticated", 1);
+            return Problem::unauthenticated(e).into_response();
+        }
+    };
     let offered: Vec<String> = parts
         .headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -140,7 +166,9 @@ async fn upgrade(
             .retry_after(1)
             .into_response();
     };
-    let metadata = ferry_http::metadata(&parts.headers);
+    let mut metadata = ferry_http::metadata(&parts.headers);
+    metadata.push_property("principal", principal.to_string());
+    let ip = peer.map(|p| p.addr.ip());
     let ws = ws
         .max_message_size(state.config.max_message_bytes)
         .max_frame_size(state.config.max_message_bytes);
@@ -158,6 +186,8 @@ async fn upgrade(
             state: &state,
             mode,
             metadata,
+            principal,
+            ip,
         }
         .run(socket)
         .await;
@@ -169,6 +199,8 @@ struct Connection<'a> {
     state: &'a Arc<SourceState>,
     mode: Negotiated,
     metadata: TransportMetadata,
+    principal: Principal,
+    ip: Option<std::net::IpAddr>,
 }
 
 /// Why the reader stopped.
@@ -325,14 +357,33 @@ impl Connection<'_> {
         let state = Arc::clone(self.state);
         let config = &state.config;
         let enqueue = Duration::from_millis(config.enqueue_timeout_ms);
-        let ingested = pipeline::ingest(
-            &state.cx.generation,
+        let refuse = |problem: Problem| {
+            state.cx.stats.reject(problem.reason(), 1);
+            ack_message(&state.ack_source, Some(&id), Some(&problem))
+        };
+        if let Err(wait) = state.security.rate_limit(&self.principal, self.ip, 1) {
+            let _ = out.send(refuse(Problem::rate_limited(wait))).await;
+            return;
+        }
+        let generation = state.cx.generation.load_full();
+        let mut envelopes = vec![envelope];
+        if let Err((_, denied)) =
+            state
+                .security
+                .authorize(&generation.policies, &self.principal, &mut envelopes)
+        {
+            let _ = out.send(refuse(Problem::forbidden(0, denied, false))).await;
+            return;
+        }
+        let ingested = pipeline::ingest_with(
+            &generation,
             &state.cx.stats,
-            vec![envelope],
+            envelopes,
             config.unrouted,
             enqueue,
         )
         .await;
+        drop(generation);
         let waiter = match ingested {
             Ok(w) => w,
             Err(e) => {
