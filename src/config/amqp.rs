@@ -1,4 +1,5 @@
-//! AMQP 0-9-1 source and sink configuration (RabbitMQ, via lapin).
+//! AMQP 0-9-1 source and sink configuration (RabbitMQ, via lapin). Every key is documented in
+//! docs/amqp.md.
 
 use serde::Deserialize;
 
@@ -22,6 +23,58 @@ pub struct AmqpSourceConfig {
     pub unrouted: Unrouted,
     #[serde(default = "defaults::enqueue_timeout_ms")]
     pub enqueue_timeout_ms: u64,
+    /// What a failed delivery does to the message: requeue it, or dead-letter it.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// How long a failed message is held before it is requeued, so a failing sink is not
+    /// hammered by immediate redeliveries.
+    #[serde(default = "requeue_delay_ms")]
+    pub requeue_delay_ms: u64,
+    /// The consumer tag; empty lets the broker choose one.
+    #[serde(default)]
+    pub consumer_tag: String,
+    /// Declares the queue (and its bindings) on every connect.
+    #[serde(default)]
+    pub declare: Option<QueueDeclare>,
+}
+
+/// What a delivery failure does to the inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// `basic.nack` with `requeue = true`: the broker delivers it again.
+    #[default]
+    Requeue,
+    /// `basic.nack` with `requeue = false`: the broker routes it to the queue's
+    /// `x-dead-letter-exchange` (or drops it if the queue has none).
+    DeadLetter,
+}
+
+/// The queue a source declares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDeclare {
+    #[serde(default = "yes")]
+    pub durable: bool,
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// `x-dead-letter-exchange`: where rejected and dead-lettered messages go.
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    #[serde(default)]
+    pub dead_letter_routing_key: Option<String>,
+    /// Bindings from existing exchanges to the queue.
+    #[serde(default)]
+    pub bindings: Vec<QueueBinding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBinding {
+    pub exchange: String,
+    #[serde(default)]
+    pub routing_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -37,17 +90,196 @@ pub struct AmqpSinkConfig {
     pub mode: ContentMode,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
+    /// The prefix of attribute headers in binary mode.
+    #[serde(default)]
+    pub header_prefix: HeaderPrefix,
+    /// `delivery_mode = 2`: the broker writes messages to disk on durable queues.
+    #[serde(default = "yes")]
+    pub persistent: bool,
+    /// Publish with `mandatory`: a message no queue takes is returned and fails the delivery.
+    #[serde(default = "yes")]
+    pub mandatory: bool,
+    /// Publishes awaiting their confirm at once.
+    #[serde(default = "in_flight")]
+    pub in_flight: usize,
+    /// How long a publish waits for its confirm before it fails (retryable).
+    #[serde(default = "confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+    /// Declares the exchange on every connect.
+    #[serde(default)]
+    pub declare: Option<ExchangeDeclare>,
+}
+
+/// The header-name prefix a sink writes in binary mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum HeaderPrefix {
+    /// The AMQP 1.0 binding's separator (JMS-selector safe).
+    #[default]
+    #[serde(rename = "cloudEvents_")]
+    CloudEvents,
+    /// The Knative RabbitMQ binding's prefix.
+    #[serde(rename = "ce-")]
+    Ce,
+}
+
+/// The exchange a sink declares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeclare {
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(default = "exchange_type")]
+    pub exchange_type: String,
+    #[serde(default = "yes")]
+    pub durable: bool,
+    #[serde(default)]
+    pub auto_delete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn in_flight() -> usize {
+    64
+}
+fn confirm_timeout_ms() -> u64 {
+    10_000
+}
+fn requeue_delay_ms() -> u64 {
+    500
+}
+fn exchange_type() -> String {
+    "topic".into()
+}
+
+fn key(k: &str) -> Vec<String> {
+    k.split('.').map(str::to_owned).collect()
+}
+
+fn check_url(url: &str) -> Result<(), (Vec<String>, String)> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| ())
+        .map_err(|e| (key("url"), format!("invalid AMQP URL: {e}")))
+}
+
+impl OnFailure {
+    /// Whether `basic.nack` asks the broker to requeue.
+    pub fn requeue(self) -> bool {
+        self == OnFailure::Requeue
+    }
+}
+
+impl HeaderPrefix {
+    /// The binding's prefix.
+    pub fn binding(self) -> ferry_amqp::HeaderPrefix {
+        match self {
+            HeaderPrefix::CloudEvents => ferry_amqp::HeaderPrefix::CloudEvents,
+            HeaderPrefix::Ce => ferry_amqp::HeaderPrefix::Ce,
+        }
+    }
+}
+
+impl ExchangeDeclare {
+    pub fn kind(&self) -> lapin::ExchangeKind {
+        match self.exchange_type.as_str() {
+            "direct" => lapin::ExchangeKind::Direct,
+            "fanout" => lapin::ExchangeKind::Fanout,
+            "headers" => lapin::ExchangeKind::Headers,
+            _ => lapin::ExchangeKind::Topic,
+        }
+    }
 }
 
 impl AmqpSourceConfig {
     /// Protocol-specific checks; the key is relative to the component.
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+        check_url(&self.url)?;
+        if self.queue.is_empty() {
+            return Err((key("queue"), "queue must not be empty".into()));
+        }
+        if self.prefetch == 0 {
+            return Err((
+                key("prefetch"),
+                "prefetch must be greater than 0 (0 would mean unlimited)".into(),
+            ));
+        }
         Ok(())
     }
 }
 
 impl AmqpSinkConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+        check_url(&self.url)?;
+        crate::template::Template::parse(&self.routing_key).map_err(|e| (key("routing_key"), e))?;
+        if self.in_flight == 0 {
+            return Err((key("in_flight"), "in_flight must be greater than 0".into()));
+        }
+        if let Some(d) = &self.declare {
+            if !matches!(
+                d.exchange_type.as_str(),
+                "direct" | "fanout" | "topic" | "headers"
+            ) {
+                return Err((
+                    key("declare.exchange_type"),
+                    format!(
+                        "unknown exchange type {:?}: use direct, fanout, topic or headers",
+                        d.exchange_type
+                    ),
+                ));
+            }
+            if self.exchange.is_empty() {
+                return Err((
+                    key("declare"),
+                    "the default exchange (\"\") cannot be declared".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_example_and_checks() {
+        let text = r#"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+exchange = "orders"
+routing_key = "{type}"
+mode = "binary"
+"#;
+        let sink: AmqpSinkConfig = toml::from_str(text).unwrap();
+        assert_eq!(sink.header_prefix, HeaderPrefix::CloudEvents);
+        assert!(sink.persistent && sink.mandatory);
+        assert_eq!(sink.check(), Ok(()));
+        let ce: AmqpSinkConfig = toml::from_str(&format!(
+            "{text}header_prefix = \"ce-\"\ndeclare = {{ exchange_type = \"fanout\" }}"
+        ))
+        .unwrap();
+        assert_eq!(ce.header_prefix, HeaderPrefix::Ce);
+        assert!(ce.declare.unwrap().durable);
+        let bad: AmqpSinkConfig = toml::from_str(&text.replace("{type}", "{type")).unwrap();
+        assert_eq!(bad.check().unwrap_err().0, vec!["routing_key"]);
+        let bad: AmqpSinkConfig = toml::from_str(&text.replace("amqp://", "http://")).unwrap();
+        assert_eq!(bad.check().unwrap_err().0, vec!["url"]);
+
+        let source: AmqpSourceConfig = toml::from_str(
+            r##"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+queue = "ferry.inbox"
+prefetch = 64
+on_failure = "dead-letter"
+declare = { dead_letter_exchange = "dlx", bindings = [{ exchange = "orders", routing_key = "#" }] }
+"##,
+        )
+        .unwrap();
+        assert_eq!(source.on_failure, OnFailure::DeadLetter);
+        assert_eq!(source.check(), Ok(()));
+        let zero = AmqpSourceConfig {
+            prefetch: 0,
+            ..source
+        };
+        assert_eq!(zero.check().unwrap_err().0, vec!["prefetch"]);
     }
 }

@@ -1,1 +1,297 @@
-//! CloudEvents amqp binding (in progress).
+//! The CloudEvents binding for AMQP 0-9-1 (RabbitMQ): pure functions between lapin message
+//! properties plus body and events.
+//!
+//! No IO happens here. AMQP 0-9-1 has no official CloudEvents binding; this one follows the
+//! AMQP 1.0 binding with the 0-9-1 gateway notes (docs/amqp.md):
+//!
+//! - Mode detection: a `content-type` property starting with `application/cloudevents`
+//!   (any case) → structured (the JSON format in the body); anything else → binary.
+//! - Binary mode: attributes are `headers` entries named `<prefix><attribute>`. [`decode`]
+//!   reads the `cloudEvents_`, `cloudEvents:` and `ce-` prefixes, names compared without
+//!   regard to case, values as canonical strings or native AMQP types; [`encode`] writes one
+//!   [`HeaderPrefix`]. `datacontenttype` travels in the `content-type` property, the data in
+//!   the body, `time` as an RFC 3339 string.
+
+mod value;
+
+use bytes::Bytes;
+use ferry_core::{
+    json, CloudEvent, Data, EventBuilder, EventError, EventErrorKind, TransportMetadata,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+/// The header-name prefixes read in binary mode, in the order they are tried.
+pub const PREFIXES: [&str; 3] = ["cloudEvents_", "cloudEvents:", "ce-"];
+
+/// The content type written in structured mode.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
+
+/// How an event is laid out in an AMQP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Attributes in headers, data in the body.
+    Binary,
+    /// The whole event in the body, in the JSON format.
+    Structured,
+}
+
+/// The header-name prefix written in binary mode. One message never mixes prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderPrefix {
+    /// `cloudEvents_`: the AMQP 1.0 binding's preferred separator (JMS-selector safe).
+    #[default]
+    CloudEvents,
+    /// `ce-`: the Knative RabbitMQ binding.
+    Ce,
+}
+
+impl HeaderPrefix {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderPrefix::CloudEvents => "cloudEvents_",
+            HeaderPrefix::Ce => "ce-",
+        }
+    }
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// A CloudEvents format Ferry does not read (e.g. `application/cloudevents+avro`, or a
+    /// batch, which AMQP does not carry).
+    #[error(
+        "unsupported media type {0:?}: Ferry reads application/cloudevents+json and binary mode"
+    )]
+    UnsupportedMediaType(String),
+    /// Neither structured mode nor a `specversion` header under any prefix.
+    #[error("not a CloudEvent: binary mode needs a cloudEvents_specversion (or ce-specversion) header, structured mode the content type application/cloudevents+json")]
+    NotCloudEvent,
+    /// An attribute or its header is invalid; `header` names the header (or `content-type`)
+    /// when there is one.
+    #[error("{}", match header { Some(h) => format!("header `{h}`: {}", error.message), None => error.to_string() })]
+    Invalid {
+        header: Option<String>,
+        error: EventError,
+    },
+}
+
+impl DecodeError {
+    /// The offending attribute, if any.
+    pub fn attribute(&self) -> Option<&str> {
+        match self {
+            DecodeError::Invalid { error, .. } => error.attribute.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a content type selects structured mode. `Err` for a CloudEvents format other than
+/// JSON.
+pub fn is_structured(content_type: Option<&str>) -> Result<bool, DecodeError> {
+    let Some(ct) = content_type else {
+        return Ok(false);
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let lower = essence.to_ascii_lowercase();
+    if !lower.starts_with("application/cloudevents") {
+        return Ok(false);
+    }
+    if lower == json::MEDIA_TYPE || lower == "application/cloudevents" {
+        Ok(true)
+    } else {
+        Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
+    }
+}
+
+/// The attribute a header carries, if its name has one of the [`PREFIXES`] (any case).
+/// The attribute name is lowercased.
+pub fn attribute_name(header: &str) -> Option<String> {
+    PREFIXES.iter().find_map(|prefix| {
+        let head = header.get(..prefix.len())?;
+        head.eq_ignore_ascii_case(prefix)
+            .then(|| header[prefix.len()..].to_ascii_lowercase())
+    })
+}
+
+/// Whether the message looks like a CloudEvent: structured content type, or a binary-mode
+/// `specversion` header. Messages that are not can be normalized instead.
+pub fn is_cloudevent(properties: &BasicProperties) -> bool {
+    let structured = properties.content_type().as_ref().is_some_and(|ct| {
+        ct.as_str()
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/cloudevents")
+    });
+    structured
+        || headers(properties)
+            .any(|(name, _)| attribute_name(name).is_some_and(|a| a == "specversion"))
+}
+
+/// Decodes a message in either mode.
+pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, DecodeError> {
+    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+    if is_structured(content_type)? {
+        return json::decode(body).map_err(|error| DecodeError::Invalid {
+            header: None,
+            error,
+        });
+    }
+    decode_binary(properties, body)
+}
+
+/// Decodes a binary-mode message: prefixed headers are attributes, the `content-type`
+/// property is `datacontenttype`, the body is the data.
+pub fn decode_binary(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, DecodeError> {
+    let mut builder = EventBuilder::new();
+    let mut names: Vec<(String, &str)> = Vec::new();
+    for (header, value) in headers(properties) {
+        let Some(attribute) = attribute_name(header) else {
+            continue;
+        };
+        let invalid = |error: EventError| DecodeError::Invalid {
+            header: Some(header.to_owned()),
+            error,
+        };
+        if attribute != "datacontenttype" {
+            ferry_core::validate::extension_name(&attribute).map_err(invalid)?;
+        }
+        let decoded = value::decode(value)
+            .map_err(|m| invalid(EventError::new(&attribute, EventErrorKind::Malformed, m)))?;
+        match decoded {
+            value::HeaderValue::Canonical(s) => builder.attribute(&attribute, s),
+            value::HeaderValue::Typed(v) if is_core(&attribute) => {
+                // Core attributes are strings (or, for `time`, a timestamp): only a native
+                // timestamp converts; an integer `id` is a type error.
+                match v {
+                    ferry_core::ExtensionValue::Timestamp(t) if attribute == "time" => {
+                        builder.attribute(&attribute, t.as_str().to_owned())
+                    }
+                    _ => {
+                        return Err(invalid(EventError::new(
+                            &attribute,
+                            EventErrorKind::Invalid,
+                            "must be a string",
+                        )))
+                    }
+                }
+            }
+            value::HeaderValue::Typed(v) => builder.set_extension(attribute.clone(), v),
+        }
+        names.push((attribute, header));
+    }
+    if builder.specversion_str().is_none() {
+        return Err(DecodeError::NotCloudEvent);
+    }
+    if let Some(ct) = properties.content_type() {
+        builder.attribute("datacontenttype", ct.as_str().to_owned());
+        names.push(("datacontenttype".into(), "content-type"));
+    }
+    if !body.is_empty() {
+        builder.set_data(Some(Data::Binary(Bytes::copy_from_slice(body))));
+    }
+    builder.build().map_err(|error| DecodeError::Invalid {
+        header: error.attribute.as_deref().and_then(|a| {
+            names
+                .iter()
+                .rev()
+                .find(|(n, _)| n == a)
+                .map(|(_, h)| (*h).to_owned())
+        }),
+        error,
+    })
+}
+
+/// Encodes an event: the properties (content type and headers; the caller adds delivery
+/// mode and the like) and the body.
+pub fn encode(event: &CloudEvent, mode: Mode, prefix: HeaderPrefix) -> (BasicProperties, Vec<u8>) {
+    let properties = BasicProperties::default();
+    let properties = match ShortString::try_new(event.id()) {
+        // Informational mirror for brokers and tools that deduplicate on message-id; the
+        // headers (or the body) stay authoritative.
+        Ok(id) => properties.with_message_id(id),
+        Err(_) => properties,
+    };
+    match mode {
+        Mode::Structured => (
+            properties.with_content_type(STRUCTURED_CONTENT_TYPE.into()),
+            json::encode(event),
+        ),
+        Mode::Binary => {
+            let mut properties = properties.with_headers(binary_headers(event, prefix));
+            if let Some(ct) = event.effective_content_type() {
+                if let Ok(ct) = ShortString::try_new(ct) {
+                    properties = properties.with_content_type(ct);
+                }
+            }
+            let body = event
+                .data()
+                .map(|d| d.as_bytes().to_vec())
+                .unwrap_or_default();
+            (properties, body)
+        }
+    }
+}
+
+/// The headers of a binary-mode message, every attribute but `datacontenttype` under one
+/// prefix. Core attributes are strings; extensions keep their native type where 0-9-1 has one.
+pub fn binary_headers(event: &CloudEvent, prefix: HeaderPrefix) -> FieldTable {
+    let mut table = FieldTable::default();
+    let prefix = prefix.as_str();
+    let mut put = |name: &str, value: AMQPValue| {
+        table.insert(format!("{prefix}{name}").into(), value);
+    };
+    put("specversion", value::string(event.specversion()));
+    put("id", value::string(event.id()));
+    put("source", value::string(event.source()));
+    put("type", value::string(event.ty()));
+    if let Some(v) = event.dataschema() {
+        put("dataschema", value::string(v));
+    }
+    if let Some(v) = event.subject() {
+        put("subject", value::string(v));
+    }
+    if let Some(v) = event.time() {
+        put("time", value::string(v.as_str()));
+    }
+    for (name, v) in event.extensions() {
+        put(name, value::encode(v));
+    }
+    table
+}
+
+/// Transport metadata of a delivery: every header that is not a CloudEvents attribute as
+/// `header.<lowercase name>`, plus `amqp.exchange` and `amqp.routing_key`.
+pub fn metadata(
+    properties: &BasicProperties,
+    exchange: &str,
+    routing_key: &str,
+) -> TransportMetadata {
+    let mut meta = TransportMetadata::new();
+    for (name, value) in headers(properties) {
+        if attribute_name(name).is_some() {
+            continue;
+        }
+        if let Some(text) = value::metadata_text(value) {
+            meta.push_header(name, &text);
+        }
+    }
+    meta.push_property("amqp.exchange", exchange);
+    meta.push_property("amqp.routing_key", routing_key);
+    meta
+}
+
+fn headers(properties: &BasicProperties) -> impl Iterator<Item = (&str, &AMQPValue)> {
+    properties
+        .headers()
+        .iter()
+        .flat_map(|t| t.inner().iter())
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+fn is_core(name: &str) -> bool {
+    ferry_core::event::CORE_ATTRIBUTES.contains(&name) || name == "schemaurl"
+}
+
+#[cfg(test)]
+mod tests;
