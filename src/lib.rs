@@ -30,6 +30,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod problem;
 pub mod router;
+pub mod security;
 pub mod sinks;
 pub mod sources;
 pub mod template;

@@ -1,0 +1,5 @@
+//! Authentication and authorisation of inbound messages.
+
+pub mod hmac;
+pub mod jwt;
+pub mod secret;
