@@ -256,7 +256,7 @@ impl Consumer {
         let ingested = pipeline::ingest(
             &self.cx.generation,
             &self.cx.stats,
-            vec![Envelope { event, metadata }],
+            vec![Envelope::new(event, metadata)],
             self.config.unrouted,
             Duration::from_millis(self.config.enqueue_timeout_ms),
         )
