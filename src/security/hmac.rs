@@ -171,6 +171,14 @@ struct Key {
     bytes: Vec<u8>,
 }
 
+/// A message that passed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Index of the matching secret in the configured `secrets`.
+    pub secret: usize,
+    keys: Vec<String>,
+}
+
 /// Verifies webhook signatures as configured by an [`HmacConfig`]. Built once per config
 /// generation; cheap to share between tasks.
 pub struct HmacVerifier {
@@ -262,6 +270,18 @@ impl HmacVerifier {
         body: &[u8],
         now: u64,
     ) -> Result<usize, HmacError> {
+        self.verify_recorded(header, body, now).map(|v| v.secret)
+    }
+
+    /// Like [`HmacVerifier::verify`], also returning what was recorded against replays, so
+    /// that a message that was verified but not accepted can be [released](Self::release)
+    /// and its retry passes.
+    pub fn verify_recorded(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Verified, HmacError> {
         let required =
             |name: &str| header(name).ok_or_else(|| HmacError::MissingHeader(name.to_owned()));
         match self.scheme {
@@ -274,8 +294,12 @@ impl HmacVerifier {
                 let prefix = format!("{id}.{timestamp}.");
                 let (index, _) =
                     self.match_any(Digest::Sha256, &[prefix.as_bytes(), body], &candidates)?;
-                self.record(&[format!("id:{id}")], now)?;
-                Ok(index)
+                let keys = vec![format!("id:{id}")];
+                self.record(&keys, now)?;
+                Ok(Verified {
+                    secret: index,
+                    keys,
+                })
             }
             Scheme::Github => {
                 let value = required(GITHUB_SIGNATURE)?;
@@ -291,7 +315,10 @@ impl HmacVerifier {
                 let mut seen = vec![format!("mac:{}", hex::encode(mac))];
                 seen.extend(header(GITHUB_DELIVERY).map(|id| format!("id:{id}")));
                 self.record(&seen, now)?;
-                Ok(index)
+                Ok(Verified {
+                    secret: index,
+                    keys: seen,
+                })
             }
             Scheme::Generic => {
                 let Some(generic) = &self.generic else {
@@ -320,8 +347,19 @@ impl HmacVerifier {
                 let mut seen = vec![format!("mac:{}", hex::encode(mac))];
                 seen.extend(id.map(|id| format!("id:{id}")));
                 self.record(&seen, now)?;
-                Ok(index)
+                Ok(Verified {
+                    secret: index,
+                    keys: seen,
+                })
             }
+        }
+    }
+
+    /// Releases what a verified message recorded against replays (it was not accepted).
+    pub fn release(&self, verified: &Verified) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in &verified.keys {
+            seen.remove(key);
         }
     }
 

@@ -24,6 +24,7 @@ use crate::listener::Peer;
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope, SharedGeneration};
 use crate::problem::Problem;
+use crate::security::principal::Principal;
 use crate::security::source::SourceSecurity;
 
 struct SourceState {
@@ -124,12 +125,13 @@ async fn handle(
     State(state): State<Arc<SourceState>>,
     peer: Option<axum::Extension<Peer>>,
     method: Method,
+    uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let peer = peer.map(|axum::Extension(p)| p);
-    match accept(&state, peer.as_ref(), method, headers, body).await {
+    match accept(&state, peer.as_ref(), method, uri.query(), headers, body).await {
         Ok(n) => {
             state.stats.accepted.inc_by(n);
             state
@@ -150,6 +152,7 @@ async fn accept(
     state: &SourceState,
     peer: Option<&Peer>,
     method: Method,
+    query: Option<&str>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<u64, (Problem, u64)> {
@@ -196,10 +199,27 @@ async fn accept(
             ));
         }
     };
-    let principal = state
+    let authenticated = state
         .security
-        .authenticate(peer, &headers, &bytes)
+        .authenticate(peer, &headers, query, &bytes)
         .map_err(|e| (Problem::unauthenticated(e), 1))?;
+    let result = deliver(state, peer, &headers, bytes, &authenticated.principal).await;
+    if result.is_err() {
+        // Not accepted: the sender's retry of this very message must pass the replay check.
+        state.security.release(&authenticated);
+    }
+    result
+}
+
+/// Decodes, authorises, routes and waits for the sinks: the part after authentication.
+async fn deliver(
+    state: &SourceState,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+    bytes: bytes::Bytes,
+    principal: &Principal,
+) -> Result<u64, (Problem, u64)> {
+    let headers = headers.clone();
     let mut metadata = ferry_http::metadata(&headers);
     metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {
@@ -238,7 +258,7 @@ async fn accept(
     let n = envelopes.len() as u64;
     state
         .security
-        .rate_limit(&principal, peer.map(|p| p.addr.ip()), n as u32)
+        .rate_limit(principal, peer.map(|p| p.addr.ip()), n as u32)
         .map_err(|wait| (Problem::rate_limited(wait), n))?;
     let is_batch = headers
         .get(http::header::CONTENT_TYPE)
@@ -250,7 +270,7 @@ async fn accept(
     let generation = state.generation.load_full();
     state
         .security
-        .authorize(&generation.policies, &principal, &mut envelopes)
+        .authorize(&generation.policies, principal, &mut envelopes)
         .map_err(|(index, denied)| (Problem::forbidden(index, denied, is_batch), n))?;
     let enqueue_timeout = Duration::from_millis(state.config.enqueue_timeout_ms);
     let waiter = pipeline::ingest_with(

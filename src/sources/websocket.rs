@@ -126,16 +126,17 @@ async fn upgrade(
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
     let peer = parts.extensions.get::<Peer>().cloned();
-    let principal = match state
-        .security
-        .authenticate(peer.as_ref(), &parts.headers, &[])
-    {
-        Ok(p) => p,
-        Err(e) => {
-            state.cx.stats.reject("unauthenticated", 1);
-            return Problem::unauthenticated(e).into_response();
-        }
-    };
+    let principal =
+        match state
+            .security
+            .authenticate(peer.as_ref(), &parts.headers, parts.uri.query(), &[])
+        {
+            Ok(a) => a.principal,
+            Err(e) => {
+                state.cx.stats.reject("unauthenticated", 1);
+                return Problem::unauthenticated(e).into_response();
+            }
+        };
     let offered: Vec<String> = parts
         .headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
