@@ -302,7 +302,7 @@ fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix("access_token="))
-        .map(|t| percent_decode(t))
+        .map(percent_decode)
 }
 
 fn percent_decode(s: &str) -> String {
