@@ -276,10 +276,24 @@ impl Connection<'_> {
         let event = match (decoded, &source.normalizer) {
             (Ok(event), _) => event,
             (Err(ferry_mqtt::DecodeError::NotCloudEvent), Some(n)) => {
+                // MQTT 3.1.1 (and many MQTT 5 devices) send no content type: a payload that
+                // is a JSON document is taken as application/json, unless the template says.
+                let declared = properties.and_then(|p| p.content_type.as_deref()).or(source
+                    .config
+                    .normalize
+                    .as_ref()
+                    .and_then(|n| n.datacontenttype.as_deref()));
+                let content_type = match declared {
+                    Some(ct) => Some(ct),
+                    None if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() => {
+                        Some("application/json")
+                    }
+                    None => None,
+                };
                 let raw = Raw {
                     metadata: &metadata,
                     body: payload,
-                    content_type: properties.and_then(|p| p.content_type.as_deref()),
+                    content_type,
                     message_id: None,
                 };
                 match n.apply(raw) {
