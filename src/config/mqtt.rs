@@ -31,6 +31,33 @@ pub struct MqttSourceConfig {
     pub unrouted: Unrouted,
     #[serde(default = "defaults::enqueue_timeout_ms")]
     pub enqueue_timeout_ms: u64,
+    /// Stable client id of the persistent session; default `ferry-<source name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `false` (default) resumes the session, so messages published while Ferry was away are
+    /// delivered when it returns.
+    #[serde(default)]
+    pub clean_start: bool,
+    /// How long the broker keeps the session after a disconnect (MQTT 5 only).
+    #[serde(default = "mqtt_defaults::session_expiry_secs")]
+    pub session_expiry_secs: u32,
+    /// Subscribe as `$share/<group>/<filter>`, so several instances split the messages.
+    #[serde(default)]
+    pub share_group: Option<String>,
+    #[serde(default = "mqtt_defaults::keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum).
+    #[serde(default = "mqtt_defaults::inflight")]
+    pub inflight: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Undecodable/invalid/unrejected messages are published here (QoS 1) before being acked.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    #[serde(default = "mqtt_defaults::max_packet_bytes")]
+    pub max_packet_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -47,16 +74,218 @@ pub struct MqttSinkConfig {
     pub mode: ContentMode,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
+    /// Default `ferry-<sink name>-<random>` (a clean session per connection).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub retain: bool,
+    /// Publishes awaiting their PUBACK at once.
+    #[serde(default = "defaults::in_flight")]
+    pub in_flight: usize,
+    /// How long a publish may wait for its PUBACK before the connection is dropped.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "mqtt_defaults::keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "mqtt_defaults::max_packet_bytes")]
+    pub max_packet_bytes: u32,
+}
+
+mod mqtt_defaults {
+    pub fn session_expiry_secs() -> u32 {
+        86_400
+    }
+    pub fn keep_alive_secs() -> u64 {
+        30
+    }
+    pub fn inflight() -> u16 {
+        64
+    }
+    pub fn max_packet_bytes() -> u32 {
+        1024 * 1024
+    }
+}
+
+type CheckError = (Vec<String>, String);
+
+fn err(key: &str, message: impl Into<String>) -> CheckError {
+    (vec![key.to_owned()], message.into())
+}
+
+/// Host and port of an `mqtt://host[:port]` (or `tcp://`) URL; the port defaults to 1883.
+pub fn broker_address(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or("expected mqtt://host[:port]")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err("expected mqtt://host[:port] (credentials go in username/password)".into());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("invalid port {port:?}"))?,
+        ),
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn check_common(url: &str, qos: u8, keep_alive_secs: u64) -> Result<(), CheckError> {
+    broker_address(url).map_err(|m| err("url", m))?;
+    if qos > 1 {
+        return Err(err("qos", "qos must be 0 or 1"));
+    }
+    if keep_alive_secs < 5 || keep_alive_secs > u64::from(u16::MAX) {
+        return Err(err(
+            "keep_alive_secs",
+            "keep_alive_secs must be between 5 and 65535",
+        ));
+    }
+    Ok(())
+}
+
+/// A topic name to publish to: not empty, no wildcards.
+fn check_topic_name(key: &str, topic: &str) -> Result<(), CheckError> {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        return Err(err(
+            key,
+            "a topic name must be non-empty and have no `+`/`#` wildcards",
+        ));
+    }
+    Ok(())
 }
 
 impl MqttSourceConfig {
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    /// Host and port of `url`.
+    pub fn broker_address(&self) -> Result<(String, u16), String> {
+        broker_address(&self.url)
+    }
+
+    pub fn check(&self) -> Result<(), CheckError> {
+        check_common(&self.url, self.qos, self.keep_alive_secs)?;
+        if self.topics.is_empty() {
+            return Err(err("topics", "at least one topic filter is required"));
+        }
+        for (i, filter) in self.topics.iter().enumerate() {
+            if !valid_filter(filter) {
+                return Err((
+                    vec!["topics".into(), i.to_string()],
+                    format!("invalid topic filter {filter:?}: `#` must be last and `+`/`#` fill a whole level"),
+                ));
+            }
+        }
+        if let Some(group) = &self.share_group {
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(err(
+                    "share_group",
+                    "share_group must be non-empty without `/`, `+` or `#`",
+                ));
+            }
+        }
+        if self.client_id.as_deref() == Some("") {
+            return Err(err("client_id", "client_id must not be empty"));
+        }
+        if self.inflight == 0 {
+            return Err(err("inflight", "inflight must be greater than 0"));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            check_topic_name("dead_letter_topic", t)?;
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(err("password", "password needs a username"));
+        }
         Ok(())
     }
 }
 
+/// `+` and `#` occupy a whole level, `#` only the last one.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "+" => true,
+        "#" => i == levels.len() - 1,
+        l => !l.contains(['+', '#']),
+    })
+}
+
 impl MqttSinkConfig {
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    /// Host and port of `url`.
+    pub fn broker_address(&self) -> Result<(String, u16), String> {
+        broker_address(&self.url)
+    }
+
+    pub fn check(&self) -> Result<(), CheckError> {
+        check_common(&self.url, self.qos, self.keep_alive_secs)?;
+        if self.protocol == MqttProtocol::V311 && self.mode == ContentMode::Binary {
+            return Err(err(
+                "mode",
+                "MQTT 3.1.1 has no user properties: use mode = \"structured\" or protocol = \"5\"",
+            ));
+        }
+        let template =
+            crate::template::Template::parse(&self.topic).map_err(|m| err("topic", m))?;
+        if let Some(literal) = template.as_literal() {
+            check_topic_name("topic", literal)?;
+        } else if self.topic.contains(['+', '#']) {
+            return Err(err(
+                "topic",
+                "a topic template must not contain `+`/`#` wildcards",
+            ));
+        }
+        if self.in_flight == 0 {
+            return Err(err("in_flight", "in_flight must be greater than 0"));
+        }
+        if self.client_id.as_deref() == Some("") {
+            return Err(err("client_id", "client_id must not be empty"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(err("password", "password needs a username"));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            broker_address("mqtt://127.0.0.1:1883"),
+            Ok(("127.0.0.1".into(), 1883))
+        );
+        assert_eq!(broker_address("mqtt://broker"), Ok(("broker".into(), 1883)));
+        assert_eq!(
+            broker_address("tcp://[::1]:1884/"),
+            Ok(("::1".into(), 1884))
+        );
+        assert!(broker_address("http://x").is_err());
+        assert!(broker_address("mqtt://u:p@x").is_err());
+        assert!(broker_address("mqtt://x:port").is_err());
+    }
+
+    #[test]
+    fn filters() {
+        for ok in ["a/b", "a/+/c", "#", "a/#", "+", "$share/g/a/+"] {
+            assert!(valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/c", "a+/b", "a/b#"] {
+            assert!(!valid_filter(bad), "{bad}");
+        }
     }
 }

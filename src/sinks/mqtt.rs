@@ -1,14 +1,43 @@
-//! MQTT sink (in progress).
+//! `mqtt` sink: publishes each event to a topic rendered from its attributes, MQTT 5 binary
+//! or structured mode, or MQTT 3.1.1 structured mode.
+//!
+//! Confirmation: QoS 1 by the broker's PUBACK, QoS 0 once the PUBLISH is written. rumqttc
+//! assigns packet ids inside its event loop, after `publish` returned, so deliveries are
+//! correlated in two steps: the event loop handles queued publishes strictly in order and
+//! reports each one as `Outgoing::Publish(pkid)` when written, so the oldest delivery not yet
+//! written takes that packet id; the PUBACK carrying the id then confirms it. When the
+//! connection drops, every delivery not yet confirmed fails `Retryable` and the next connection
+//! starts from a fresh client (a clean session), so nothing is republished behind our back.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use ferry_core::FailureKind;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{SinkContext, SinkError, SinkStats};
-use crate::config::MqttSinkConfig;
+use crate::backoff::Backoff;
+use crate::config::{ContentMode, MqttProtocol, MqttSinkConfig};
 use crate::pipeline::Delivery;
+use crate::sources::mqtt::client::{self, Client, EventLoop, Options, Wire};
+use crate::template::{self, Template};
 
-/// Starts the sink task: connects (and reconnects) in the background and delivers from `rx`.
+struct Target {
+    name: Arc<str>,
+    options: Options,
+    topic: Template,
+    protocol: MqttProtocol,
+    mode: ferry_mqtt::Mode,
+    qos: u8,
+    retain: bool,
+    in_flight: usize,
+    timeout: Duration,
+}
+
 pub fn start(
     name: &Arc<str>,
     config: &MqttSinkConfig,
@@ -16,9 +45,268 @@ pub fn start(
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
-    let _ = (config, rx, stats, cx);
-    Err(SinkError::Config {
+    let err = |(key, message): (Vec<String>, String)| SinkError::Config {
         sink: name.to_string(),
-        message: "not implemented yet".into(),
+        message: format!("{}: {message}", key.join(".")),
+    };
+    config.check().map_err(err)?;
+    let (host, port) = config
+        .broker_address()
+        .map_err(|m| err((vec!["url".into()], m)))?;
+    let topic = Template::parse(&config.topic).map_err(|m| err((vec!["topic".into()], m)))?;
+    let in_flight = config.in_flight.min(usize::from(u16::MAX));
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("ferry-{name}-{:08x}", rand::random::<u32>()));
+    let target = Target {
+        name: Arc::clone(name),
+        options: Options {
+            protocol: config.protocol,
+            host,
+            port,
+            client_id,
+            clean_start: true,
+            session_expiry_secs: 0,
+            keep_alive: Duration::from_secs(config.keep_alive_secs),
+            credentials: config
+                .username
+                .clone()
+                .map(|u| (u, config.password.clone().unwrap_or_default())),
+            manual_acks: false,
+            receive_maximum: None,
+            outgoing_inflight: in_flight as u16,
+            max_packet_bytes: config.max_packet_bytes,
+            requests: in_flight + 8,
+        },
+        topic,
+        protocol: config.protocol,
+        mode: match config.mode {
+            ContentMode::Binary => ferry_mqtt::Mode::Binary,
+            ContentMode::Structured => ferry_mqtt::Mode::Structured,
+        },
+        qos: config.qos,
+        retain: config.retain,
+        in_flight,
+        timeout: Duration::from_millis(config.timeout_ms),
+    };
+    cx.tracker.spawn(run(target, rx, stats, cx.clone()));
+    Ok(())
+}
+
+async fn run(target: Target, mut rx: mpsc::Receiver<Delivery>, stats: SinkStats, cx: SinkContext) {
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let (client, mut events) = client::new(&target.options);
+        let connected = tokio::select! {
+            r = connect(&mut events, target.timeout) => r,
+            // Shutdown while the broker is away: queued deliveries are dropped undelivered.
+            () = closed(&rx) => return,
+        };
+        if let Err(e) = connected {
+            tracing::warn!(sink = %target.name, error = %e, "MQTT connection failed");
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => continue,
+                () = closed(&rx) => return,
+            }
+        }
+        tracing::info!(sink = %target.name, client_id = %target.options.client_id, "MQTT connected");
+        backoff.reset();
+        cx.set_ready(&target.name, true);
+        let mut session = Session::new(&target, &stats);
+        let result = session.run(&client, &mut events, &mut rx).await;
+        cx.set_ready(&target.name, false);
+        match result {
+            Ok(()) => {
+                client.disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while events.poll().await.is_ok() {}
+                })
+                .await;
+                tracing::info!(sink = %target.name, "MQTT sink closed");
+                return;
+            }
+            Err(e) => {
+                session.fail_all(&e);
+                tracing::warn!(sink = %target.name, error = %e, "MQTT connection lost");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Resolves once the queue is closed and empty (shutdown with nothing left to deliver).
+async fn closed(rx: &mpsc::Receiver<Delivery>) {
+    loop {
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connect(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            if let Wire::ConnAck { .. } = events.poll().await? {
+                return Ok(());
+            }
+        }
     })
+    .await
+    .map_err(|_| "no CONNACK in time".to_owned())?
+}
+
+/// The deliveries of one connection.
+struct Session<'a> {
+    target: &'a Target,
+    stats: &'a SinkStats,
+    /// Queued publishes not yet written, oldest first, with their deadline.
+    unwritten: VecDeque<(Delivery, Instant)>,
+    /// Written QoS 1 publishes awaiting their PUBACK, by packet id.
+    awaiting: HashMap<u16, (Delivery, Instant)>,
+}
+
+impl<'a> Session<'a> {
+    fn new(target: &'a Target, stats: &'a SinkStats) -> Self {
+        Session {
+            target,
+            stats,
+            unwritten: VecDeque::new(),
+            awaiting: HashMap::new(),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.unwritten.len() + self.awaiting.len()
+    }
+
+    /// Delivers until the queue closes and everything pending is confirmed (`Ok`), or the
+    /// connection is lost (`Err`, pending deliveries are left for [`Self::fail_all`]).
+    async fn run(
+        &mut self,
+        client: &Client,
+        events: &mut EventLoop,
+        rx: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<(), String> {
+        let mut rx_open = true;
+        loop {
+            if !rx_open && self.pending() == 0 {
+                return Ok(());
+            }
+            let deadline = self
+                .unwritten
+                .front()
+                .map(|(_, d)| *d)
+                .into_iter()
+                .chain(self.awaiting.values().map(|(_, d)| *d))
+                .min();
+            tokio::select! {
+                d = rx.recv(), if rx_open && self.pending() < self.target.in_flight => match d {
+                    Some(d) => self.publish(client, d)?,
+                    None => rx_open = false,
+                },
+                ev = events.poll() => match ev? {
+                    Wire::Published { pkid } => self.written(pkid),
+                    Wire::PubAck { pkid, refused } => self.acked(pkid, refused),
+                    Wire::Disconnect(reason) => return Err(format!("broker disconnected: {reason}")),
+                    _ => {}
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    return Err(format!("no PUBACK within {} ms", self.target.timeout.as_millis()));
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, client: &Client, delivery: Delivery) -> Result<(), String> {
+        let event = &delivery.envelope.event;
+        let topic = match self
+            .target
+            .topic
+            .render(|n| template::event_attribute(event, n))
+        {
+            Ok(t) if !t.is_empty() && !t.contains(['+', '#', '\0']) => t,
+            Ok(t) => {
+                let message = format!("topic {t:?} is not a valid topic name");
+                self.stats.fail(delivery, FailureKind::Permanent, message);
+                return Ok(());
+            }
+            Err(missing) => {
+                let message = format!("topic template placeholder {{{missing}}} has no value");
+                self.stats.fail(delivery, FailureKind::Permanent, message);
+                return Ok(());
+            }
+        };
+        let (payload, properties): (Bytes, Option<PublishProperties>) = match self.target.protocol {
+            MqttProtocol::V5 => {
+                let (payload, p) = ferry_mqtt::encode_v5(event, self.target.mode);
+                (payload, Some(p))
+            }
+            MqttProtocol::V311 => (ferry_mqtt::encode_v311(event), None),
+        };
+        let t = self.target;
+        if let Err(e) = client.publish(topic, t.qos, t.retain, payload, properties) {
+            self.stats.fail(
+                delivery,
+                FailureKind::Retryable,
+                format!("publish failed: {e}"),
+            );
+            return Err(e);
+        }
+        self.stats.in_flight.inc();
+        self.unwritten
+            .push_back((delivery, Instant::now() + t.timeout));
+        Ok(())
+    }
+
+    fn written(&mut self, pkid: u16) {
+        let Some((delivery, deadline)) = self.unwritten.pop_front() else {
+            return;
+        };
+        if pkid == 0 {
+            self.stats.in_flight.dec();
+            self.stats.confirm(delivery);
+        } else {
+            self.awaiting.insert(pkid, (delivery, deadline));
+        }
+    }
+
+    fn acked(&mut self, pkid: u16, refused: Option<String>) {
+        let Some((delivery, _)) = self.awaiting.remove(&pkid) else {
+            return;
+        };
+        self.stats.in_flight.dec();
+        match refused {
+            None => self.stats.confirm(delivery),
+            Some(reason) => self.stats.fail(
+                delivery,
+                FailureKind::Permanent,
+                format!("broker refused the publish: {reason}"),
+            ),
+        }
+    }
+
+    /// The connection is gone: nothing pending was confirmed.
+    fn fail_all(&mut self, error: &str) {
+        let pending = self
+            .unwritten
+            .drain(..)
+            .chain(self.awaiting.drain().map(|(_, v)| v));
+        for (delivery, _) in pending {
+            self.stats.in_flight.dec();
+            self.stats.fail(
+                delivery,
+                FailureKind::Retryable,
+                format!("MQTT connection lost before PUBACK: {error}"),
+            );
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,14 +1,390 @@
-//! MQTT source (in progress).
+//! MQTT source: subscribes to topic filters (QoS 0 or 1) on a persistent session and
+//! acknowledges each QoS 1 message with a manual PUBACK only once every routed sink confirmed.
+//!
+//! MQTT has no negative acknowledgement, and a broker redelivers an unacknowledged QoS 1
+//! message only when the session resumes on a new connection. So when a delivery fails (or a
+//! sink queue stays full) the source drops the connection and reconnects with the same client
+//! id and `clean_start = false`: the broker then redelivers every message not yet acked. Acks
+//! belong to the connection that received the message; one that settles after its connection
+//! is gone is not sent (the message comes again instead).
+//!
+//! A message that is not a CloudEvent (and has no normalize template), or is an invalid one,
+//! is logged, counted and — after being republished to `dead_letter_topic` when one is set —
+//! acknowledged, so it cannot block the session.
 
+pub(crate) mod client;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ferry_core::Outcome;
+use tokio::sync::mpsc;
+
+use self::client::{Client, EventLoop, Message, Options, Wire};
 use super::{SourceContext, SourceError};
-use crate::config::MqttSourceConfig;
+use crate::backoff::Backoff;
+use crate::config::{MqttProtocol, MqttSourceConfig};
+use crate::normalize::{Normalizer, Raw};
+use crate::pipeline::{self, Envelope, IngestError};
 
 /// Starts consuming in the background; reconnects on its own. Readiness is reported through
 /// the context while connected.
 pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), SourceError> {
-    let _ = (config, cx);
-    Err(SourceError::Config {
-        source_name: "-".into(),
-        message: "not implemented yet".into(),
-    })
+    let err = |message: String| SourceError::Config {
+        source_name: cx.name().to_owned(),
+        message,
+    };
+    config
+        .check()
+        .map_err(|(key, m)| err(format!("{}: {m}", key.join("."))))?;
+    let (host, port) = config
+        .broker_address()
+        .map_err(|m| err(format!("url: {m}")))?;
+    let normalizer = match &config.normalize {
+        Some(n) => {
+            Some(Normalizer::compile(n).map_err(|(key, m)| err(format!("normalize.{key}: {m}")))?)
+        }
+        None => None,
+    };
+    let filters = config
+        .topics
+        .iter()
+        .map(|t| match &config.share_group {
+            Some(group) => format!("$share/{group}/{t}"),
+            None => t.clone(),
+        })
+        .collect();
+    let inflight = config.inflight;
+    let source = Source {
+        options: Options {
+            protocol: config.protocol,
+            host,
+            port,
+            client_id: config
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("ferry-{}", cx.name())),
+            clean_start: config.clean_start,
+            session_expiry_secs: config.session_expiry_secs,
+            keep_alive: Duration::from_secs(config.keep_alive_secs),
+            credentials: config
+                .username
+                .clone()
+                .map(|u| (u, config.password.clone().unwrap_or_default())),
+            manual_acks: true,
+            receive_maximum: Some(inflight),
+            outgoing_inflight: inflight,
+            max_packet_bytes: config.max_packet_bytes,
+            requests: usize::from(inflight) * 2 + 16,
+        },
+        filters,
+        config: config.clone(),
+        normalizer,
+        cx: cx.clone(),
+    };
+    cx.tracker.spawn(source.supervise());
+    Ok(())
+}
+
+struct Source {
+    options: Options,
+    filters: Vec<String>,
+    config: MqttSourceConfig,
+    normalizer: Option<Normalizer>,
+    cx: SourceContext,
+}
+
+/// A message whose routed deliveries resolved, reported back to the connection that took it.
+struct Settled {
+    connection: u64,
+    message: Message,
+    delivered: bool,
+}
+
+/// Why a connection ended.
+enum End {
+    Shutdown,
+    /// A delivery failed: reconnect so the broker redelivers what was not acked.
+    Redeliver(String),
+    Lost(String),
+}
+
+impl Source {
+    async fn supervise(self) {
+        let name = self.cx.name().to_owned();
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+        let mut backoff = Backoff::reconnect();
+        let mut connection = 0u64;
+        loop {
+            connection += 1;
+            let (client, mut events) = client::new(&self.options);
+            if let Err(e) = client.subscribe(&self.filters, self.config.qos) {
+                tracing::error!(source = %name, error = %e, "cannot queue the subscription");
+            }
+            let mut conn = Connection {
+                source: &self,
+                id: connection,
+                client: &client,
+                settled_tx: &settled_tx,
+                in_flight: 0,
+                dead_unwritten: VecDeque::new(),
+                dead_awaiting: HashMap::new(),
+            };
+            let end = conn.run(&mut events, &mut settled_rx, &mut backoff).await;
+            self.cx.set_ready(false);
+            self.cx.stats.connections.set(0);
+            match end {
+                End::Shutdown => {
+                    client.disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while events.poll().await.is_ok() {}
+                    })
+                    .await;
+                    tracing::info!(source = %name, "MQTT source stopped");
+                    return;
+                }
+                End::Redeliver(reason) => {
+                    tracing::warn!(source = %name, reason = %reason, "reconnecting so the broker redelivers unacknowledged messages");
+                }
+                End::Lost(e) => {
+                    tracing::warn!(source = %name, error = %e, "MQTT connection lost");
+                }
+            }
+            drop(events);
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = self.cx.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One connection's state.
+struct Connection<'a> {
+    source: &'a Source,
+    id: u64,
+    client: &'a Client,
+    settled_tx: &'a mpsc::UnboundedSender<Settled>,
+    /// Messages handed to the pipeline and not settled yet.
+    in_flight: usize,
+    /// Rejected messages whose dead-letter copy is queued, oldest first.
+    dead_unwritten: VecDeque<Message>,
+    /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
+    dead_awaiting: HashMap<u16, Message>,
+}
+
+impl Connection<'_> {
+    async fn run(
+        &mut self,
+        events: &mut EventLoop,
+        settled_rx: &mut mpsc::UnboundedReceiver<Settled>,
+        backoff: &mut Backoff,
+    ) -> End {
+        let cx = &self.source.cx;
+        let mut draining = false;
+        loop {
+            if draining
+                && self.in_flight == 0
+                && self.dead_unwritten.is_empty()
+                && self.dead_awaiting.is_empty()
+            {
+                return End::Shutdown;
+            }
+            tokio::select! {
+                () = cx.shutdown.cancelled(), if !draining => {
+                    // Stop taking messages; let in-flight ones settle and be acked.
+                    draining = true;
+                    cx.set_ready(false);
+                }
+                Some(s) = settled_rx.recv() => {
+                    if s.connection != self.id {
+                        continue;
+                    }
+                    self.in_flight -= 1;
+                    if s.delivered {
+                        if let Err(e) = self.client.ack(&s.message) {
+                            return End::Lost(format!("cannot queue PUBACK: {e}"));
+                        }
+                    } else if s.message.needs_ack() {
+                        return End::Redeliver("a delivery failed".into());
+                    }
+                }
+                ev = events.poll() => match ev {
+                    Err(e) => return End::Lost(e),
+                    Ok(Wire::ConnAck { session_present }) => {
+                        tracing::info!(source = %cx.name(), client_id = %self.source.options.client_id, session_present, "MQTT connected");
+                    }
+                    Ok(Wire::SubAck { refused }) => {
+                        if !refused.is_empty() {
+                            return End::Lost(format!("subscription refused: {}", refused.join(", ")));
+                        }
+                        tracing::info!(source = %cx.name(), filters = ?self.source.filters, "MQTT subscribed");
+                        backoff.reset();
+                        cx.stats.connections.set(1);
+                        if !draining {
+                            cx.set_ready(true);
+                        }
+                    }
+                    // While draining, new messages are left unacknowledged: the broker keeps
+                    // them in the session for the next start.
+                    Ok(Wire::Message(m)) if !draining => {
+                        if let Err(end) = self.handle(m).await {
+                            return end;
+                        }
+                    }
+                    Ok(Wire::Published { pkid }) => {
+                        if let Some(m) = self.dead_unwritten.pop_front() {
+                            self.dead_awaiting.insert(pkid, m);
+                        }
+                    }
+                    Ok(Wire::PubAck { pkid, refused }) => {
+                        if let Some(m) = self.dead_awaiting.remove(&pkid) {
+                            if let Some(reason) = refused {
+                                return End::Redeliver(format!("dead-letter publish refused: {reason}"));
+                            }
+                            if let Err(e) = self.client.ack(&m) {
+                                return End::Lost(format!("cannot queue PUBACK: {e}"));
+                            }
+                        }
+                    }
+                    Ok(Wire::Disconnect(reason)) => return End::Lost(format!("broker disconnected: {reason}")),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Decodes, routes and hands one message to the pipeline.
+    async fn handle(&mut self, message: Message) -> Result<(), End> {
+        let source = self.source;
+        let cx = &source.cx;
+        let started = Instant::now();
+        let topic = message.topic();
+        let properties = message.properties();
+        let v5 = source.options.protocol == MqttProtocol::V5;
+        let metadata = if v5 {
+            ferry_mqtt::metadata_v5(&topic, properties)
+        } else {
+            ferry_mqtt::metadata_v311(&topic)
+        };
+        let payload = message.payload().clone();
+        let decoded = if v5 {
+            ferry_mqtt::decode_v5(payload.clone(), properties)
+        } else {
+            ferry_mqtt::decode_v311(&payload)
+        };
+        let event = match (decoded, &source.normalizer) {
+            (Ok(event), _) => event,
+            (Err(ferry_mqtt::DecodeError::NotCloudEvent), Some(n)) => {
+                // MQTT 3.1.1 (and many MQTT 5 devices) send no content type: a payload that
+                // is a JSON document is taken as application/json, unless the template says.
+                let declared = properties.and_then(|p| p.content_type.as_deref()).or(source
+                    .config
+                    .normalize
+                    .as_ref()
+                    .and_then(|n| n.datacontenttype.as_deref()));
+                let content_type = match declared {
+                    Some(ct) => Some(ct),
+                    None if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() => {
+                        Some("application/json")
+                    }
+                    None => None,
+                };
+                let raw = Raw {
+                    metadata: &metadata,
+                    body: payload,
+                    content_type,
+                    message_id: None,
+                };
+                match n.apply(raw) {
+                    Ok(event) => event,
+                    Err(e) => return self.reject(message, "invalid", &e.to_string()),
+                }
+            }
+            (Err(e @ ferry_mqtt::DecodeError::Invalid { .. }), _) => {
+                return self.reject(message, "invalid", &e.to_string())
+            }
+            (Err(e), _) => return self.reject(message, "undecodable", &e.to_string()),
+        };
+        let envelope = Envelope { event, metadata };
+        let enqueue_timeout = Duration::from_millis(source.config.enqueue_timeout_ms);
+        let ingested = pipeline::ingest(
+            &cx.generation,
+            &cx.stats,
+            vec![envelope],
+            source.config.unrouted,
+            enqueue_timeout,
+        )
+        .await;
+        let waiter = match ingested {
+            Ok(w) => w,
+            Err(IngestError::Unrouted { .. }) => {
+                return self.reject(message, "unrouted", "no route matches the event")
+            }
+            Err(IngestError::Dispatch(e)) => {
+                if message.needs_ack() {
+                    return Err(End::Redeliver(format!("{e:?}")));
+                }
+                tracing::warn!(source = %cx.name(), error = ?e, "QoS 0 message dropped: sink unavailable");
+                return Ok(());
+            }
+        };
+        self.in_flight += 1;
+        let settled_tx = self.settled_tx.clone();
+        let stats = cx.stats.clone();
+        let connection = self.id;
+        cx.tracker.spawn(async move {
+            let delivered = match waiter.wait().await {
+                Outcome::Delivered => {
+                    stats.accepted.inc();
+                    stats.ack_latency.observe(started.elapsed().as_secs_f64());
+                    true
+                }
+                Outcome::Failed(f) => {
+                    tracing::warn!(source = %stats.name, topic = %topic, error = %f, "delivery failed; the message will be redelivered");
+                    false
+                }
+            };
+            let _ = settled_tx.send(Settled {
+                connection,
+                message,
+                delivered,
+            });
+        });
+        Ok(())
+    }
+
+    /// Refuses a message for good: log, count, dead-letter (when configured), then ack.
+    fn reject(&mut self, message: Message, reason: &'static str, error: &str) -> Result<(), End> {
+        let cx = &self.source.cx;
+        tracing::warn!(source = %cx.name(), topic = %message.topic(), reason, error, "message rejected");
+        cx.stats.reject(reason, 1);
+        match &self.source.config.dead_letter_topic {
+            Some(topic) if message.needs_ack() => {
+                let properties = message.properties().cloned().map(|mut p| {
+                    // Keep what describes the payload; drop what was for this hop only.
+                    p.topic_alias = None;
+                    p.subscription_identifiers.clear();
+                    p.user_properties
+                        .push(("ferry-reject-reason".into(), reason.into()));
+                    p
+                });
+                self.client
+                    .publish(
+                        topic.clone(),
+                        1,
+                        false,
+                        message.payload().clone(),
+                        properties,
+                    )
+                    .map_err(|e| End::Lost(format!("cannot queue dead-letter publish: {e}")))?;
+                self.dead_unwritten.push_back(message);
+                Ok(())
+            }
+            _ => self
+                .client
+                .ack(&message)
+                .map_err(|e| End::Lost(format!("cannot queue PUBACK: {e}"))),
+        }
+    }
 }
