@@ -306,7 +306,7 @@ impl Connection<'_> {
             }
             (Err(e), _) => return self.reject(message, "undecodable", &e.to_string()),
         };
-        let envelope = Envelope { event, metadata };
+        let envelope = Envelope::new(event, metadata);
         let enqueue_timeout = Duration::from_millis(source.config.enqueue_timeout_ms);
         let ingested = pipeline::ingest(
             &cx.generation,
