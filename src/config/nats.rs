@@ -45,6 +45,9 @@ pub struct NatsConsumerConfig {
     /// Redelivery after this long without an ack (a gateway that died mid-delivery).
     #[serde(default = "defaults_nats::ack_wait_secs")]
     pub ack_wait_secs: u64,
+    /// How long the server waits before redelivering a message whose delivery failed.
+    #[serde(default = "defaults_nats::nak_delay_ms")]
+    pub nak_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -92,6 +95,9 @@ mod defaults_nats {
     }
     pub fn ack_wait_secs() -> u64 {
         30
+    }
+    pub fn nak_delay_ms() -> u64 {
+        1_000
     }
     pub fn publish_timeout_ms() -> u64 {
         5_000
