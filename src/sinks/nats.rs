@@ -173,7 +173,7 @@ async fn connect(
     };
     let client = async_nats::ConnectOptions::new()
         .name(format!("ferry sink {name}"))
-        .event_callback(move |e| events(e))
+        .event_callback(events)
         .connect(config.url.as_str())
         .await
         .map_err(|e| e.to_string())?;

@@ -113,7 +113,7 @@ async fn supervise(source: Arc<Source>) {
         };
         let connect = async_nats::ConnectOptions::new()
             .name(format!("ferry source {}", source.name()))
-            .event_callback(move |e| events(e))
+            .event_callback(events)
             .connect(source.config.url.as_str());
         let error = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -7,7 +7,10 @@ use serde::Deserialize;
 
 use super::*;
 
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+/// Header name/value pairs of a test message.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+fn headers(pairs: Pairs<'_>) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (n, v) in pairs {
         h.append(*n, *v);
@@ -17,7 +20,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 
 #[test]
 fn layout_detection() {
-    let cases: &[(&[(&str, &str)], Result<Layout, ()>)] = &[
+    let cases: &[(Pairs<'_>, Result<Layout, ()>)] = &[
         (&[], Ok(Layout::Unknown)),
         (&[("Content-Type", "application/json")], Ok(Layout::Unknown)),
         (
@@ -150,7 +153,7 @@ fn binary_errors_name_the_header() {
 
 #[test]
 fn not_cloud_events() {
-    let cases: &[(&[(&str, &str)], &[u8])] = &[
+    let cases: &[(Pairs<'_>, &[u8])] = &[
         (&[], b"not json"),
         (&[], br#"{"temperature": 21}"#),
         (&[("Content-Type", "application/json")], br#"{"a":1}"#),
