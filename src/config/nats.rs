@@ -4,23 +4,50 @@ use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
 use crate::normalize::NormalizeConfig;
+use crate::template::Template;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSourceConfig {
-    /// `nats://host:port`.
+    /// `nats://host:port` (several servers: comma-separated).
     pub url: String,
-    /// Subject filter (`*` and `>` wildcards).
+    /// Subject filter (`*` and `>` wildcards). With `jetstream`, the consumer's filter subject.
     pub subject: String,
     /// Core NATS queue group: instances in one group share the messages.
     #[serde(default)]
     pub queue_group: Option<String>,
+    /// Consume from a durable JetStream pull consumer instead of a core subscription.
+    #[serde(default)]
+    pub jetstream: Option<NatsConsumerConfig>,
+    /// Core NATS only: most messages being delivered at once (JetStream uses
+    /// `jetstream.max_ack_pending`).
+    #[serde(default = "defaults_nats::source_in_flight")]
+    pub in_flight: usize,
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,
     #[serde(default)]
     pub unrouted: Unrouted,
     #[serde(default = "defaults::enqueue_timeout_ms")]
     pub enqueue_timeout_ms: u64,
+}
+
+/// A durable JetStream pull consumer, created (or updated) on connect.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConsumerConfig {
+    /// The stream to consume; it must exist (a sink's `stream` or an operator creates it).
+    pub stream: String,
+    /// Durable consumer name: instances with the same name share the messages.
+    pub durable: String,
+    /// Most delivered but unacknowledged messages: the in-flight window.
+    #[serde(default = "defaults_nats::max_ack_pending")]
+    pub max_ack_pending: i64,
+    /// Redelivery after this long without an ack (a gateway that died mid-delivery).
+    #[serde(default = "defaults_nats::ack_wait_secs")]
+    pub ack_wait_secs: u64,
+    /// How long the server waits before redelivering a message whose delivery failed.
+    #[serde(default = "defaults_nats::nak_delay_ms")]
+    pub nak_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -36,16 +63,259 @@ pub struct NatsSinkConfig {
     pub mode: ContentMode,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
+    /// Most publishes awaiting confirmation at once.
+    #[serde(default = "defaults::in_flight")]
+    pub in_flight: usize,
+    /// How long a publish waits for its confirmation (flush or PubAck).
+    #[serde(default = "defaults_nats::publish_timeout_ms")]
+    pub timeout_ms: u64,
+    /// A stream to create on connect if it does not exist (needs `jetstream = true`).
+    #[serde(default)]
+    pub stream: Option<NatsStreamConfig>,
+}
+
+/// A JetStream stream declaration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsStreamConfig {
+    pub name: String,
+    /// Subjects the stream captures (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// The window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    #[serde(default = "defaults_nats::duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+}
+
+mod defaults_nats {
+    pub fn source_in_flight() -> usize {
+        256
+    }
+    pub fn max_ack_pending() -> i64 {
+        256
+    }
+    pub fn ack_wait_secs() -> u64 {
+        30
+    }
+    pub fn nak_delay_ms() -> u64 {
+        1_000
+    }
+    pub fn publish_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn duplicate_window_secs() -> u64 {
+        120
+    }
+}
+
+type CheckError = (Vec<String>, String);
+
+fn key(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| (*p).to_owned()).collect()
+}
+
+/// Every comma-separated server address parses.
+fn check_url(url: &str) -> Result<(), CheckError> {
+    for server in url.split(',') {
+        server
+            .trim()
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| (key(&["url"]), format!("invalid NATS server address: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A subject (filter when `wildcards`): non-empty `.`-separated tokens, no whitespace.
+fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if subject.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace".into());
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err("has an empty token (`..`, or a leading or trailing `.`)".into());
+        }
+        let wildcard = *token == "*" || *token == ">";
+        if wildcard && !wildcards {
+            return Err("wildcards are not allowed here".into());
+        }
+        if *token == ">" && i + 1 != tokens.len() {
+            return Err("`>` must be the last token".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, what: &[&str]) -> Result<(), CheckError> {
+    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ".*>".contains(c)) {
+        return Err((
+            key(what),
+            "must be non-empty without whitespace, `.`, `*` or `>`".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl NatsSourceConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+        check_url(&self.url)?;
+        check_subject(&self.subject, true).map_err(|m| (key(&["subject"]), m))?;
+        if let Some(group) = &self.queue_group {
+            if group.is_empty() || group.chars().any(char::is_whitespace) {
+                return Err((
+                    key(&["queue_group"]),
+                    "must be non-empty without whitespace".into(),
+                ));
+            }
+        }
+        if self.in_flight == 0 {
+            return Err((key(&["in_flight"]), "must be at least 1".into()));
+        }
+        if let Some(js) = &self.jetstream {
+            if self.queue_group.is_some() {
+                return Err((
+                    key(&["queue_group"]),
+                    "a JetStream consumer is shared through its durable name, not a queue group"
+                        .into(),
+                ));
+            }
+            check_name(&js.stream, &["jetstream", "stream"])?;
+            check_name(&js.durable, &["jetstream", "durable"])?;
+            if js.max_ack_pending < 1 {
+                return Err((
+                    key(&["jetstream", "max_ack_pending"]),
+                    "must be at least 1".into(),
+                ));
+            }
+            if js.ack_wait_secs == 0 {
+                return Err((
+                    key(&["jetstream", "ack_wait_secs"]),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
 
 impl NatsSinkConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+        check_url(&self.url)?;
+        let template = Template::parse(&self.subject).map_err(|m| (key(&["subject"]), m))?;
+        if let Some(literal) = template.as_literal() {
+            check_subject(literal, false).map_err(|m| (key(&["subject"]), m))?;
+        } else if self.subject.chars().any(char::is_whitespace) {
+            return Err((key(&["subject"]), "must not contain whitespace".into()));
+        }
+        if self.in_flight == 0 {
+            return Err((key(&["in_flight"]), "must be at least 1".into()));
+        }
+        if self.timeout_ms == 0 {
+            return Err((key(&["timeout_ms"]), "must be at least 1".into()));
+        }
+        if let Some(stream) = &self.stream {
+            if !self.jetstream {
+                return Err((
+                    key(&["stream"]),
+                    "a stream declaration needs `jetstream = true`".into(),
+                ));
+            }
+            check_name(&stream.name, &["stream", "name"])?;
+            if stream.subjects.is_empty() {
+                return Err((
+                    key(&["stream", "subjects"]),
+                    "list at least one subject".into(),
+                ));
+            }
+            for s in &stream.subjects {
+                check_subject(s, true).map_err(|m| (key(&["stream", "subjects"]), m))?;
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> Result<(), CheckError> {
+        toml::from_str::<NatsSourceConfig>(text).unwrap().check()
+    }
+
+    fn sink(text: &str) -> Result<(), CheckError> {
+        toml::from_str::<NatsSinkConfig>(text).unwrap().check()
+    }
+
+    #[test]
+    fn issue_examples_parse() {
+        let s: NatsSourceConfig = toml::from_str(
+            r#"url = "nats://127.0.0.1:4222"
+subject = "events.>"
+queue_group = "ferry""#,
+        )
+        .unwrap();
+        assert_eq!(s.queue_group.as_deref(), Some("ferry"));
+        assert!(s.check().is_ok());
+        let k: NatsSinkConfig = toml::from_str(
+            r#"url = "nats://127.0.0.1:4222"
+subject = "events.{type}"
+jetstream = true"#,
+        )
+        .unwrap();
+        assert!(k.jetstream && k.in_flight == 64 && k.check().is_ok());
+    }
+
+    #[test]
+    fn checks_name_the_key() {
+        let base = "url = \"nats://127.0.0.1:4222\"\n";
+        let cases: Vec<(Result<(), CheckError>, &[&str])> = vec![
+            (source(&format!("{base}subject = \"a..b\"")), &["subject"]),
+            (source(&format!("{base}subject = \"a.>.b\"")), &["subject"]),
+            (
+                source("url = \"nats://[bad\"\nsubject = \"a\""),
+                &["url"],
+            ),
+            (
+                source(&format!(
+                    "{base}subject = \"a\"\njetstream = {{ stream = \"S\", durable = \"d.x\" }}"
+                )),
+                &["jetstream", "durable"],
+            ),
+            (
+                source(&format!(
+                    "{base}subject = \"a\"\nqueue_group = \"q\"\njetstream = {{ stream = \"S\", durable = \"d\" }}"
+                )),
+                &["queue_group"],
+            ),
+            (sink(&format!("{base}subject = \"a.*\"")), &["subject"]),
+            (sink(&format!("{base}subject = \"a.{{type\"")), &["subject"]),
+            (
+                sink(&format!(
+                    "{base}subject = \"a\"\nstream = {{ name = \"S\", subjects = [\"a\"] }}"
+                )),
+                &["stream"],
+            ),
+            (
+                sink(&format!(
+                    "{base}subject = \"a\"\njetstream = true\nstream = {{ name = \"S\", subjects = [] }}"
+                )),
+                &["stream", "subjects"],
+            ),
+        ];
+        for (got, want) in cases {
+            let (key, message) = got.unwrap_err();
+            assert_eq!(
+                key,
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{message}"
+            );
+        }
+        assert!(source(&format!(
+            "{base}subject = \"events.*.x\"\njetstream = {{ stream = \"S\", durable = \"d\", max_ack_pending = 8, ack_wait_secs = 5 }}"
+        ))
+        .is_ok());
     }
 }

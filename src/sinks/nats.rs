@@ -1,14 +1,39 @@
-//! NATS sink (in progress).
+//! `nats` sink: publishes each event to a subject rendered from its attributes, on core NATS
+//! (confirmed once flushed to the server) or JetStream (confirmed by the stream's PubAck, with
+//! `Nats-Msg-Id` set so the stream drops a retried duplicate).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use async_nats::jetstream;
+use ferry_core::FailureKind;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use super::{SinkContext, SinkError, SinkStats};
-use crate::config::NatsSinkConfig;
+use crate::backoff::Backoff;
+use crate::config::{ContentMode, NatsSinkConfig};
 use crate::pipeline::Delivery;
+use crate::template::{self, Template};
 
-/// Starts the sink task: connects (and reconnects) in the background and delivers from `rx`.
+struct Target {
+    name: Arc<str>,
+    subject: Template,
+    mode: ferry_nats::Mode,
+    timeout: Duration,
+}
+
+/// A live connection and what the delivery tasks need from it.
+#[derive(Clone)]
+struct Link {
+    client: async_nats::Client,
+    jetstream: Option<jetstream::Context>,
+    /// Incremented on every disconnect: a core publish whose flush straddles one is not
+    /// confirmed (the bytes may have died in the socket).
+    disconnects: Arc<AtomicU64>,
+}
+
 pub fn start(
     name: &Arc<str>,
     config: &NatsSinkConfig,
@@ -16,9 +41,256 @@ pub fn start(
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
-    let _ = (config, rx, stats, cx);
-    Err(SinkError::Config {
+    let err = |message: String| SinkError::Config {
         sink: name.to_string(),
-        message: "not implemented yet".into(),
+        message,
+    };
+    let subject = Template::parse(&config.subject).map_err(|m| err(format!("subject: {m}")))?;
+    config
+        .check()
+        .map_err(|(key, message)| err(format!("{}: {message}", key.join("."))))?;
+    let target = Arc::new(Target {
+        name: Arc::clone(name),
+        subject,
+        mode: match config.mode {
+            ContentMode::Binary => ferry_nats::Mode::Binary,
+            ContentMode::Structured => ferry_nats::Mode::Structured,
+        },
+        timeout: Duration::from_millis(config.timeout_ms),
+    });
+    cx.set_ready(name, false);
+    cx.tracker
+        .spawn(run(config.clone(), target, rx, stats, cx.clone()));
+    Ok(())
+}
+
+async fn run(
+    config: NatsSinkConfig,
+    target: Arc<Target>,
+    mut rx: mpsc::Receiver<Delivery>,
+    stats: SinkStats,
+    cx: SinkContext,
+) {
+    let name = Arc::clone(&target.name);
+    let (connected_tx, mut connected) = watch::channel(false);
+    let disconnects = Arc::new(AtomicU64::new(0));
+    // A delivery taken from the queue while there was no connection yet.
+    let mut held: Option<Delivery> = None;
+    let mut backoff = Backoff::reconnect();
+    let link = loop {
+        let attempt = connect(&config, &name, &cx, &connected_tx, &disconnects);
+        let outcome = tokio::select! {
+            outcome = attempt => Some(outcome),
+            next = rx.recv(), if held.is_none() => match next {
+                Some(d) => { held = Some(d); None }
+                // Shut down before ever connecting: nothing was taken, nothing to finish.
+                None => return,
+            },
+        };
+        match outcome {
+            Some(Ok(link)) => break link,
+            Some(Err(e)) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "NATS sink cannot connect");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    next = rx.recv(), if held.is_none() => match next {
+                        Some(d) => held = Some(d),
+                        None => return,
+                    },
+                }
+            }
+            None => {}
+        }
+    };
+    let permits = Arc::new(Semaphore::new(config.in_flight));
+    let tracker = TaskTracker::new();
+    loop {
+        // While disconnected, deliveries wait in the bounded queue (sources push back).
+        if connected.wait_for(|up| *up).await.is_err() {
+            break;
+        }
+        let delivery = match held.take() {
+            Some(d) => d,
+            None => match rx.recv().await {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let target = Arc::clone(&target);
+        let stats = stats.clone();
+        let link = link.clone();
+        tracker.spawn(async move {
+            stats.in_flight.inc();
+            deliver(&target, &link, delivery, &stats).await;
+            stats.in_flight.dec();
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    if let Err(e) = link.client.flush().await {
+        tracing::debug!(sink = %name, error = %e, "final flush failed");
+    }
+    cx.set_ready(&name, false);
+    tracing::info!(sink = %name, "NATS sink closed");
+}
+
+/// Connects once, declares the stream if configured, and reports readiness from the
+/// client's connection events from then on.
+async fn connect(
+    config: &NatsSinkConfig,
+    name: &Arc<str>,
+    cx: &SinkContext,
+    connected: &watch::Sender<bool>,
+    disconnects: &Arc<AtomicU64>,
+) -> Result<Link, String> {
+    let events = {
+        let name = Arc::clone(name);
+        let cx = cx.clone();
+        let connected = connected.clone();
+        let disconnects = Arc::clone(disconnects);
+        move |event: async_nats::Event| {
+            match event {
+                async_nats::Event::Connected => {
+                    tracing::info!(sink = %name, "NATS sink reconnected");
+                    connected.send_replace(true);
+                    cx.set_ready(&name, true);
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(sink = %name, "NATS sink disconnected");
+                    disconnects.fetch_add(1, Ordering::SeqCst);
+                    connected.send_replace(false);
+                    cx.set_ready(&name, false);
+                }
+                other => tracing::debug!(sink = %name, event = %other, "NATS event"),
+            }
+            std::future::ready(())
+        }
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("ferry sink {name}"))
+        .event_callback(events)
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let jetstream = if config.jetstream {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(config.timeout_ms));
+        if let Some(stream) = &config.stream {
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: stream.name.clone(),
+                subjects: stream.subjects.clone(),
+                duplicate_window: Duration::from_secs(stream.duplicate_window_secs),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot declare stream `{}`: {e}", stream.name))?;
+        }
+        Some(js)
+    } else {
+        None
+    };
+    tracing::info!(sink = %name, url = %config.url, jetstream = config.jetstream, "NATS sink connected");
+    connected.send_replace(true);
+    cx.set_ready(name, true);
+    Ok(Link {
+        client,
+        jetstream,
+        disconnects: Arc::clone(disconnects),
     })
+}
+
+async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkStats) {
+    let event = &delivery.envelope.event;
+    let subject = match target
+        .subject
+        .render(|n| template::event_attribute(event, n))
+    {
+        Ok(s) => s,
+        Err(missing) => {
+            let message = format!("subject template: the event has no `{missing}` attribute");
+            return stats.fail(delivery, FailureKind::Permanent, message);
+        }
+    };
+    let (mut headers, payload) = ferry_nats::encode(event, target.mode);
+    let result = match &link.jetstream {
+        Some(js) => {
+            headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
+            publish_jetstream(js, subject.clone(), headers, payload).await
+        }
+        None => publish_core(link, target.timeout, subject.clone(), headers, payload).await,
+    };
+    match result {
+        Ok(()) => stats.confirm(delivery),
+        Err((kind, message)) => {
+            stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"))
+        }
+    }
+}
+
+type PublishResult = Result<(), (FailureKind, String)>;
+
+/// Core NATS has no acknowledgement: the publish counts as confirmed once the client flushed
+/// it to the server's socket without a disconnect in between.
+async fn publish_core(
+    link: &Link,
+    timeout: Duration,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> PublishResult {
+    use async_nats::client::PublishErrorKind;
+    let epoch = link.disconnects.load(Ordering::SeqCst);
+    link.client
+        .publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(|e| {
+            let kind = match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject => {
+                    FailureKind::Permanent
+                }
+                PublishErrorKind::Send => FailureKind::Retryable,
+            };
+            (kind, e.to_string())
+        })?;
+    match tokio::time::timeout(timeout, link.client.flush()).await {
+        Ok(Ok(())) if link.disconnects.load(Ordering::SeqCst) == epoch => Ok(()),
+        Ok(Ok(())) => Err((
+            FailureKind::Retryable,
+            "the connection dropped before the flush completed".into(),
+        )),
+        Ok(Err(e)) => Err((FailureKind::Retryable, format!("flush failed: {e}"))),
+        Err(_) => Err((
+            FailureKind::Retryable,
+            format!("not flushed within {} ms", timeout.as_millis()),
+        )),
+    }
+}
+
+/// JetStream: confirmed by the stream's PubAck (a duplicate `Nats-Msg-Id` is acknowledged too).
+async fn publish_jetstream(
+    js: &jetstream::Context,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> PublishResult {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let classify = |e: jetstream::context::PublishError| {
+        let kind = match e.kind() {
+            PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => {
+                FailureKind::Permanent
+            }
+            _ => FailureKind::Retryable,
+        };
+        (kind, e.to_string())
+    };
+    let ack = js
+        .publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(classify)?;
+    ack.await.map(|_| ()).map_err(classify)
 }
