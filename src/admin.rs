@@ -43,12 +43,21 @@ impl Readiness {
 struct AdminState {
     registry: Arc<Registry>,
     readiness: Readiness,
+    view: View,
+}
+
+/// What the admin API shows of the running configuration.
+#[derive(Clone)]
+pub struct View {
+    pub config: Arc<arc_swap::ArcSwap<crate::config::Config>>,
+    pub generation: crate::pipeline::SharedGeneration,
 }
 
 pub async fn start(
     listen: SocketAddr,
     registry: Arc<Registry>,
     readiness: Readiness,
+    view: View,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<SocketAddr> {
@@ -58,9 +67,12 @@ pub async fn start(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/-/config", get(config))
+        .route("/-/routes", get(routes))
         .with_state(AdminState {
             registry,
             readiness,
+            view,
         });
     let tls = Arc::new(arc_swap::ArcSwapOption::empty());
     tracker.spawn(crate::listener::serve(listener, tls, app, shutdown, None));
@@ -91,4 +103,39 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     resp
+}
+
+/// The running configuration: generation, hash, file, and the text with secrets redacted.
+async fn config(State(s): State<AdminState>) -> Response {
+    let config = s.view.config.load();
+    let generation = s.view.generation.load();
+    axum::Json(serde_json::json!({
+        "generation": generation.number,
+        "hash": config.origin.hash,
+        "path": config.origin.path.display().to_string(),
+        "config": config.origin.redacted,
+    }))
+    .into_response()
+}
+
+/// The routes of the current generation with their counters.
+async fn routes(State(s): State<AdminState>) -> Response {
+    let generation = s.view.generation.load();
+    let routes: Vec<serde_json::Value> = generation
+        .routes
+        .routes()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": &*r.name,
+                "from": r.from,
+                "to": r.to,
+                "filters": r.filter_count(),
+                "matched": r.matched.get(),
+                "filter_errors": r.errors.get(),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "generation": generation.number, "routes": routes }))
+        .into_response()
 }

@@ -121,12 +121,18 @@ impl Gateway {
         }
 
         let admin_tracker = TaskTracker::new();
+        let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
         let admin_addr = match &config.admin {
             Some(a) => {
+                let view = admin::View {
+                    config: Arc::clone(&config_view),
+                    generation: Arc::clone(&generation),
+                };
                 let addr = admin::start(
                     a.listen,
                     Arc::new(registry),
                     readiness.clone(),
+                    view,
                     shutdown.child_token(),
                     &admin_tracker,
                 )

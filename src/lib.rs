@@ -37,6 +37,7 @@ pub mod sinks;
 pub mod sources;
 pub mod template;
 pub mod tls;
+pub mod trace;
 
 pub use config::Config;
 pub use gateway::Gateway;

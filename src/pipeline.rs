@@ -188,6 +188,11 @@ pub async fn ingest_with(
     enqueue_timeout: Duration,
 ) -> Result<AckWaiter, IngestError> {
     stats.received.inc_by(envelopes.len() as u64);
+    let mut envelopes = envelopes;
+    for e in &mut envelopes {
+        crate::trace::ensure(&mut e.event, &e.metadata);
+        tracing::debug!(source = %stats.name, event.id = e.event.id(), event.type = e.event.ty(), event.source = e.event.source(), "event received");
+    }
     let sets = generation.route(&stats.name, &envelopes);
     if let Some(index) = sets.iter().position(SinkSet::is_empty) {
         if unrouted == Unrouted::Reject {

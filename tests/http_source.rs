@@ -96,8 +96,17 @@ async fn binary_and_structured_events_arrive_intact() {
     assert_eq!(resp.status(), 202);
 
     // 202 means the file sink confirmed: the lines are there now.
-    let lines = gw.lines("events.jsonl");
+    let mut lines = gw.lines("events.jsonl");
     assert_eq!(lines.len(), 3);
+    // Events that came without a trace context got a new one; apart from it, nothing changed.
+    for line in &mut lines {
+        let t = line
+            .as_object_mut()
+            .unwrap()
+            .remove("traceparent")
+            .expect("a trace context was started");
+        assert!(ferry::trace::is_valid(t.as_str().unwrap()), "{t}");
+    }
     assert_eq!(
         lines[0],
         json!({

@@ -10,6 +10,7 @@ mod interpolate;
 mod locate;
 mod mqtt;
 mod nats;
+mod redact;
 mod websocket;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,20 @@ pub struct Config {
     /// How long shutdown waits for in-flight deliveries.
     #[serde(default = "defaults::shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Where the config came from (not a key of the file).
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The file a config was loaded from, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub path: std::path::PathBuf,
+    /// SHA-256 of the text after interpolation, hex.
+    pub hash: String,
+    /// The text as written (before interpolation, so `${SECRET}` stays a reference), with
+    /// secret-looking values redacted.
+    pub redacted: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -331,6 +346,7 @@ impl Config {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let raw = text;
         let text = interpolate::interpolate(text, env)
             .map_err(|(offset, message)| ConfigError::at(path, text, offset, None, message))?;
         let table = toml::de::DeTable::parse(&text).map_err(|e| {
@@ -354,6 +370,15 @@ impl Config {
             let offset = locate::offset(&root, &key);
             ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
         })?;
+        let mut config = config;
+        config.origin = Origin {
+            path: path.to_owned(),
+            hash: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            },
+            redacted: redact::redact(raw),
+        };
         Ok(config)
     }
 

@@ -56,6 +56,16 @@ impl SinkSet {
     }
 }
 
+impl Route {
+    /// How many top-level filters the route has.
+    pub fn filter_count(&self) -> usize {
+        match &self.filter {
+            Filter::All(list) => list.len(),
+            _ => 1,
+        }
+    }
+}
+
 impl RouteTable {
     /// Compiles the routes of a checked config. `sink_index` gives each sink's position.
     pub fn build(

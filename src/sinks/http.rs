@@ -87,6 +87,15 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
     for (k, v) in &target.headers {
         headers.insert(k, v.clone());
     }
+    // The protocol's own trace header for this hop: same trace, new span.
+    if let Some(ferry_core::AttributeRef::Str(t)) = delivery.envelope.event.attribute("traceparent")
+    {
+        if let Some(v) =
+            crate::trace::next_hop(t).and_then(|v| http::HeaderValue::from_str(&v).ok())
+        {
+            headers.insert("traceparent", v);
+        }
+    }
     let result = target
         .client
         .post(target.url.clone())
