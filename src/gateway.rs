@@ -67,7 +67,11 @@ impl Gateway {
         let mut sinks = Vec::with_capacity(config.sinks.len());
         let mut sink_addrs = BTreeMap::new();
         let mut sink_index = HashMap::new();
-        for (name, sink) in &config.sinks {
+        // Dead-letter sinks first, so the sinks that name them can hold their queues.
+        let mut order: Vec<(&String, &SinkConfig)> = config.sinks.iter().collect();
+        order.sort_by_key(|(_, s)| s.dead_letter().is_some());
+        let mut started: HashMap<String, crate::pipeline::SinkHandle> = HashMap::new();
+        for (name, sink) in order {
             sink_index.insert(name.clone(), sinks.len());
             // Local sinks are ready once started; broker sinks report
             // readiness themselves while connected.
@@ -76,11 +80,13 @@ impl Gateway {
                 SinkConfig::Amqp(_) | SinkConfig::Mqtt(_) | SinkConfig::Nats(_)
             );
             cx.set_ready(name, ready);
-            let (handle, addr) = sinks::start(name, sink, &cx).await?;
+            let dead_letter = sink.dead_letter().and_then(|d| started.get(d));
+            let (handle, addr) = sinks::start(name, sink, dead_letter, &cx).await?;
             if let Some(addr) = addr {
                 tracing::info!(sink = %name, kind = sink.kind(), %addr, "sink listening");
                 sink_addrs.insert(name.clone(), addr);
             }
+            started.insert(name.clone(), handle.clone());
             sinks.push(handle);
         }
         let routes =

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod backoff;
 pub mod certs;
 pub mod config;
+pub mod delivery;
 pub mod gateway;
 pub mod listener;
 pub mod metrics;

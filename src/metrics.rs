@@ -54,6 +54,8 @@ pub struct Metrics {
     pub connections: Family<SourceLabels, Gauge>,
     pub delivered: Family<SinkLabels, Counter>,
     pub delivery_failures: Family<SinkFailureLabels, Counter>,
+    pub retried: Family<SinkLabels, Counter>,
+    pub dead_lettered: Family<SinkLabels, Counter>,
     pub sink_in_flight: Family<SinkLabels, Gauge>,
     pub sink_queue_capacity: Family<SinkLabels, Gauge>,
     pub websocket_dropped: Family<SinkLabels, Counter>,
@@ -80,6 +82,8 @@ impl Metrics {
             connections: Family::default(),
             delivered: Family::default(),
             delivery_failures: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
             sink_in_flight: Family::default(),
             sink_queue_capacity: Family::default(),
             websocket_dropped: Family::default(),
@@ -138,6 +142,16 @@ impl Metrics {
             "sink_queue_capacity",
             "Capacity of each sink's queue",
             m.sink_queue_capacity.clone(),
+        );
+        r.register(
+            "delivery_retries",
+            "Deliveries scheduled for another attempt",
+            m.retried.clone(),
+        );
+        r.register(
+            "events_dead_lettered",
+            "Events handed to the sink's dead-letter sink",
+            m.dead_lettered.clone(),
         );
         r.register(
             "websocket_dropped",

@@ -38,6 +38,42 @@ impl Envelope {
 pub struct Delivery {
     pub envelope: Arc<Envelope>,
     pub ack: AckToken,
+    /// Attempts already made (0 on the first).
+    pub attempt: u32,
+    /// Already a dead letter: never dead-lettered again.
+    pub dead_lettered: bool,
+}
+
+impl Delivery {
+    pub fn new(envelope: Arc<Envelope>, ack: AckToken) -> Delivery {
+        Delivery {
+            envelope,
+            ack,
+            attempt: 0,
+            dead_lettered: false,
+        }
+    }
+
+    /// A dead letter for `envelope`; the caller moves the original's ack token into it.
+    pub(crate) fn dead_letter(envelope: Arc<Envelope>) -> PendingDeadLetter {
+        PendingDeadLetter { envelope }
+    }
+}
+
+/// A dead letter waiting for the failed delivery's acknowledgement token.
+pub struct PendingDeadLetter {
+    envelope: Arc<Envelope>,
+}
+
+impl PendingDeadLetter {
+    pub fn with_ack(self, ack: AckToken) -> Delivery {
+        Delivery {
+            envelope: self.envelope,
+            ack,
+            attempt: 0,
+            dead_lettered: true,
+        }
+    }
 }
 
 /// The sending half of a sink's bounded queue.
@@ -51,6 +87,11 @@ pub struct SinkHandle {
 impl SinkHandle {
     pub fn new(name: Arc<str>, kind: &'static str, tx: mpsc::Sender<Delivery>) -> Self {
         SinkHandle { name, kind, tx }
+    }
+
+    /// A sender that does not keep the queue open (for retries and dead letters).
+    pub fn downgrade(&self) -> mpsc::WeakSender<Delivery> {
+        self.tx.downgrade()
     }
 
     /// Events waiting in the queue.
@@ -116,10 +157,8 @@ impl Generation {
             let envelope = Arc::new(envelope);
             for index in set.iter() {
                 let sink = &self.sinks[index];
-                let delivery = Delivery {
-                    envelope: Arc::clone(&envelope),
-                    ack: ack.fork(Arc::clone(&sink.name)),
-                };
+                let delivery =
+                    Delivery::new(Arc::clone(&envelope), ack.fork(Arc::clone(&sink.name)));
                 let sent = match sink.tx.try_send(delivery) {
                     Ok(()) => Ok(()),
                     Err(mpsc::error::TrySendError::Full(d)) => sink

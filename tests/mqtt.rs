@@ -198,6 +198,7 @@ fn events(gw: &TestGateway, file: &str) -> Vec<CloudEvent> {
     gw.lines(file)
         .iter()
         .map(|l| ferry_core::json::decode(l.to_string().as_bytes()).expect("a valid event"))
+        .map(common::event_without_trace)
         .collect()
 }
 

@@ -306,11 +306,14 @@ to = ["js_file"]
                 .unwrap();
             nats.flush().await.unwrap();
         }
-        let lines = eventually(file, || async {
+        let lines: Vec<Value> = eventually(file, || async {
             let l = gw.lines(file);
             (l.len() == 2).then_some(l)
         })
-        .await;
+        .await
+        .into_iter()
+        .map(common::without_trace)
+        .collect();
         assert_eq!(lines[0], full_binary_expected("b-1"), "{kind}");
         assert_eq!(lines[1], structured, "{kind}");
     }

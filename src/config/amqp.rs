@@ -80,6 +80,12 @@ pub struct QueueBinding {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     pub url: String,
     /// The exchange to publish to (`""` is the default exchange).
     pub exchange: String,

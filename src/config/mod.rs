@@ -204,6 +204,32 @@ impl SinkConfig {
         }
     }
 
+    /// The sink's retry policy.
+    pub fn retry(&self) -> Option<&crate::delivery::RetryConfig> {
+        match self {
+            SinkConfig::File(c) => c.retry.as_ref(),
+            SinkConfig::Stdout(c) => c.retry.as_ref(),
+            SinkConfig::Http(c) => c.retry.as_ref(),
+            SinkConfig::Amqp(c) => c.retry.as_ref(),
+            SinkConfig::Mqtt(c) => c.retry.as_ref(),
+            SinkConfig::Nats(c) => c.retry.as_ref(),
+            SinkConfig::Websocket(c) => c.retry.as_ref(),
+        }
+    }
+
+    /// The sink's dead-letter sink.
+    pub fn dead_letter(&self) -> Option<&str> {
+        match self {
+            SinkConfig::File(c) => c.dead_letter.as_deref(),
+            SinkConfig::Stdout(c) => c.dead_letter.as_deref(),
+            SinkConfig::Http(c) => c.dead_letter.as_deref(),
+            SinkConfig::Amqp(c) => c.dead_letter.as_deref(),
+            SinkConfig::Mqtt(c) => c.dead_letter.as_deref(),
+            SinkConfig::Nats(c) => c.dead_letter.as_deref(),
+            SinkConfig::Websocket(c) => c.dead_letter.as_deref(),
+        }
+    }
+
     /// Capacity of the sink's queue.
     pub fn queue(&self) -> usize {
         match self {
@@ -221,6 +247,12 @@ impl SinkConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     /// JSON-lines file, appended to; relative paths resolve against the working directory.
     pub path: PathBuf,
     /// `fdatasync` each written batch before confirming it (default: confirm after the write
@@ -234,6 +266,12 @@ pub struct FileSinkConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
 }
@@ -241,6 +279,12 @@ pub struct StdoutSinkConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     pub url: String,
     #[serde(default)]
     pub mode: ContentMode,
@@ -467,6 +511,40 @@ impl Config {
             check_name(&["sinks", name])?;
             if let SinkConfig::Websocket(c) = sink {
                 claim(&mut listeners, c.listen, &["sinks", name, "listen"])?;
+            }
+            if let Some(dlq) = sink.dead_letter() {
+                let key = path_key("sinks", name, "dead_letter");
+                match self.sinks.get(dlq) {
+                    None => {
+                        return Err((
+                            key,
+                            format!("unknown sink `{dlq}`{}", known(self.sinks.keys())),
+                        ))
+                    }
+                    Some(_) if dlq == name => {
+                        return Err((key, "a sink cannot be its own dead-letter sink".into()))
+                    }
+                    Some(target) if target.dead_letter().is_some() => {
+                        return Err((
+                            key,
+                            format!(
+                                "dead-letter sink `{dlq}` must not have a dead_letter of its own"
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(r) = sink.retry() {
+                if r.max_attempts == 0
+                    || r.initial_backoff_ms == 0
+                    || r.max_backoff_ms < r.initial_backoff_ms
+                {
+                    return Err((
+                        path_key("sinks", name, "retry"),
+                        "max_attempts and initial_backoff_ms must be > 0, max_backoff_ms >= initial_backoff_ms".into(),
+                    ));
+                }
             }
             if sink.queue() == 0 {
                 return Err((

@@ -53,6 +53,12 @@ pub struct NatsConsumerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     pub url: String,
     /// Subject template over event attributes, e.g. `"events.{type}"`.
     pub subject: String,

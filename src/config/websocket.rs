@@ -67,6 +67,12 @@ pub enum SlowClient {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
     pub listen: SocketAddr,
     #[serde(default = "defaults::path")]
     pub path: String,

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
 use crate::config::SinkConfig;
+use crate::delivery::{self, Decision, RetryConfig};
 use crate::metrics::{Metrics, SinkFailureLabels};
 use crate::pipeline::{Delivery, SinkHandle};
 
@@ -56,16 +57,33 @@ pub struct SinkStats {
     metrics: Metrics,
     delivered: Counter,
     in_flight: Gauge,
+    retried: Counter,
+    dead_lettered: Counter,
+    retry: Option<RetryConfig>,
+    /// The sink's own queue, for retries (weak: it must not keep the queue open at shutdown).
+    own_queue: mpsc::WeakSender<Delivery>,
+    dead_letter: Option<mpsc::WeakSender<Delivery>>,
 }
 
 impl SinkStats {
-    fn new(name: &Arc<str>, metrics: &Metrics) -> Self {
+    fn new(
+        name: &Arc<str>,
+        metrics: &Metrics,
+        retry: Option<RetryConfig>,
+        own_queue: mpsc::WeakSender<Delivery>,
+        dead_letter: Option<mpsc::WeakSender<Delivery>>,
+    ) -> Self {
         let labels = Metrics::sink(name);
         SinkStats {
             name: Arc::clone(name),
             metrics: metrics.clone(),
             delivered: metrics.delivered.get_or_create(&labels).clone(),
             in_flight: metrics.sink_in_flight.get_or_create(&labels).clone(),
+            retried: metrics.retried.get_or_create(&labels).clone(),
+            dead_lettered: metrics.dead_lettered.get_or_create(&labels).clone(),
+            retry,
+            own_queue,
+            dead_letter,
         }
     }
 
@@ -88,7 +106,52 @@ impl SinkStats {
                 },
             })
             .inc();
-        delivery.ack.fail(kind, message);
+        match delivery::decide(
+            self.retry.as_ref(),
+            self.dead_letter.is_some(),
+            &self.name,
+            &delivery,
+            kind,
+            &message,
+        ) {
+            Decision::Retry(delay) => {
+                let Some(queue) = self.own_queue.upgrade() else {
+                    delivery
+                        .ack
+                        .fail(FailureKind::Abandoned, "sink closed before the retry");
+                    return;
+                };
+                self.retried.inc();
+                let mut delivery = delivery;
+                delivery.attempt += 1;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(mpsc::error::SendError(d)) = queue.send(delivery).await {
+                        d.ack
+                            .fail(FailureKind::Abandoned, "sink closed before the retry");
+                    }
+                });
+            }
+            Decision::DeadLetter(pending) => {
+                let Some(queue) = self
+                    .dead_letter
+                    .as_ref()
+                    .and_then(mpsc::WeakSender::upgrade)
+                else {
+                    delivery.ack.fail(kind, message);
+                    return;
+                };
+                self.dead_lettered.inc();
+                let dead = pending.with_ack(delivery.ack);
+                tokio::spawn(async move {
+                    if let Err(mpsc::error::SendError(d)) = queue.send(dead).await {
+                        d.ack
+                            .fail(FailureKind::Abandoned, "dead-letter sink closed");
+                    }
+                });
+            }
+            Decision::Fail => delivery.ack.fail(kind, message),
+        }
     }
 }
 
@@ -97,6 +160,7 @@ impl SinkStats {
 pub async fn start(
     name: &str,
     config: &SinkConfig,
+    dead_letter: Option<&SinkHandle>,
     cx: &SinkContext,
 ) -> Result<(SinkHandle, Option<std::net::SocketAddr>), SinkError> {
     let name: Arc<str> = Arc::from(name);
@@ -105,7 +169,13 @@ pub async fn start(
         .sink_queue_capacity
         .get_or_create(&Metrics::sink(&name))
         .set(config.queue() as i64);
-    let stats = SinkStats::new(&name, &cx.metrics);
+    let stats = SinkStats::new(
+        &name,
+        &cx.metrics,
+        config.retry().cloned(),
+        tx.downgrade(),
+        dead_letter.map(SinkHandle::downgrade),
+    );
     let mut addr = None;
     match config {
         SinkConfig::File(c) => file::start(&name, c, rx, stats, cx).await?,

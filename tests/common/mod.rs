@@ -127,3 +127,23 @@ pub async fn closed_port() -> SocketAddr {
         .expect("bind");
     l.local_addr().expect("addr")
 }
+
+/// A JSON event without the `traceparent`/`tracestate` Ferry adds when none came in (after
+/// checking that what is there is a valid trace context).
+pub fn without_trace(mut line: serde_json::Value) -> serde_json::Value {
+    if let Some(obj) = line.as_object_mut() {
+        if let Some(t) = obj.remove("traceparent") {
+            assert!(
+                ferry::trace::is_valid(t.as_str().unwrap_or_default()),
+                "{t}"
+            );
+        }
+    }
+    line
+}
+
+/// The same for a decoded event.
+pub fn event_without_trace(mut event: ferry_core::CloudEvent) -> ferry_core::CloudEvent {
+    event.remove_extension("traceparent");
+    event
+}
