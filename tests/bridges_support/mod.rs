@@ -84,6 +84,13 @@ pub fn full_event(id: &str, route: &str) -> CloudEvent {
         .time("2026-11-24T10:00:00.123456+02:00")
         .extension("route", ExtensionValue::String(route.to_owned()))
         .extension("priority", ExtensionValue::Integer(7))
+        // A trace context of its own: Ferry keeps it across every hop.
+        .extension(
+            "traceparent",
+            ExtensionValue::String(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            ),
+        )
         .data(Data::Binary(Bytes::from_static(DATA)))
         .build()
         .expect("the reference event is valid")
