@@ -25,6 +25,13 @@ impl Readiness {
         }
     }
 
+    /// Forgets a component that no longer exists.
+    pub fn remove(&self, component: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(component);
+        }
+    }
+
     /// Names of the components that are not ready.
     pub fn not_ready(&self) -> Vec<String> {
         self.0
@@ -51,6 +58,7 @@ struct AdminState {
 pub struct View {
     pub config: Arc<arc_swap::ArcSwap<crate::config::Config>>,
     pub generation: crate::pipeline::SharedGeneration,
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 pub async fn start(
@@ -69,6 +77,7 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/-/config", get(config))
         .route("/-/routes", get(routes))
+        .route("/-/reload", axum::routing::post(reload))
         .with_state(AdminState {
             registry,
             readiness,
@@ -138,4 +147,18 @@ async fn routes(State(s): State<AdminState>) -> Response {
         .collect();
     axum::Json(serde_json::json!({ "generation": generation.number, "routes": routes }))
         .into_response()
+}
+
+/// Reloads the config file: `200` with what changed, or `400` with why nothing did.
+async fn reload(State(s): State<AdminState>) -> Response {
+    match s.view.reloader.reload_file().await {
+        Ok(report) => {
+            axum::Json(serde_json::json!({"result": "success", "report": report})).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"result": "failure", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }

@@ -1,7 +1,7 @@
 //! The running gateway: builds sinks, routes and sources from a config, and shuts them down
 //! in order (sources stop accepting and finish in-flight events, then sinks drain).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
-use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, SharedGeneration};
-use crate::router::RouteTable;
+use crate::reload;
 use crate::sinks::{self, SinkContext};
 use crate::sources::{self, SourceContext, SourceStats};
 
@@ -46,6 +46,7 @@ pub struct Gateway {
     sink_addrs: BTreeMap<String, SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shutdown_timeout: Duration,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl Gateway {
@@ -64,39 +65,19 @@ impl Gateway {
             readiness: readiness.clone(),
         };
 
-        let mut sinks = Vec::with_capacity(config.sinks.len());
-        let mut sink_addrs = BTreeMap::new();
-        let mut sink_index = HashMap::new();
-        // Dead-letter sinks first, so the sinks that name them can hold their queues.
-        let mut order: Vec<(&String, &SinkConfig)> = config.sinks.iter().collect();
-        order.sort_by_key(|(_, s)| s.dead_letter().is_some());
-        let mut started: HashMap<String, crate::pipeline::SinkHandle> = HashMap::new();
-        for (name, sink) in order {
-            sink_index.insert(name.clone(), sinks.len());
-            // Local sinks are ready once started; broker sinks report
-            // readiness themselves while connected.
-            let ready = !matches!(
-                sink,
-                SinkConfig::Amqp(_) | SinkConfig::Mqtt(_) | SinkConfig::Nats(_)
-            );
-            cx.set_ready(name, ready);
-            let dead_letter = sink.dead_letter().and_then(|d| started.get(d));
-            let (handle, addr) = sinks::start(name, sink, dead_letter, &cx).await?;
-            if let Some(addr) = addr {
-                tracing::info!(sink = %name, kind = sink.kind(), %addr, "sink listening");
-                sink_addrs.insert(name.clone(), addr);
-            }
-            started.insert(name.clone(), handle.clone());
-            sinks.push(handle);
-        }
-        let routes =
-            RouteTable::build(&config, &sink_index, &metrics).map_err(StartError::Routes)?;
-        let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(Generation {
-            number: 1,
-            routes,
-            sinks,
-            policies: crate::security::policy::Policies::new(config.policies.clone()),
-        }));
+        let sink_set = reload::build_sinks(&config, &reload::RunningSinks::new(), &cx).await?;
+        let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(reload::generation(
+            1, &config, &sink_set, &metrics,
+        )?));
+        let sink_addrs = sink_set.addrs.clone();
+        let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let reloader = Arc::new(reload::Reloader::new(
+            Arc::clone(&config_view),
+            Arc::clone(&generation),
+            sink_set.running,
+            cx.clone(),
+            metrics.clone(),
+        ));
 
         let source_tracker = TaskTracker::new();
         let mut source_addrs = BTreeMap::new();
@@ -127,12 +108,12 @@ impl Gateway {
         }
 
         let admin_tracker = TaskTracker::new();
-        let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
         let admin_addr = match &config.admin {
             Some(a) => {
                 let view = admin::View {
                     config: Arc::clone(&config_view),
                     generation: Arc::clone(&generation),
+                    reloader: Arc::clone(&reloader),
                 };
                 let addr = admin::start(
                     a.listen,
@@ -163,6 +144,7 @@ impl Gateway {
             sink_addrs,
             admin_addr,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+            reloader,
         })
     }
 
@@ -174,6 +156,11 @@ impl Gateway {
     /// The address a listening sink (WebSocket push) is bound to.
     pub fn sink_addr(&self, name: &str) -> Option<SocketAddr> {
         self.sink_addrs.get(name).copied()
+    }
+
+    /// Applies new configs to this gateway.
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        Arc::clone(&self.reloader)
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -191,6 +178,7 @@ impl Gateway {
             .is_ok();
         // Dropping the last generation closes the sink queues; sinks then drain and stop.
         self.generation.store(Arc::new(Generation::default()));
+        self.reloader.sinks.lock().await.clear();
         drop(self.generation);
         self.sinks.close();
         let sinks_done = tokio::time::timeout_at(deadline, self.sinks.wait())

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;
+pub mod reload;
 pub mod router;
 pub mod security;
 pub mod sinks;

@@ -67,6 +67,10 @@ struct CheckArgs {
     /// The config file.
     #[arg(short, long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Report what a reload from this config to `--config` would change: another config
+    /// file, or a running gateway's admin address (`http://127.0.0.1:9090`).
+    #[arg(long, value_name = "FILE|URL")]
+    diff_against: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +81,10 @@ fn main() -> ExitCode {
         log_format: None,
     }));
     match command {
-        Command::Check(args) => check(&args.config),
+        Command::Check(args) => match &args.diff_against {
+            None => check(&args.config),
+            Some(base) => check_diff(&args.config, base),
+        },
         Command::Probe(args) => probe(&args),
         Command::Certs(CertsCommand::Dev { out }) => match ferry::certs::generate_dev(&out) {
             Ok(files) => {
@@ -161,6 +168,57 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints the components a reload from `base` to `path` would add, remove or change.
+fn check_diff(path: &Path, base: &str) -> ExitCode {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let old = if base.starts_with("http://") || base.starts_with("https://") {
+        running_config(base)
+    } else {
+        Config::load(Path::new(base)).map_err(|e| e.to_string())
+    };
+    let old = match old {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {base}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let changes = ferry::reload::diff(&old, &new);
+    if changes.is_empty() {
+        println!("no changes");
+    }
+    for (mark, list) in [
+        ("+", &changes.added),
+        ("-", &changes.removed),
+        ("~", &changes.changed),
+    ] {
+        for c in list {
+            println!("{mark} {c}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The config a running gateway reports on `/-/config` (interpolated with this environment).
+fn running_config(admin: &str) -> Result<Config, String> {
+    let url = format!("{}/-/config", admin.trim_end_matches('/'));
+    let body: serde_json::Value = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(async { reqwest::get(&url).await?.json().await })
+        .map_err(|e: reqwest::Error| e.to_string())?;
+    let text = body["config"].as_str().ok_or("no config in the answer")?;
+    Config::from_str_at(text, Path::new(&url), &|name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())
+}
+
 fn probe(args: &ProbeArgs) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -197,7 +255,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let gateway = Gateway::start(config).await?;
         tracing::info!(config = %args.config.display(), "ferry started");
-        wait_for_signal().await?;
+        wait_for_signal(&gateway).await?;
         tracing::info!("shutting down: no new events; finishing in-flight ones");
         if gateway.shutdown().await {
             tracing::info!("shutdown complete");
@@ -208,15 +266,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
+async fn wait_for_signal(gateway: &Gateway) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                // The outcome is logged (and counted) by the reloader.
+                let _ = gateway.reloader().reload_file().await;
+            }
+        }
     }
-    Ok(())
 }
 
 fn init_logging(config: &Config, format: Option<LogFormat>) {

@@ -28,6 +28,11 @@ pub struct ClosedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -61,6 +66,8 @@ pub struct Metrics {
     pub websocket_dropped: Family<SinkLabels, Counter>,
     pub websocket_closed: Family<ClosedLabels, Counter>,
     pub sink_connections: Family<SinkLabels, Gauge>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge,
     pub route_matched: Family<RouteLabels, Counter>,
     pub route_filter_errors: Family<RouteLabels, Counter>,
 }
@@ -89,6 +96,8 @@ impl Metrics {
             websocket_dropped: Family::default(),
             websocket_closed: Family::default(),
             sink_connections: Family::default(),
+            reloads: Family::default(),
+            config_generation: Gauge::default(),
             route_matched: Family::default(),
             route_filter_errors: Family::default(),
         };
@@ -167,6 +176,16 @@ impl Metrics {
             "sink_connections",
             "Connected subscribers per push sink",
             m.sink_connections.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads, by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "config_generation",
+            "The running config generation",
+            m.config_generation.clone(),
         );
         r.register(
             "route_matched",

@@ -1,0 +1,187 @@
+//! Reloading the config of a running gateway: routes and sinks swap atomically, broken configs
+//! change nothing.
+
+mod common;
+
+use std::path::Path;
+
+use ferry::{Config, Gateway};
+use serde_json::Value;
+
+fn config(dir: &Path, sink_file: &str, route_filter: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.archive]
+type = "file"
+path = "{dir}/{sink_file}"
+
+[routes.all]
+from = ["web"]
+to = ["archive"]
+filters = [{route_filter}]
+"#,
+        dir = dir.display()
+    )
+}
+
+async fn post(gw: &Gateway, ty: &str, id: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}/events", gw.source_addr("web").unwrap()))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/reload")
+        .header("ce-type", ty)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn admin(gw: &Gateway, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", gw.admin_addr().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn routes_and_sinks_swap_and_broken_configs_change_nothing() {
+    ferry::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(
+        &file,
+        config(dir.path(), "a.jsonl", r#"{ prefix = { type = "com.a." } }"#),
+    )
+    .unwrap();
+    let gw = Gateway::start(Config::load(&file).unwrap()).await.unwrap();
+
+    assert_eq!(post(&gw, "com.a.x", "1").await, 202);
+    assert_eq!(post(&gw, "com.b.x", "2").await, 202, "unrouted, accepted");
+    assert_eq!(ids(&dir.path().join("a.jsonl")), ["1"]);
+
+    // A new route filter and a new sink file, applied through the admin API.
+    std::fs::write(
+        &file,
+        config(dir.path(), "b.jsonl", r#"{ prefix = { type = "com.b." } }"#),
+    )
+    .unwrap();
+    let (status, body) = admin(&gw, reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["generation"], 2);
+    assert_eq!(
+        body["report"]["changed"],
+        serde_json::json!(["sink:archive", "route:all"])
+    );
+    assert_eq!(post(&gw, "com.b.x", "3").await, 202);
+    assert_eq!(post(&gw, "com.a.x", "4").await, 202);
+    assert_eq!(ids(&dir.path().join("b.jsonl")), ["3"]);
+    assert_eq!(
+        ids(&dir.path().join("a.jsonl")),
+        ["1"],
+        "the old sink got nothing more"
+    );
+    let (_, routes) = admin(&gw, reqwest::Method::GET, "/-/routes").await;
+    assert_eq!(routes["generation"], 2);
+
+    // A broken config is refused with file, line and key; the running one keeps serving.
+    std::fs::write(
+        &file,
+        config(dir.path(), "c.jsonl", r#"{ prefx = { type = "com.c." } }"#),
+    )
+    .unwrap();
+    let (status, body) = admin(&gw, reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("ferry.toml:") && error.contains("routes.all.filters.0"),
+        "{error}"
+    );
+    assert_eq!(post(&gw, "com.b.x", "5").await, 202);
+    assert_eq!(ids(&dir.path().join("b.jsonl")), ["3", "5"]);
+    let (_, current) = admin(&gw, reqwest::Method::GET, "/-/config").await;
+    assert_eq!(current["generation"], 2);
+    assert!(current["config"].as_str().unwrap().contains("b.jsonl"));
+
+    // Changing a source is not applied live (yet): refused, nothing changes.
+    let moved = config(dir.path(), "b.jsonl", r#"{ prefix = { type = "com.b." } }"#)
+        .replace("path = \"/events\"", "path = \"/in\"");
+    std::fs::write(&file, moved).unwrap();
+    let (status, body) = admin(&gw, reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("source:web"),
+        "{body}"
+    );
+
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.admin_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ferry_config_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_config_reloads_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ferry_config_generation 2"), "{metrics}");
+    assert!(gw.shutdown().await);
+}
+
+#[test]
+fn check_reports_what_a_reload_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.toml");
+    let new = dir.path().join("new.toml");
+    std::fs::write(
+        &old,
+        config(dir.path(), "a.jsonl", r#"{ prefix = { type = "com.a." } }"#),
+    )
+    .unwrap();
+    let text = config(dir.path(), "a.jsonl", r#"{ prefix = { type = "com.b." } }"#)
+        + "\n[sinks.extra]\ntype = \"stdout\"\n";
+    std::fs::write(&new, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check", "--config"])
+        .arg(&new)
+        .arg("--diff-against")
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout, "+ sink:extra\n~ route:all\n");
+}
