@@ -4,6 +4,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY protocols protocols
 COPY src src
+# Declared in Cargo.toml, so they must be present for the manifest to load.
+COPY benches benches
+COPY examples examples
 RUN cargo build --release --locked --bin ferry
 
 FROM debian:bookworm-slim
@@ -14,8 +17,9 @@ WORKDIR /var/lib/ferry
 USER ferry
 # The default config reads these; inside a container, listen on every interface.
 ENV FERRY_HTTP_LISTEN=0.0.0.0:8080 \
+    FERRY_WS_LISTEN=0.0.0.0:8090 \
     FERRY_ADMIN_LISTEN=0.0.0.0:9090
-EXPOSE 8080 9090
+EXPOSE 8080 8090 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
     CMD ["ferry", "probe", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["ferry"]

@@ -190,6 +190,8 @@ async fn connect(
     };
     let tracked = hub.tracker.token();
     ws.protocols([ferry_websocket::SUBPROTOCOL_JSON])
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
             let _permit = permit;

@@ -43,6 +43,9 @@ mod close {
     pub const TOO_BIG: u16 = 1009;
 }
 
+/// Initial read and write buffer per connection (tungstenite grows them as needed).
+const BUFFER: usize = 4096;
+
 /// How long a closing connection may take to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,7 +175,10 @@ async fn upgrade(
     let ip = peer.map(|p| p.addr.ip());
     let ws = ws
         .max_message_size(state.config.max_message_bytes)
-        .max_frame_size(state.config.max_message_bytes);
+        .max_frame_size(state.config.max_message_bytes)
+        // Small buffers that grow with the traffic: idle devices should cost little memory.
+        .read_buffer_size(BUFFER)
+        .write_buffer_size(BUFFER);
     let ws = if mode == Negotiated::Json {
         ws.protocols([ferry_websocket::SUBPROTOCOL_JSON])
     } else {
