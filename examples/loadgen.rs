@@ -18,7 +18,9 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt as _, StreamExt as _};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{Notify, Semaphore};
@@ -223,13 +225,20 @@ async fn count_amqp(channel: &Channel, queue: &str, arrivals: Arc<Arrivals>) -> 
     Ok(())
 }
 
-async fn amqp_direct(queue: &str, events: u64, window: usize, limit: Duration) -> anyhow::Result<()> {
+async fn amqp_direct(
+    queue: &str,
+    events: u64,
+    window: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let (_c1, consume) = amqp_channel().await?;
     declare_queue(&consume, queue).await?;
     let arrivals = Arc::new(Arrivals::default());
     count_amqp(&consume, queue, arrivals.clone()).await?;
     let (_c2, publish) = amqp_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let permits = Arc::new(Semaphore::new(window));
     // Ferry's AMQP sink publishes persistent messages: the ceiling does too.
     let properties = BasicProperties::default()
@@ -280,7 +289,11 @@ async fn mqtt_amqp(
     let arrivals = Arc::new(Arrivals::default());
     count_amqp(&consume, queue, arrivals.clone()).await?;
 
-    let mut options = MqttOptions::new(format!("ferry-bench-{}", std::process::id()), "127.0.0.1", 1883);
+    let mut options = MqttOptions::new(
+        format!("ferry-bench-{}", std::process::id()),
+        "127.0.0.1",
+        1883,
+    );
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     tokio::spawn(async move {
@@ -314,7 +327,13 @@ async fn mqtt_amqp(
             break;
         }
         client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, Bytes::from(event(i)), properties.clone())
+            .publish_with_properties(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(event(i)),
+                properties.clone(),
+            )
             .await?;
     }
     let ended = arrivals.wait_for(events, deadline).await;
@@ -330,7 +349,11 @@ async fn nats_client() -> anyhow::Result<async_nats::Client> {
 }
 
 /// Subscribes to `subject` and counts every message.
-async fn count_nats(client: &async_nats::Client, subject: &str, arrivals: Arc<Arrivals>) -> anyhow::Result<()> {
+async fn count_nats(
+    client: &async_nats::Client,
+    subject: &str,
+    arrivals: Arc<Arrivals>,
+) -> anyhow::Result<()> {
     let mut sub = client.subscribe(subject.to_owned()).await?;
     client.flush().await?;
     tokio::spawn(async move {
@@ -341,7 +364,12 @@ async fn count_nats(client: &async_nats::Client, subject: &str, arrivals: Arc<Ar
     Ok(())
 }
 
-async fn nats_direct(subject: &str, events: u64, window: usize, limit: Duration) -> anyhow::Result<()> {
+async fn nats_direct(
+    subject: &str,
+    events: u64,
+    window: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let consume = nats_client().await?;
     let arrivals = Arc::new(Arrivals::default());
     count_nats(&consume, subject, arrivals.clone()).await?;
@@ -352,7 +380,9 @@ async fn nats_direct(subject: &str, events: u64, window: usize, limit: Duration)
         if Instant::now() >= deadline {
             break;
         }
-        publish.publish(subject.to_owned(), Bytes::from(event(i))).await?;
+        publish
+            .publish(subject.to_owned(), Bytes::from(event(i)))
+            .await?;
         if (i + 1) % window as u64 == 0 {
             publish.flush().await?;
         }
@@ -363,7 +393,8 @@ async fn nats_direct(subject: &str, events: u64, window: usize, limit: Duration)
     Ok(())
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(url: &str) -> anyhow::Result<WsStream> {
     let mut request = url.into_client_request()?;
@@ -404,7 +435,9 @@ async fn ws_nats(
         let reader = tokio::spawn(async move {
             let mut seen = 0;
             while seen < count {
-                let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), rx.next()).await else {
+                let Ok(Some(Ok(message))) =
+                    tokio::time::timeout_at(deadline.into(), rx.next()).await
+                else {
                     break;
                 };
                 if let Message::Text(text) = message {
@@ -421,7 +454,9 @@ async fn ws_nats(
         });
         let writer = tokio::spawn(async move {
             for k in 0..count {
-                let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), permits.acquire()).await else {
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout_at(deadline.into(), permits.acquire()).await
+                else {
                     break;
                 };
                 permit.forget();
