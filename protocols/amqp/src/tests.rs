@@ -1,10 +1,6 @@
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use bytes::Bytes;
 use ferry_core::{AttributeRef, CloudEvent, Data, ExtensionValue};
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString};
-use serde::Deserialize;
 
 use super::*;
 
@@ -333,36 +329,9 @@ fn encode_structured_round_trip() {
     assert_eq!(decode(&p, &body).unwrap(), e);
 }
 
-// --- conformance vectors (protocols/http/tests/conformance, from cloudevents/conformance) ----
+// --- conformance vectors (ferry-conformance: protocols/conformance/data) ---------------------
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Doc {
-    mode: Option<String>,
-    context_attributes: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    transport_extensions: BTreeMap<String, String>,
-    data: Option<String>,
-}
-
-fn scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.trim().to_owned(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn load(file: &str) -> Vec<Doc> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../http/tests/conformance")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Doc::deserialize(d).unwrap())
-        .collect()
-}
+use ferry_conformance::{load, scalar, Doc};
 
 /// The AMQP message a producer would send for a document (binary mode with the `cloudEvents:`
 /// prefix of the AMQP 1.0 binding's example, transport extensions as plain headers).

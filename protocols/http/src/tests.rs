@@ -1,10 +1,6 @@
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use bytes::Bytes;
 use ferry_core::{AttributeRef, CloudEvent, Data, ExtensionValue};
 use http::{HeaderMap, HeaderValue};
-use serde::Deserialize;
 
 use super::*;
 
@@ -201,36 +197,9 @@ fn encode_both_modes_round_trip() {
     assert!(matches!(decode(&h, body).unwrap(), Message::Batch(v) if v.len() == 2));
 }
 
-// --- conformance vectors (tests/conformance, from cloudevents/conformance) -------------------
+// --- conformance vectors (ferry-conformance: protocols/conformance/data) ---------------------
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Doc {
-    mode: Option<String>,
-    context_attributes: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    transport_extensions: BTreeMap<String, String>,
-    data: Option<String>,
-}
-
-fn scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.trim().to_owned(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn load(file: &str) -> Vec<Doc> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/conformance")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Doc::deserialize(d).unwrap())
-        .collect()
-}
+use ferry_conformance::{load, scalar, Doc};
 
 /// Builds the request the conformance tool sends for a document.
 fn request(doc: &Doc) -> (HeaderMap, Bytes) {

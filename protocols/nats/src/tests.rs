@@ -1,9 +1,5 @@
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use bytes::Bytes;
 use ferry_core::{AttributeRef, CloudEvent, Data, ExtensionValue};
-use serde::Deserialize;
 
 use super::*;
 
@@ -288,36 +284,9 @@ fn message_ids_join_source_and_id_unambiguously() {
     assert_ne!(message_id(&x), message_id(&y));
 }
 
-// --- conformance vectors (../http/tests/conformance, from cloudevents/conformance) ---------
+// --- conformance vectors (ferry-conformance: protocols/conformance/data) ---------------------
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Doc {
-    mode: Option<String>,
-    context_attributes: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    transport_extensions: BTreeMap<String, String>,
-    data: Option<String>,
-}
-
-fn scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.trim().to_owned(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn load(file: &str) -> Vec<Doc> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../http/tests/conformance")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Doc::deserialize(d).unwrap())
-        .collect()
-}
+use ferry_conformance::{load, scalar, Doc};
 
 /// The NATS message a producer sends for a conformance document: binary mode with `ce-`
 /// headers (`ce-datacontenttype` included), or structured JSON with its `Content-Type`.
