@@ -219,7 +219,6 @@ async fn deliver(
     bytes: bytes::Bytes,
     principal: &Principal,
 ) -> Result<u64, (Problem, u64)> {
-    let headers = headers.clone();
     let mut metadata = ferry_http::metadata(&headers);
     metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {
