@@ -219,11 +219,11 @@ async fn deliver(
     bytes: bytes::Bytes,
     principal: &Principal,
 ) -> Result<u64, (Problem, u64)> {
-    let mut metadata = ferry_http::metadata(&headers);
+    let mut metadata = ferry_http::metadata(headers);
     metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {
         // Not a CloudEvent (no ce-specversion, not application/cloudevents…): build one.
-        Some(n) if is_raw(&headers) => {
+        Some(n) if is_raw(headers) => {
             let content_type = headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
@@ -245,7 +245,7 @@ async fn deliver(
                     )
                 })?
         }
-        _ => ferry_http::decode(&headers, bytes).map_err(|e| (Problem::from(e), 1))?,
+        _ => ferry_http::decode(headers, bytes).map_err(|e| (Problem::from(e), 1))?,
     };
     let mut envelopes: Vec<Envelope> = match message {
         ferry_http::Message::Event(event) => vec![Envelope::new(event, metadata)],
