@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ferry_core::{AttributeRef, CloudEvent};
 use serde::Deserialize;
 
 /// The files holding the vectors: two v1.0 sets and two legacy v0.3 sets.
@@ -70,10 +71,30 @@ pub fn load(file: &str) -> Vec<Doc> {
         .collect()
 }
 
-/// Every document of every file, with its file name.
-pub fn all() -> Vec<(&'static str, Doc)> {
-    FILES
-        .iter()
-        .flat_map(|f| load(f).into_iter().map(move |d| (*f, d)))
-        .collect()
+/// Asserts that a decoded event carries exactly what the document describes: every attribute
+/// (0.3 `schemaurl` as `dataschema`, `specversion` upgraded to 1.0), the data (by JSON value for
+/// structured documents, byte for byte otherwise), and no transport extension as an attribute.
+pub fn check(doc: &Doc, e: &CloudEvent) {
+    for (k, v) in doc.attributes() {
+        match k.as_str() {
+            "specversion" => assert_eq!(e.specversion(), "1.0"),
+            "schemaurl" => assert_eq!(e.dataschema(), Some(v.as_str())),
+            _ => assert_eq!(e.attribute(&k), Some(AttributeRef::Str(&v)), "{k}"),
+        }
+    }
+    let want = doc.data.clone().unwrap_or_default();
+    let got = e.data().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    if doc.is_structured() {
+        let a: serde_json::Value = serde_json::from_str(&want).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(a, b);
+    } else {
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
+    for name in doc.transport_extensions.keys() {
+        assert!(
+            e.extension(name).is_none(),
+            "transport extension {name} became an attribute"
+        );
+    }
 }
