@@ -18,16 +18,17 @@ use crate::router::{RouteTable, SinkSet, Subject};
 #[derive(Debug)]
 pub struct Envelope {
     pub event: CloudEvent,
-    pub metadata: TransportMetadata,
+    /// Shared by the events of one message (a batch, a WebSocket connection's messages).
+    pub metadata: Arc<TransportMetadata>,
     /// Routes the sender's policy allows; `None` means every route.
     pub routes: Option<Arc<[String]>>,
 }
 
 impl Envelope {
-    pub fn new(event: CloudEvent, metadata: TransportMetadata) -> Envelope {
+    pub fn new(event: CloudEvent, metadata: impl Into<Arc<TransportMetadata>>) -> Envelope {
         Envelope {
             event,
-            metadata,
+            metadata: metadata.into(),
             routes: None,
         }
     }

@@ -249,10 +249,13 @@ async fn deliver(
     };
     let mut envelopes: Vec<Envelope> = match message {
         ferry_http::Message::Event(event) => vec![Envelope::new(event, metadata)],
-        ferry_http::Message::Batch(events) => events
-            .into_iter()
-            .map(|event| Envelope::new(event, metadata.clone()))
-            .collect(),
+        ferry_http::Message::Batch(events) => {
+            let metadata = Arc::new(metadata);
+            events
+                .into_iter()
+                .map(|event| Envelope::new(event, Arc::clone(&metadata)))
+                .collect()
+        }
     };
     let n = envelopes.len() as u64;
     state

@@ -192,7 +192,7 @@ async fn upgrade(
         Connection {
             state: &state,
             mode,
-            metadata,
+            metadata: Arc::new(metadata),
             principal,
             ip,
         }
@@ -205,7 +205,7 @@ async fn upgrade(
 struct Connection<'a> {
     state: &'a Arc<SourceState>,
     mode: Negotiated,
-    metadata: TransportMetadata,
+    metadata: Arc<TransportMetadata>,
     principal: Principal,
     ip: Option<std::net::IpAddr>,
 }
@@ -282,7 +282,7 @@ impl Connection<'_> {
             match self.decode(body) {
                 Ok(event) => {
                     let id = event.id().to_owned();
-                    let envelope = Envelope::new(event, self.metadata.clone());
+                    let envelope = Envelope::new(event, Arc::clone(&self.metadata));
                     self.spawn_delivery(envelope, id, received, permit, out_tx.clone())
                         .await;
                 }
