@@ -129,7 +129,6 @@ impl Source {
                 in_flight: 0,
                 dead_unwritten: VecDeque::new(),
                 dead_awaiting: HashMap::new(),
-                pending_acks: VecDeque::new(),
             };
             let end = conn.run(&mut events, &mut settled_rx, &mut backoff).await;
             self.cx.set_ready(false);
@@ -172,8 +171,6 @@ struct Connection<'a> {
     dead_unwritten: VecDeque<Message>,
     /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
     dead_awaiting: HashMap<u16, Message>,
-    /// PUBACKs waiting for room in the client's request queue, oldest first.
-    pending_acks: VecDeque<Message>,
 }
 
 impl Connection<'_> {
@@ -186,17 +183,8 @@ impl Connection<'_> {
         let cx = &self.source.cx;
         let mut draining = false;
         loop {
-            // A full request queue is back-pressure, not a lost connection: the PUBACKs wait
-            // here until the event loop made room.
-            while let Some(m) = self.pending_acks.front() {
-                if self.client.ack(m).is_err() {
-                    break;
-                }
-                self.pending_acks.pop_front();
-            }
             if draining
                 && self.in_flight == 0
-                && self.pending_acks.is_empty()
                 && self.dead_unwritten.is_empty()
                 && self.dead_awaiting.is_empty()
             {
@@ -214,7 +202,9 @@ impl Connection<'_> {
                     }
                     self.in_flight -= 1;
                     if s.delivered {
-                        self.queue_ack(s.message);
+                        if let Err(e) = self.client.ack(&s.message) {
+                            return End::Lost(format!("cannot queue PUBACK: {e}"));
+                        }
                     } else if s.message.needs_ack() {
                         return End::Redeliver("a delivery failed".into());
                     }
@@ -252,7 +242,9 @@ impl Connection<'_> {
                             if let Some(reason) = refused {
                                 return End::Redeliver(format!("dead-letter publish refused: {reason}"));
                             }
-                            self.queue_ack(m);
+                            if let Err(e) = self.client.ack(&m) {
+                                return End::Lost(format!("cannot queue PUBACK: {e}"));
+                            }
                         }
                     }
                     Ok(Wire::Disconnect(reason)) => return End::Lost(format!("broker disconnected: {reason}")),
@@ -389,17 +381,10 @@ impl Connection<'_> {
                 self.dead_unwritten.push_back(message);
                 Ok(())
             }
-            _ => {
-                self.queue_ack(message);
-                Ok(())
-            }
-        }
-    }
-
-    /// Acknowledges a message now, or as soon as the client's request queue has room.
-    fn queue_ack(&mut self, message: Message) {
-        if !self.pending_acks.is_empty() || self.client.ack(&message).is_err() {
-            self.pending_acks.push_back(message);
+            _ => self
+                .client
+                .ack(&message)
+                .map_err(|e| End::Lost(format!("cannot queue PUBACK: {e}"))),
         }
     }
 }
