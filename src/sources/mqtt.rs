@@ -11,6 +11,12 @@
 //! A message that is not a CloudEvent (and has no normalize template), or is an invalid one,
 //! is logged, counted and — after being republished to `dead_letter_topic` when one is set —
 //! acknowledged, so it cannot block the session.
+//!
+//! The in-flight window is Ferry's own: brokers do not all hold to the Receive Maximum (and
+//! 3.1.1 has none), so messages beyond `inflight` wait in a bounded queue, and the socket is
+//! not read while that queue is full (`WAITING_FACTOR`). PUBACKs go out in the order the
+//! messages came in, as MQTT requires, whatever order their deliveries settle in; one that
+//! finds the client's request queue full waits its turn and never costs the connection.
 
 pub(crate) mod client;
 
@@ -86,6 +92,12 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
     Ok(())
 }
 
+/// How many windows' worth of messages a connection holds waiting before it stops reading the
+/// socket. A broker that keeps to the Receive Maximum never fills one window; Mosquitto before
+/// 2.0.13 may send several times more under load, and stops delivering for good if its client
+/// stops reading then, so the margin is wide.
+const WAITING_FACTOR: usize = 16;
+
 struct Source {
     options: Options,
     filters: Vec<String>,
@@ -97,6 +109,8 @@ struct Source {
 /// A message whose routed deliveries resolved, reported back to the connection that took it.
 struct Settled {
     connection: u64,
+    /// The message's place in the PUBACK order (none for QoS 0).
+    seq: Option<u64>,
     message: Message,
     delivered: bool,
 }
@@ -127,6 +141,10 @@ impl Source {
                 client: &client,
                 settled_tx: &settled_tx,
                 in_flight: 0,
+                window: usize::from(self.config.inflight),
+                waiting: VecDeque::new(),
+                acks: VecDeque::new(),
+                acks_base: 0,
                 dead_unwritten: VecDeque::new(),
                 dead_awaiting: HashMap::new(),
             };
@@ -167,10 +185,20 @@ struct Connection<'a> {
     settled_tx: &'a mpsc::UnboundedSender<Settled>,
     /// Messages handed to the pipeline and not settled yet.
     in_flight: usize,
+    /// The most messages in flight at once.
+    window: usize,
+    /// Messages received while the window was full, oldest first; at most
+    /// `WAITING_FACTOR * window`.
+    waiting: VecDeque<(Option<u64>, Message)>,
+    /// Every QoS 1 message not acknowledged yet, in arrival order: `Some` once it may be
+    /// acknowledged. PUBACKs leave from the front only.
+    acks: VecDeque<Option<Message>>,
+    /// The sequence number of the front of `acks`.
+    acks_base: u64,
     /// Rejected messages whose dead-letter copy is queued, oldest first.
-    dead_unwritten: VecDeque<Message>,
+    dead_unwritten: VecDeque<(Option<u64>, Message)>,
     /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
-    dead_awaiting: HashMap<u16, Message>,
+    dead_awaiting: HashMap<u16, (Option<u64>, Message)>,
 }
 
 impl Connection<'_> {
@@ -183,13 +211,22 @@ impl Connection<'_> {
         let cx = &self.source.cx;
         let mut draining = false;
         loop {
+            self.flush_acks();
+            if !draining {
+                if let Err(end) = self.start_waiting().await {
+                    return end;
+                }
+            }
             if draining
                 && self.in_flight == 0
+                && self.acks.iter().all(Option::is_none)
                 && self.dead_unwritten.is_empty()
                 && self.dead_awaiting.is_empty()
             {
                 return End::Shutdown;
             }
+            // The socket is read while there is room to hold what it brings.
+            let room = self.waiting.len() < WAITING_FACTOR * self.window;
             tokio::select! {
                 () = cx.shutdown.cancelled(), if !draining => {
                     // Stop taking messages; let in-flight ones settle and be acked.
@@ -202,14 +239,12 @@ impl Connection<'_> {
                     }
                     self.in_flight -= 1;
                     if s.delivered {
-                        if let Err(e) = self.client.ack(&s.message) {
-                            return End::Lost(format!("cannot queue PUBACK: {e}"));
-                        }
+                        self.settle(s.seq, s.message);
                     } else if s.message.needs_ack() {
                         return End::Redeliver("a delivery failed".into());
                     }
                 }
-                ev = events.poll() => match ev {
+                ev = events.poll(), if room => match ev {
                     Err(e) => return End::Lost(e),
                     Ok(Wire::ConnAck { session_present }) => {
                         tracing::info!(source = %cx.name(), client_id = %self.source.options.client_id, session_present, "MQTT connected");
@@ -228,7 +263,13 @@ impl Connection<'_> {
                     // While draining, new messages are left unacknowledged: the broker keeps
                     // them in the session for the next start.
                     Ok(Wire::Message(m)) if !draining => {
-                        if let Err(end) = self.handle(m).await {
+                        let seq = m.needs_ack().then(|| {
+                            self.acks.push_back(None);
+                            self.acks_base + self.acks.len() as u64 - 1
+                        });
+                        if self.in_flight >= self.window || !self.waiting.is_empty() {
+                            self.waiting.push_back((seq, m));
+                        } else if let Err(end) = self.handle(seq, m).await {
                             return end;
                         }
                     }
@@ -238,13 +279,11 @@ impl Connection<'_> {
                         }
                     }
                     Ok(Wire::PubAck { pkid, refused }) => {
-                        if let Some(m) = self.dead_awaiting.remove(&pkid) {
+                        if let Some((seq, m)) = self.dead_awaiting.remove(&pkid) {
                             if let Some(reason) = refused {
                                 return End::Redeliver(format!("dead-letter publish refused: {reason}"));
                             }
-                            if let Err(e) = self.client.ack(&m) {
-                                return End::Lost(format!("cannot queue PUBACK: {e}"));
-                            }
+                            self.settle(seq, m);
                         }
                     }
                     Ok(Wire::Disconnect(reason)) => return End::Lost(format!("broker disconnected: {reason}")),
@@ -254,8 +293,44 @@ impl Connection<'_> {
         }
     }
 
+    /// Marks a message as done: its PUBACK may go once every earlier one went.
+    fn settle(&mut self, seq: Option<u64>, message: Message) {
+        if let Some(seq) = seq {
+            if let Some(slot) = seq
+                .checked_sub(self.acks_base)
+                .and_then(|i| self.acks.get_mut(i as usize))
+            {
+                *slot = Some(message);
+            }
+        }
+    }
+
+    /// Queues the PUBACKs that may go, in arrival order, as far as the client's request queue
+    /// takes them.
+    fn flush_acks(&mut self) {
+        while let Some(Some(m)) = self.acks.front() {
+            // A refusal means the queue is full (a closed one shows as a poll error).
+            if self.client.ack(m).is_err() {
+                break;
+            }
+            self.acks.pop_front();
+            self.acks_base += 1;
+        }
+    }
+
+    /// Hands waiting messages to the pipeline while the window has room.
+    async fn start_waiting(&mut self) -> Result<(), End> {
+        while self.in_flight < self.window {
+            let Some((seq, m)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.handle(seq, m).await?;
+        }
+        Ok(())
+    }
+
     /// Decodes, routes and hands one message to the pipeline.
-    async fn handle(&mut self, message: Message) -> Result<(), End> {
+    async fn handle(&mut self, seq: Option<u64>, message: Message) -> Result<(), End> {
         let source = self.source;
         let cx = &source.cx;
         let started = Instant::now();
@@ -298,13 +373,13 @@ impl Connection<'_> {
                 };
                 match n.apply(raw) {
                     Ok(event) => event,
-                    Err(e) => return self.reject(message, "invalid", &e.to_string()),
+                    Err(e) => return self.reject(seq, message, "invalid", &e.to_string()),
                 }
             }
             (Err(e @ ferry_mqtt::DecodeError::Invalid { .. }), _) => {
-                return self.reject(message, "invalid", &e.to_string())
+                return self.reject(seq, message, "invalid", &e.to_string())
             }
-            (Err(e), _) => return self.reject(message, "undecodable", &e.to_string()),
+            (Err(e), _) => return self.reject(seq, message, "undecodable", &e.to_string()),
         };
         let envelope = Envelope::new(event, metadata);
         let enqueue_timeout = Duration::from_millis(source.config.enqueue_timeout_ms);
@@ -319,7 +394,7 @@ impl Connection<'_> {
         let waiter = match ingested {
             Ok(w) => w,
             Err(IngestError::Unrouted { .. }) => {
-                return self.reject(message, "unrouted", "no route matches the event")
+                return self.reject(seq, message, "unrouted", "no route matches the event")
             }
             Err(IngestError::Dispatch(e)) => {
                 if message.needs_ack() {
@@ -347,6 +422,7 @@ impl Connection<'_> {
             };
             let _ = settled_tx.send(Settled {
                 connection,
+                seq,
                 message,
                 delivered,
             });
@@ -355,7 +431,13 @@ impl Connection<'_> {
     }
 
     /// Refuses a message for good: log, count, dead-letter (when configured), then ack.
-    fn reject(&mut self, message: Message, reason: &'static str, error: &str) -> Result<(), End> {
+    fn reject(
+        &mut self,
+        seq: Option<u64>,
+        message: Message,
+        reason: &'static str,
+        error: &str,
+    ) -> Result<(), End> {
         let cx = &self.source.cx;
         tracing::warn!(source = %cx.name(), topic = %message.topic(), reason, error, "message rejected");
         cx.stats.reject(reason, 1);
@@ -378,13 +460,13 @@ impl Connection<'_> {
                         properties,
                     )
                     .map_err(|e| End::Lost(format!("cannot queue dead-letter publish: {e}")))?;
-                self.dead_unwritten.push_back(message);
+                self.dead_unwritten.push_back((seq, message));
                 Ok(())
             }
-            _ => self
-                .client
-                .ack(&message)
-                .map_err(|e| End::Lost(format!("cannot queue PUBACK: {e}"))),
+            _ => {
+                self.settle(seq, message);
+                Ok(())
+            }
         }
     }
 }

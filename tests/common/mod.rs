@@ -26,6 +26,13 @@ impl TestGateway {
     /// temporary directory.
     pub async fn start(text: &str) -> TestGateway {
         ferry::tls::install_default_provider();
+        // `FERRY_TEST_LOG=ferry=debug cargo test …` shows the gateway's logs of a test.
+        if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let text = text.replace("{dir}", dir.path().to_str().expect("utf-8 path"));
         let config = Config::from_str_at(&text, Path::new("test.toml"), &|_| None).expect("config");
