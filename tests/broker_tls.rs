@@ -379,6 +379,61 @@ async fn mqtt_sinks_that_fail_the_handshake_are_not_ready() {
     }
 }
 
+/// A TLS front for the shared RabbitMQ (which must not be reconfigured): terminates TLS with
+/// the dev server certificate, requires a client certificate from the dev CA, and forwards the
+/// bytes to 127.0.0.1:5672. Lapin's TLS path runs a real handshake against it.
+async fn rabbitmq_tls_front(certs: &Certs) -> (u16, tokio::task::JoinHandle<()>) {
+    let tls = ferry::tls::TlsConfig {
+        cert: certs.dev("server.pem"),
+        key: certs.dev("server.key"),
+        client_ca: Some(certs.dev("ca.pem")),
+        client_auth: None,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(ferry::tls::server_config(&tls, &[]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut broker = tokio::net::TcpStream::connect("127.0.0.1:5672")
+                    .await
+                    .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/brokers)");
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn amqp_over_tls_with_client_certificates() {
+    let certs = Certs::new();
+    let (port, front) = rabbitmq_tls_front(&certs).await;
+    let sfx = suffix();
+    let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+    let tls = certs.table(&certs.dev("ca.pem"), true);
+    let gw = TestGateway::start(&gateway_config(
+        &format!(
+            "type = \"amqp\"\nurl = \"{url}\"\nexchange = \"\"\nrouting_key = \"tls-{sfx}\"\n{tls}\n\
+             sign = {{ scheme = \"hmac-sha256\", secret = \"{SECRET}\" }}"
+        ),
+        &format!(
+            "[sources.in]\ntype = \"amqp\"\nurl = \"{url}\"\nqueue = \"tls-{sfx}\"\n{tls}\n\
+             declare = {{ durable = false, auto_delete = true }}"
+        ),
+    ))
+    .await;
+    ready(&gw).await;
+    assert_eq!(post(&gw, "a1").await, 202);
+    archived_and_signed(&gw, "a1").await;
+    gw.gateway.shutdown().await;
+    front.abort();
+}
+
 #[test]
 fn unreadable_tls_material_is_a_config_error_naming_the_key() {
     let certs = Certs::new();

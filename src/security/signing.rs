@@ -231,6 +231,19 @@ mod tests {
         }
         let want: [u8; 32] = outer.finalize().into();
         assert_eq!(hex(&core_digest(&event())), hex(&want));
+        // The same vector as computed by the Python verifier in docs/security.md.
+        assert_eq!(
+            hex(&want),
+            "5a953083e06691f68d17582d4b8229dfe88ee48cb9973307f801c19451c798df"
+        );
+        let s = signer(
+            SignScheme::HmacSha256,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        assert_eq!(
+            s.event_signature(&event()),
+            "v1,xfpTc4WdXTT8IgTurL8+z9mEtCVVUgUXKl093HerGxw="
+        );
         // The empty-input digests of absent attributes are what make it differ from an event
         // without them.
         let bare =
