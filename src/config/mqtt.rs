@@ -357,6 +357,29 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_secrets_and_may_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt");
+        std::fs::write(&file, "eyJhbGciOi.token\n").unwrap();
+        let sink: MqttSinkConfig = toml::from_str(&format!(
+            "url = \"mqtt://127.0.0.1\"\ntopic = \"t\"\nusername = \"ferry\"\npassword = \"file:{}\"",
+            file.display()
+        ))
+        .unwrap();
+        assert!(sink.check().is_ok());
+        assert_eq!(
+            resolve_password(sink.password.as_ref()).unwrap().as_deref(),
+            Some("eyJhbGciOi.token")
+        );
+        assert!(!format!("{sink:?}").contains("eyJ"));
+        let missing: MqttSinkConfig = toml::from_str(
+            "url = \"mqtt://127.0.0.1\"\ntopic = \"t\"\nusername = \"u\"\npassword = \"file:/nonexistent/p\"",
+        )
+        .unwrap();
+        assert_eq!(missing.check().unwrap_err().0, vec!["password"]);
+    }
+
+    #[test]
     fn filters() {
         for ok in ["a/b", "a/+/c", "#", "a/#", "+", "$share/g/a/+"] {
             assert!(valid_filter(ok), "{ok}");
