@@ -1,5 +1,10 @@
-//! TLS for Ferry's listeners (rustls with the ring provider): server certificates, client
-//! certificate verification (mTLS) and the identity a client certificate carries.
+//! TLS for Ferry (rustls with the ring provider): listeners' server certificates, client
+//! certificate verification (mTLS) and the identity a client certificate carries; outbound
+//! connections in [`client`].
+
+mod client;
+
+pub use client::{ClientTlsConfig, ClientTlsError};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

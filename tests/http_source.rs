@@ -236,7 +236,7 @@ filters = [{ prefix = { type = "com.example." } }]
 
     // 405: wrong method.
     let resp = client().get(&url).send().await.unwrap();
-    assert_eq!(resp.headers().get("allow").unwrap(), "POST");
+    assert_eq!(resp.headers().get("allow").unwrap(), "POST, OPTIONS");
     problem(resp, 405).await;
 
     // 404: no route matches and the source rejects unrouted events.

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
 use crate::normalize::NormalizeConfig;
+use crate::tls::{ClientTlsConfig, ClientTlsError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +37,9 @@ pub struct AmqpSourceConfig {
     /// Declares the queue (and its bindings) on every connect.
     #[serde(default)]
     pub declare: Option<QueueDeclare>,
+    /// TLS to the broker (needs an `amqps://` URL): custom CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// What a delivery failure does to the inbound message.
@@ -114,6 +118,12 @@ pub struct AmqpSinkConfig {
     /// Declares the exchange on every connect.
     #[serde(default)]
     pub declare: Option<ExchangeDeclare>,
+    /// TLS to the broker (needs an `amqps://` URL): custom CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Signs each event (docs/security.md).
+    #[serde(default)]
+    pub sign: Option<crate::security::signing::SignConfig>,
 }
 
 /// The header-name prefix a sink writes in binary mode.
@@ -167,6 +177,20 @@ fn check_url(url: &str) -> Result<(), (Vec<String>, String)> {
         .map_err(|e| (key("url"), format!("invalid AMQP URL: {e}")))
 }
 
+/// The TLS material for lapin that a URL and `tls` table ask for: `amqps://` URLs use TLS
+/// (with the system's trust store unless `tls.ca` names a CA). Reads the files.
+pub fn client_tls(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<lapin::tcp::OwnedTLSConfig, (Vec<String>, String)> {
+    match (url.starts_with("amqps://"), tls) {
+        (false, None) => Ok(lapin::tcp::OwnedTLSConfig::default()),
+        (false, Some(_)) => Err((key("tls"), "TLS needs an amqps:// URL".into())),
+        (true, None) => Ok(lapin::tcp::OwnedTLSConfig::default()),
+        (true, Some(tls)) => tls.amqp().map_err(ClientTlsError::into_check),
+    }
+}
+
 impl OnFailure {
     /// Whether `basic.nack` asks the broker to requeue.
     pub fn requeue(self) -> bool {
@@ -208,6 +232,7 @@ impl AmqpSourceConfig {
                 "prefetch must be greater than 0 (0 would mean unlimited)".into(),
             ));
         }
+        client_tls(&self.url, self.tls.as_ref())?;
         Ok(())
     }
 }
@@ -215,6 +240,11 @@ impl AmqpSourceConfig {
 impl AmqpSinkConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
         check_url(&self.url)?;
+        client_tls(&self.url, self.tls.as_ref())?;
+        if let Some(sign) = &self.sign {
+            sign.check_event_signing()
+                .map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+        }
         crate::template::Template::parse(&self.routing_key).map_err(|e| (key("routing_key"), e))?;
         if self.in_flight == 0 {
             return Err((key("in_flight"), "in_flight must be greater than 0".into()));

@@ -6,6 +6,7 @@
 
 mod amqp;
 mod error;
+mod http;
 mod interpolate;
 mod locate;
 mod mqtt;
@@ -19,10 +20,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use amqp::{AmqpSinkConfig, AmqpSourceConfig};
+pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
-pub use mqtt::{MqttProtocol, MqttSinkConfig, MqttSourceConfig};
-pub use nats::{NatsSinkConfig, NatsSourceConfig};
+pub use http::WebhookConfig;
+pub use mqtt::{
+    client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
+    MqttSourceConfig,
+};
+pub use nats::{connect_options as nats_connect_options, NatsSinkConfig, NatsSourceConfig};
 pub use websocket::{SlowClient, WebSocketSinkConfig, WebSocketSourceConfig};
 
 use crate::normalize::NormalizeConfig;
@@ -166,6 +171,9 @@ pub struct HttpSourceConfig {
     /// Builds events from requests that are not CloudEvents (third-party webhooks).
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,
+    /// The answer to the CloudEvents Web Hook validation handshake (`OPTIONS`).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -299,6 +307,22 @@ pub struct HttpSinkConfig {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// TLS to the endpoint (`https://` URLs): custom CA, client certificate (mTLS).
+    #[serde(default)]
+    pub tls: Option<crate::tls::ClientTlsConfig>,
+    /// `Authorization: Bearer <token>` on every request; `${ENV}` or `file:<path>`.
+    #[serde(default)]
+    pub bearer_token: Option<crate::security::secret::Secret>,
+    /// Signs each request (`standard-webhooks`) or event (`hmac-sha256`).
+    #[serde(default)]
+    pub sign: Option<crate::security::signing::SignConfig>,
+    /// Performs the CloudEvents Web Hook validation handshake before the first delivery.
+    #[serde(default)]
+    pub webhook_handshake: bool,
+    /// `WebHook-Request-Origin`: the DNS name of this sender, for the handshake and every
+    /// delivery.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 /// CloudEvents content mode of an outbound message.
@@ -455,6 +479,7 @@ impl Config {
                             "limits must be greater than 0".into(),
                         ));
                     }
+                    c.webhook.check().map_err(prefix)?;
                     &c.normalize
                 }
                 SourceConfig::Amqp(c) => {
@@ -616,7 +641,7 @@ impl Config {
                     ));
                 }
                 for header in c.headers.keys() {
-                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    if ::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                         return Err((
                             vec![
                                 "sinks".into(),
@@ -628,6 +653,7 @@ impl Config {
                         ));
                     }
                 }
+                c.check_outbound(&url).map_err(prefix)?;
             }
         }
         for (name, route) in &self.routes {

@@ -4,6 +4,8 @@ use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
 use crate::normalize::NormalizeConfig;
+use crate::security::secret::Secret;
+use crate::tls::{ClientTlsConfig, ClientTlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum MqttProtocol {
@@ -51,8 +53,12 @@ pub struct MqttSourceConfig {
     pub inflight: u16,
     #[serde(default)]
     pub username: Option<String>,
+    /// `${ENV}` or `file:<path>`; never logged.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS to the broker (needs an `mqtts://` URL): custom CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
     /// Undecodable/invalid/unrejected messages are published here (QoS 1) before being acked.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
@@ -95,10 +101,17 @@ pub struct MqttSinkConfig {
     pub keep_alive_secs: u64,
     #[serde(default)]
     pub username: Option<String>,
+    /// `${ENV}` or `file:<path>`; never logged.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default = "mqtt_defaults::max_packet_bytes")]
     pub max_packet_bytes: u32,
+    /// TLS to the broker (needs an `mqtts://` URL): custom CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Signs each event (docs/security.md).
+    #[serde(default)]
+    pub sign: Option<crate::security::signing::SignConfig>,
 }
 
 mod mqtt_defaults {
@@ -122,12 +135,27 @@ fn err(key: &str, message: impl Into<String>) -> CheckError {
     (vec![key.to_owned()], message.into())
 }
 
-/// Host and port of an `mqtt://host[:port]` (or `tcp://`) URL; the port defaults to 1883.
+/// Whether a broker URL asks for TLS (`mqtts://` or `ssl://`).
+pub fn uses_tls(url: &str) -> bool {
+    url.starts_with("mqtts://") || url.starts_with("ssl://")
+}
+
+/// Host and port of an `mqtt://host[:port]` (or `tcp://`) URL, or of an `mqtts://` (or
+/// `ssl://`) one for TLS; the port defaults to 1883, 8883 with TLS.
 pub fn broker_address(url: &str) -> Result<(String, u16), String> {
-    let rest = url
+    let (rest, default_port) = if let Some(rest) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or("expected mqtt://host[:port]")?;
+    {
+        (rest, 1883)
+    } else if let Some(rest) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (rest, 8883)
+    } else {
+        return Err("expected mqtt://host[:port] or mqtts://host[:port]".into());
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
         return Err("expected mqtt://host[:port] (credentials go in username/password)".into());
@@ -138,13 +166,42 @@ pub fn broker_address(url: &str) -> Result<(String, u16), String> {
             port.parse::<u16>()
                 .map_err(|_| format!("invalid port {port:?}"))?,
         ),
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err("missing host".into());
     }
     Ok((host.to_owned(), port))
+}
+
+/// The TLS configuration a broker URL and `tls` table ask for, loaded (`None`: plain TCP).
+pub fn client_tls(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, CheckError> {
+    match (uses_tls(url), tls) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(err("tls", "TLS needs an mqtts:// URL")),
+        (true, tls) => tls
+            .cloned()
+            .unwrap_or_default()
+            .client_config(&[])
+            .map(Some)
+            .map_err(ClientTlsError::into_check),
+    }
+}
+
+/// Reads the password (from its file, if it is a `file:` reference).
+pub fn resolve_password(password: Option<&Secret>) -> Result<Option<String>, CheckError> {
+    password
+        .map(|p| {
+            p.resolve(std::path::Path::new(".")).map_err(|e| {
+                let file = p.file().unwrap_or_default();
+                err("password", format!("cannot read {file}: {e}"))
+            })
+        })
+        .transpose()
 }
 
 fn check_common(url: &str, qos: u8, keep_alive_secs: u64) -> Result<(), CheckError> {
@@ -211,6 +268,8 @@ impl MqttSourceConfig {
         if self.password.is_some() && self.username.is_none() {
             return Err(err("password", "password needs a username"));
         }
+        resolve_password(self.password.as_ref())?;
+        client_tls(&self.url, self.tls.as_ref())?;
         Ok(())
     }
 }
@@ -261,6 +320,12 @@ impl MqttSinkConfig {
         if self.password.is_some() && self.username.is_none() {
             return Err(err("password", "password needs a username"));
         }
+        resolve_password(self.password.as_ref())?;
+        client_tls(&self.url, self.tls.as_ref())?;
+        if let Some(sign) = &self.sign {
+            sign.check_event_signing()
+                .map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+        }
         Ok(())
     }
 }
@@ -280,9 +345,38 @@ mod tests {
             broker_address("tcp://[::1]:1884/"),
             Ok(("::1".into(), 1884))
         );
+        assert_eq!(
+            broker_address("mqtts://localhost"),
+            Ok(("localhost".into(), 8883))
+        );
+        assert_eq!(broker_address("ssl://h:9"), Ok(("h".into(), 9)));
+        assert!(uses_tls("mqtts://h") && !uses_tls("mqtt://h"));
         assert!(broker_address("http://x").is_err());
         assert!(broker_address("mqtt://u:p@x").is_err());
         assert!(broker_address("mqtt://x:port").is_err());
+    }
+
+    #[test]
+    fn passwords_are_secrets_and_may_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt");
+        std::fs::write(&file, "eyJhbGciOi.token\n").unwrap();
+        let sink: MqttSinkConfig = toml::from_str(&format!(
+            "url = \"mqtt://127.0.0.1\"\ntopic = \"t\"\nusername = \"ferry\"\npassword = \"file:{}\"",
+            file.display()
+        ))
+        .unwrap();
+        assert!(sink.check().is_ok());
+        assert_eq!(
+            resolve_password(sink.password.as_ref()).unwrap().as_deref(),
+            Some("eyJhbGciOi.token")
+        );
+        assert!(!format!("{sink:?}").contains("eyJ"));
+        let missing: MqttSinkConfig = toml::from_str(
+            "url = \"mqtt://127.0.0.1\"\ntopic = \"t\"\nusername = \"u\"\npassword = \"file:/nonexistent/p\"",
+        )
+        .unwrap();
+        assert_eq!(missing.check().unwrap_err().0, vec!["password"]);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! NATS (core and JetStream) source and sink configuration (via async-nats).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
 use crate::normalize::NormalizeConfig;
 use crate::template::Template;
+use crate::tls::{ClientTlsConfig, ClientTlsError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +32,9 @@ pub struct NatsSourceConfig {
     pub unrouted: Unrouted,
     #[serde(default = "defaults::enqueue_timeout_ms")]
     pub enqueue_timeout_ms: u64,
+    /// TLS to the server: custom CA, client certificate (also `tls://` URLs).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// A durable JetStream pull consumer, created (or updated) on connect.
@@ -78,6 +84,12 @@ pub struct NatsSinkConfig {
     /// A stream to create on connect if it does not exist (needs `jetstream = true`).
     #[serde(default)]
     pub stream: Option<NatsStreamConfig>,
+    /// TLS to the server: custom CA, client certificate (also `tls://` URLs).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Signs each event (docs/security.md).
+    #[serde(default)]
+    pub sign: Option<crate::security::signing::SignConfig>,
 }
 
 /// A JetStream stream declaration.
@@ -130,6 +142,23 @@ fn check_url(url: &str) -> Result<(), CheckError> {
     Ok(())
 }
 
+/// Connect options with the TLS configuration of `tls`: the server must then speak TLS
+/// (`tls://` URLs require it too). Reads the TLS files.
+pub fn connect_options(
+    tls: Option<&ClientTlsConfig>,
+) -> Result<async_nats::ConnectOptions, ClientTlsError> {
+    let options = async_nats::ConnectOptions::new();
+    Ok(match tls {
+        None => options,
+        Some(tls) => {
+            let config = tls.client_config(&[])?;
+            options
+                .require_tls(true)
+                .tls_client_config(Arc::unwrap_or_clone(config))
+        }
+    })
+}
+
 /// A subject (filter when `wildcards`): non-empty `.`-separated tokens, no whitespace.
 fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
     if subject.is_empty() {
@@ -167,6 +196,9 @@ fn check_name(name: &str, what: &[&str]) -> Result<(), CheckError> {
 impl NatsSourceConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
         check_url(&self.url)?;
+        if let Some(tls) = &self.tls {
+            tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
+        }
         check_subject(&self.subject, true).map_err(|m| (key(&["subject"]), m))?;
         if let Some(group) = &self.queue_group {
             if group.is_empty() || group.chars().any(char::is_whitespace) {
@@ -209,6 +241,13 @@ impl NatsSourceConfig {
 impl NatsSinkConfig {
     pub fn check(&self) -> Result<(), (Vec<String>, String)> {
         check_url(&self.url)?;
+        if let Some(tls) = &self.tls {
+            tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
+        }
+        if let Some(sign) = &self.sign {
+            sign.check_event_signing()
+                .map_err(|(k, m)| (key(&["sign", &k]), m))?;
+        }
         let template = Template::parse(&self.subject).map_err(|m| (key(&["subject"]), m))?;
         if let Some(literal) = template.as_literal() {
             check_subject(literal, false).map_err(|m| (key(&["subject"]), m))?;

@@ -20,6 +20,7 @@ use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
 use crate::config::{AmqpSinkConfig, ContentMode};
 use crate::pipeline::Delivery;
+use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template};
 
 /// How long connecting (TCP + AMQP handshake) may take.
@@ -34,6 +35,7 @@ struct Target {
     routing_key: Template,
     mode: ferry_amqp::Mode,
     prefix: ferry_amqp::HeaderPrefix,
+    signer: Option<Signer>,
 }
 
 pub fn start(
@@ -61,6 +63,15 @@ pub fn start(
             ContentMode::Structured => ferry_amqp::Mode::Structured,
         },
         prefix: config.header_prefix.binding(),
+        signer: config
+            .sign
+            .as_ref()
+            .map(SignConfig::signer)
+            .transpose()
+            .map_err(|(key, message)| SinkError::Config {
+                sink: name.to_string(),
+                message: format!("sign.{key}: {message}"),
+            })?,
     });
     cx.set_ready(name, false);
     cx.tracker.spawn(run(rx, target, stats, cx.clone()));
@@ -176,7 +187,12 @@ async fn open_session(
         None => {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("ferry sink {}", target.name).into());
-            connect(&target.config.url, properties).await?
+            let tls =
+                crate::config::amqp_client_tls(&target.config.url, target.config.tls.as_ref())
+                    .map_err(|(key, m)| {
+                        lapin::Error::from(std::io::Error::other(format!("{}: {m}", key.join("."))))
+                    })?;
+            connect(&target.config.url, properties, tls).await?
         }
     };
     let channel = connection.create_channel().await?;
@@ -204,8 +220,14 @@ async fn open_session(
 }
 
 /// Connects within [`CONNECT_TIMEOUT`].
-async fn connect(url: &str, properties: ConnectionProperties) -> Result<Connection, lapin::Error> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+async fn connect(
+    url: &str,
+    properties: ConnectionProperties,
+    tls: lapin::tcp::OwnedTLSConfig,
+) -> Result<Connection, lapin::Error> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let connect = Connection::connect_with_config(url, properties, tls, runtime);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(c) => c,
         Err(_) => Err(lapin::Error::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -216,7 +238,8 @@ async fn connect(url: &str, properties: ConnectionProperties) -> Result<Connecti
 
 /// Publishes one delivery and resolves it from the broker's answer.
 async fn publish(target: &Target, channel: &Channel, delivery: Delivery, stats: &SinkStats) {
-    let event = &delivery.envelope.event;
+    let signed = (target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
+    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
     let routing_key = match target
         .routing_key
         .render(|name| template::event_attribute(event, name))

@@ -1,6 +1,12 @@
 //! `http` sink: POST each event to a URL in binary or structured mode over a keep-alive
 //! connection pool. A 2xx answer confirms the event.
+//!
+//! Outbound security: a custom CA and client certificate (`tls`), a static bearer token,
+//! signatures (`sign`), and the CloudEvents Web Hook validation handshake, performed before
+//! the first delivery; until the target grants permission the sink is not ready and
+//! deliveries wait in its queue.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,15 +15,26 @@ use http::{HeaderName, HeaderValue};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{SinkContext, SinkError, SinkStats};
+use crate::backoff::Backoff;
 use crate::config::{ContentMode, HttpSinkConfig};
 use crate::pipeline::Delivery;
+use crate::security::signing::{SignConfig, SignScheme, Signer};
 
 struct Target {
+    name: Arc<str>,
     client: reqwest::Client,
     url: reqwest::Url,
     mode: ferry_http::Mode,
     headers: http::HeaderMap,
+    signer: Option<Signer>,
+    /// `WebHook-Request-Origin`, with the handshake.
+    handshake: Option<HeaderValue>,
+    /// The origin sent with every delivery.
+    origin: Option<HeaderValue>,
 }
+
+/// A granted `WebHook-Allowed-Rate` (requests per minute), enforced before each request.
+type RateLimiter = governor::DefaultDirectRateLimiter;
 
 pub fn start(
     name: &Arc<str>,
@@ -31,11 +48,18 @@ pub fn start(
         message,
     };
     let url = reqwest::Url::parse(&config.url).map_err(|e| err(format!("invalid url: {e}")))?;
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.timeout_ms))
         .connect_timeout(Duration::from_millis(config.timeout_ms.min(5_000)))
         .pool_max_idle_per_host(config.in_flight)
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = &config.tls {
+        let tls = tls
+            .client_config(&[b"h2", b"http/1.1"])
+            .map_err(|e| err(e.to_string()))?;
+        client = client.tls_backend_preconfigured(Arc::unwrap_or_clone(tls));
+    }
+    let client = client
         .build()
         .map_err(|e| err(format!("cannot build HTTP client: {e}")))?;
     let mut headers = http::HeaderMap::new();
@@ -45,7 +69,23 @@ pub fn start(
         let value = HeaderValue::from_str(v).map_err(|e| err(format!("header {k}: {e}")))?;
         headers.insert(name, value);
     }
+    if let Some(token) = &config.bearer_token {
+        let token = token
+            .resolve(std::path::Path::new("."))
+            .map_err(|e| err(format!("bearer_token: {e}")))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| err("bearer_token: not a valid header value".into()))?;
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    let origin = config
+        .origin
+        .as_deref()
+        .map(HeaderValue::from_str)
+        .transpose()
+        .map_err(|_| err("origin: not a valid header value".into()))?;
     let target = Arc::new(Target {
+        name: Arc::clone(name),
         client,
         url,
         mode: match config.mode {
@@ -53,11 +93,78 @@ pub fn start(
             ContentMode::Structured => ferry_http::Mode::Structured,
         },
         headers,
+        signer: config
+            .sign
+            .as_ref()
+            .map(SignConfig::signer)
+            .transpose()
+            .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
+        handshake: origin.clone().filter(|_| config.webhook_handshake),
+        origin,
     });
+    if target.handshake.is_some() {
+        cx.set_ready(name, false);
+    }
     let permits = Arc::new(Semaphore::new(config.in_flight));
     let tracker = cx.tracker.clone();
-    cx.tracker.spawn(run(rx, target, permits, stats, tracker));
+    cx.tracker
+        .spawn(run(rx, target, permits, stats, tracker, cx.clone()));
     Ok(())
+}
+
+/// What the target answered to the validation handshake.
+#[derive(Debug, PartialEq, Eq)]
+enum Grant {
+    /// Permission, with the allowed rate per minute (`None`: no limit).
+    Granted(Option<u32>),
+    Refused(String),
+}
+
+/// Sends the validation `OPTIONS` request. Only the `WebHook-Allowed-Origin` header means
+/// consent, whatever the status.
+async fn handshake(target: &Target, origin: &HeaderValue) -> Grant {
+    let response = target
+        .client
+        .request(http::Method::OPTIONS, target.url.clone())
+        .headers(target.headers.clone())
+        .header("webhook-request-origin", origin.clone())
+        .send()
+        .await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return Grant::Refused(format!("{} handshake failed: {e}", target.url)),
+    };
+    grant(response.status(), response.headers(), origin)
+}
+
+fn grant(status: http::StatusCode, headers: &http::HeaderMap, origin: &HeaderValue) -> Grant {
+    let allowed = headers
+        .get("webhook-allowed-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let origin = origin.to_str().unwrap_or_default();
+    match allowed {
+        Some(a) if a == "*" || a.eq_ignore_ascii_case(origin) => {}
+        Some(a) => {
+            return Grant::Refused(format!("the target allows origin {a:?}, not {origin:?}"))
+        }
+        None => {
+            return Grant::Refused(format!(
+                "the target answered {status} without WebHook-Allowed-Origin"
+            ))
+        }
+    }
+    let rate = headers
+        .get("webhook-allowed-rate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    match rate {
+        None | Some("*") => Grant::Granted(None),
+        Some(r) => match r.parse::<u32>() {
+            Ok(n) if n > 0 => Grant::Granted(Some(n)),
+            _ => Grant::Refused(format!("invalid WebHook-Allowed-Rate {r:?}")),
+        },
+    }
 }
 
 async fn run(
@@ -66,11 +173,41 @@ async fn run(
     permits: Arc<Semaphore>,
     stats: SinkStats,
     tracker: tokio_util::task::TaskTracker,
+    cx: SinkContext,
 ) {
+    let mut limiter: Option<RateLimiter> = None;
+    if let Some(origin) = &target.handshake {
+        let mut backoff = Backoff::reconnect();
+        loop {
+            match handshake(&target, origin).await {
+                Grant::Granted(rate) => {
+                    tracing::info!(sink = %target.name, url = %target.url, rate_per_minute = ?rate, "web hook handshake granted");
+                    limiter = rate
+                        .and_then(NonZeroU32::new)
+                        .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
+                    cx.set_ready(&target.name, true);
+                    break;
+                }
+                Grant::Refused(why) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %target.name, reason = %why, retry_in_ms = delay.as_millis() as u64, "web hook handshake refused; not delivering");
+                    // Deliveries wait in the bounded queue meanwhile; at shutdown they are
+                    // dropped undelivered (not acknowledged).
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = rx_closed(&rx) => return,
+                    }
+                }
+            }
+        }
+    }
     while let Some(delivery) = rx.recv().await {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
+        if let Some(limiter) = &limiter {
+            limiter.until_ready().await;
+        }
         let target = Arc::clone(&target);
         let stats = stats.clone();
         tracker.spawn(async move {
@@ -82,10 +219,42 @@ async fn run(
     }
 }
 
+/// Resolves once every sender of the queue is gone (shutdown).
+async fn rx_closed(rx: &mpsc::Receiver<Delivery>) {
+    while !rx.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
-    let (mut headers, body) = ferry_http::encode(&delivery.envelope.event, target.mode);
+    let signed = (target.signer.as_ref())
+        .filter(|s| s.scheme() == SignScheme::HmacSha256)
+        .map(|s| s.sign_event(&delivery.envelope.event));
+    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
+    let (mut headers, body) = ferry_http::encode(event, target.mode);
     for (k, v) in &target.headers {
         headers.insert(k, v.clone());
+    }
+    if let Some(origin) = &target.origin {
+        headers.insert("webhook-request-origin", origin.clone());
+    }
+    if let Some(signer) =
+        (target.signer.as_ref()).filter(|s| s.scheme() == SignScheme::StandardWebhooks)
+    {
+        let id = webhook_id(event);
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signature = signer.webhook_signature(&id, timestamp, &body);
+        for (name, value) in [
+            ("webhook-id", id),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
     }
     // The protocol's own trace header for this hop: same trace, new span.
     if let Some(ferry_core::AttributeRef::Str(t)) = delivery.envelope.event.attribute("traceparent")
@@ -131,5 +300,93 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
                 format!("{} {what}: {e}", target.url),
             );
         }
+    }
+}
+
+/// The Standard Webhooks message id of an event: `msg_` and the first 32 hex digits of SHA-256
+/// over `source`, a NUL byte and `id`. A retry of the event carries the same id (so a receiver
+/// can drop duplicates); events of different sources, whose ids may collide, do not.
+pub fn webhook_id(event: &ferry_core::CloudEvent) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(event.source().as_bytes());
+    hash.update([0]);
+    hash.update(event.id().as_bytes());
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_grants_only_with_the_allowed_origin() {
+        let origin = HeaderValue::from_static("ferry.example.com");
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let ok = http::StatusCode::OK;
+        let cases: Vec<(http::HeaderMap, bool, Option<u32>)> = vec![
+            (
+                headers(&[("webhook-allowed-origin", "ferry.example.com")]),
+                true,
+                None,
+            ),
+            (
+                headers(&[
+                    ("webhook-allowed-origin", "*"),
+                    ("webhook-allowed-rate", "120"),
+                ]),
+                true,
+                Some(120),
+            ),
+            (
+                headers(&[
+                    ("webhook-allowed-origin", "FERRY.example.com"),
+                    ("webhook-allowed-rate", "*"),
+                ]),
+                true,
+                None,
+            ),
+            (
+                headers(&[("webhook-allowed-origin", "other.example.com")]),
+                false,
+                None,
+            ),
+            (headers(&[("webhook-allowed-rate", "10")]), false, None),
+            (
+                headers(&[
+                    ("webhook-allowed-origin", "*"),
+                    ("webhook-allowed-rate", "0"),
+                ]),
+                false,
+                None,
+            ),
+            (headers(&[]), false, None),
+        ];
+        for (h, granted, rate) in cases {
+            match grant(ok, &h, &origin) {
+                Grant::Granted(r) => {
+                    assert!(granted, "{h:?}");
+                    assert_eq!(r, rate);
+                }
+                Grant::Refused(why) => assert!(!granted, "{h:?}: {why}"),
+            }
+        }
+    }
+
+    #[test]
+    fn webhook_ids_are_stable_and_differ_by_source() {
+        let a = ferry_core::CloudEvent::new("1", "/a", "t").unwrap();
+        let b = ferry_core::CloudEvent::new("1", "/b", "t").unwrap();
+        assert_eq!(webhook_id(&a), webhook_id(&a.clone()));
+        assert_ne!(webhook_id(&a), webhook_id(&b));
+        assert!(webhook_id(&a).starts_with("msg_") && webhook_id(&a).len() == 36);
     }
 }

@@ -23,6 +23,7 @@ use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
 use crate::config::{ContentMode, MqttProtocol, MqttSinkConfig};
 use crate::pipeline::Delivery;
+use crate::security::signing::{SignConfig, Signer};
 use crate::sources::mqtt::client::{self, Client, EventLoop, Options, Wire};
 use crate::template::{self, Template};
 
@@ -36,6 +37,7 @@ struct Target {
     retain: bool,
     in_flight: usize,
     timeout: Duration,
+    signer: Option<Signer>,
 }
 
 pub fn start(
@@ -53,6 +55,8 @@ pub fn start(
     let (host, port) = config
         .broker_address()
         .map_err(|m| err((vec!["url".into()], m)))?;
+    let password = crate::config::mqtt_password(config.password.as_ref()).map_err(err)?;
+    let tls = crate::config::mqtt_client_tls(&config.url, config.tls.as_ref()).map_err(err)?;
     let topic = Template::parse(&config.topic).map_err(|m| err((vec!["topic".into()], m)))?;
     let in_flight = config.in_flight.min(usize::from(u16::MAX));
     let client_id = config
@@ -72,7 +76,8 @@ pub fn start(
             credentials: config
                 .username
                 .clone()
-                .map(|u| (u, config.password.clone().unwrap_or_default())),
+                .map(|u| (u, password.unwrap_or_default())),
+            tls,
             manual_acks: false,
             receive_maximum: None,
             outgoing_inflight: in_flight as u16,
@@ -89,6 +94,12 @@ pub fn start(
         retain: config.retain,
         in_flight,
         timeout: Duration::from_millis(config.timeout_ms),
+        signer: config
+            .sign
+            .as_ref()
+            .map(SignConfig::signer)
+            .transpose()
+            .map_err(|(k, m)| err((vec!["sign".into(), k], m)))?,
     };
     cx.tracker.spawn(run(target, rx, stats, cx.clone()));
     Ok(())
@@ -220,7 +231,8 @@ impl<'a> Session<'a> {
     }
 
     fn publish(&mut self, client: &Client, delivery: Delivery) -> Result<(), String> {
-        let event = &delivery.envelope.event;
+        let signed = (self.target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
+        let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
         let topic = match self
             .target
             .topic

@@ -15,6 +15,7 @@ use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
 use crate::config::{ContentMode, NatsSinkConfig};
 use crate::pipeline::Delivery;
+use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template};
 
 struct Target {
@@ -22,6 +23,7 @@ struct Target {
     subject: Template,
     mode: ferry_nats::Mode,
     timeout: Duration,
+    signer: Option<Signer>,
 }
 
 /// A live connection and what the delivery tasks need from it.
@@ -57,6 +59,12 @@ pub fn start(
             ContentMode::Structured => ferry_nats::Mode::Structured,
         },
         timeout: Duration::from_millis(config.timeout_ms),
+        signer: config
+            .sign
+            .as_ref()
+            .map(SignConfig::signer)
+            .transpose()
+            .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
     });
     cx.set_ready(name, false);
     cx.tracker
@@ -171,7 +179,8 @@ async fn connect(
             std::future::ready(())
         }
     };
-    let client = async_nats::ConnectOptions::new()
+    let client = crate::config::nats_connect_options(config.tls.as_ref())
+        .map_err(|e| e.to_string())?
         .name(format!("ferry sink {name}"))
         .event_callback(events)
         .connect(config.url.as_str())
@@ -205,7 +214,11 @@ async fn connect(
 }
 
 async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkStats) {
-    let event = &delivery.envelope.event;
+    let signed = target
+        .signer
+        .as_ref()
+        .map(|s| s.sign_event(&delivery.envelope.event));
+    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
     let subject = match target
         .subject
         .render(|n| template::event_attribute(event, n))

@@ -126,9 +126,18 @@ impl Consumer {
     async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("ferry source {}", self.cx.name()).into());
+        let tls = crate::config::amqp_client_tls(&self.config.url, self.config.tls.as_ref())
+            .map_err(|(key, m)| {
+                lapin::Error::from(std::io::Error::other(format!("{}: {m}", key.join("."))))
+            })?;
         let connection = match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(&self.config.url, properties),
+            Connection::connect_with_config(
+                &self.config.url,
+                properties,
+                tls,
+                lapin::runtime::default_runtime()?,
+            ),
         )
         .await
         {

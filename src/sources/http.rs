@@ -129,6 +129,9 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if method == Method::OPTIONS {
+        return webhook_handshake(&state, &headers);
+    }
     let started = Instant::now();
     let peer = peer.map(|axum::Extension(p)| p);
     match accept(&state, peer.as_ref(), method, uri.query(), headers, body).await {
@@ -147,6 +150,43 @@ async fn handle(
     }
 }
 
+/// Answers the CloudEvents Web Hook validation handshake: a configured (or, by default, any)
+/// `WebHook-Request-Origin` is echoed back in `WebHook-Allowed-Origin` with the allowed rate;
+/// another origin gets `403`. Consent is not authentication: deliveries are still checked.
+fn webhook_handshake(state: &SourceState, headers: &HeaderMap) -> Response {
+    const ALLOW: &str = "POST, OPTIONS";
+    let Some(origin) = headers.get("webhook-request-origin") else {
+        // A plain OPTIONS request: say what the endpoint takes.
+        return (StatusCode::NO_CONTENT, [(http::header::ALLOW, ALLOW)]).into_response();
+    };
+    let webhook = &state.config.webhook;
+    let granted = origin.to_str().is_ok_and(|o| webhook.allows(o.trim()));
+    if !granted {
+        let mut p = Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "origin {:?} is not in webhook.allowed_origins",
+                String::from_utf8_lossy(origin.as_bytes())
+            ),
+        );
+        p.header = Some("webhook-request-origin".into());
+        p.allow = Some(ALLOW);
+        return p.into_response();
+    }
+    let rate = webhook
+        .allowed_rate
+        .or_else(|| (state.config.rate_limit.as_ref()).map(|r| r.per_second.saturating_mul(60)))
+        .map_or_else(|| "*".to_owned(), |n| n.to_string());
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    h.insert(http::header::ALLOW, http::HeaderValue::from_static(ALLOW));
+    h.insert("webhook-allowed-origin", origin.clone());
+    if let Ok(rate) = http::HeaderValue::from_str(&rate) {
+        h.insert("webhook-allowed-rate", rate);
+    }
+    response
+}
+
 /// Returns the number of events accepted, or the problem and the number of events refused.
 async fn accept(
     state: &SourceState,
@@ -161,7 +201,7 @@ async fn accept(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed; send events with POST"),
         );
-        p.allow = Some("POST");
+        p.allow = Some("POST, OPTIONS");
         return Err((p, 1));
     }
     let _permit = state.requests.acquire().await.map_err(|_| {

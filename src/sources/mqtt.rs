@@ -46,6 +46,9 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
     let (host, port) = config
         .broker_address()
         .map_err(|m| err(format!("url: {m}")))?;
+    let keyed = |(key, m): (Vec<String>, String)| err(format!("{}: {m}", key.join(".")));
+    let password = crate::config::mqtt_password(config.password.as_ref()).map_err(keyed)?;
+    let tls = crate::config::mqtt_client_tls(&config.url, config.tls.as_ref()).map_err(keyed)?;
     let normalizer = match &config.normalize {
         Some(n) => {
             Some(Normalizer::compile(n).map_err(|(key, m)| err(format!("normalize.{key}: {m}")))?)
@@ -76,7 +79,8 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
             credentials: config
                 .username
                 .clone()
-                .map(|u| (u, config.password.clone().unwrap_or_default())),
+                .map(|u| (u, password.unwrap_or_default())),
+            tls,
             manual_acks: true,
             receive_maximum: Some(inflight),
             outgoing_inflight: inflight,

@@ -111,7 +111,19 @@ async fn supervise(source: Arc<Source>) {
                 std::future::ready(())
             }
         };
-        let connect = async_nats::ConnectOptions::new()
+        let options = match crate::config::nats_connect_options(source.config.tls.as_ref()) {
+            Ok(o) => o,
+            // Checked when the config was loaded; a file removed since is reported and
+            // retried.
+            Err(e) => {
+                tracing::error!(source = source.name(), error = %e, "NATS source TLS");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => continue,
+                }
+            }
+        };
+        let connect = options
             .name(format!("ferry source {}", source.name()))
             .event_callback(events)
             .connect(source.config.url.as_str());

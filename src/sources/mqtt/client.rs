@@ -2,6 +2,7 @@
 //! and sink. Each (re)connection is a fresh client and event loop: nothing queued for an old
 //! connection (acks, publishes) leaks into the next one; the broker's session is what survives.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +31,8 @@ pub struct Options {
     pub max_packet_bytes: u32,
     /// Capacity of the request channel between the client handle and the event loop.
     pub requests: usize,
+    /// TLS (`mqtts://`); `None` is plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The client half: queues requests for the event loop without waiting.
@@ -89,6 +92,9 @@ pub fn new(o: &Options) -> (Client, EventLoop) {
             if let Some((u, p)) = &o.credentials {
                 m.set_credentials(u, p);
             }
+            if let Some(tls) = o.tls.as_ref().map(transport) {
+                m.set_transport(tls);
+            }
             let (c, e) = rumqttc::AsyncClient::new(m, o.requests);
             (Client::V311(c), EventLoop::V311(Box::new(e)))
         }
@@ -106,10 +112,17 @@ pub fn new(o: &Options) -> (Client, EventLoop) {
             if let Some((u, p)) = &o.credentials {
                 m.set_credentials(u, p);
             }
+            if let Some(tls) = o.tls.as_ref().map(transport) {
+                m.set_transport(tls);
+            }
             let (c, e) = v5::AsyncClient::new(m, o.requests);
             (Client::V5(c), EventLoop::V5(Box::new(e)))
         }
     }
+}
+
+fn transport(tls: &Arc<rustls::ClientConfig>) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)))
 }
 
 impl EventLoop {

@@ -1,0 +1,173 @@
+//! HTTP source and sink settings beyond the basics: the Web Hook validation handshake and the
+//! sink's outbound security (TLS, bearer token, signing).
+
+use serde::Deserialize;
+
+use super::HttpSinkConfig;
+use crate::security::signing::SignScheme;
+use crate::tls::ClientTlsError;
+
+type CheckError = (Vec<String>, String);
+
+fn err(key: &[&str], message: impl Into<String>) -> CheckError {
+    (
+        key.iter().map(|k| (*k).to_owned()).collect(),
+        message.into(),
+    )
+}
+
+/// How an HTTP source answers the CloudEvents Web Hook validation handshake: an `OPTIONS`
+/// request carrying `WebHook-Request-Origin`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Origins (DNS names, compared without regard to case) that are granted permission; the
+    /// answer echoes the origin back. Empty (the default) grants every origin: the handshake
+    /// protects senders from being used to flood a target, it does not authenticate them.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// `WebHook-Allowed-Rate` in requests per minute. Default: the source's `rate_limit`
+    /// (`per_second` × 60) if it has one, else `*` (no limit).
+    #[serde(default)]
+    pub allowed_rate: Option<u32>,
+}
+
+impl WebhookConfig {
+    pub fn check(&self) -> Result<(), CheckError> {
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if origin.is_empty() || http::HeaderValue::from_str(origin).is_err() {
+                return Err((
+                    vec!["webhook".into(), "allowed_origins".into(), i.to_string()],
+                    "an origin must be a non-empty DNS name".into(),
+                ));
+            }
+        }
+        if self.allowed_rate == Some(0) {
+            return Err(err(
+                &["webhook", "allowed_rate"],
+                "allowed_rate must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `origin` is granted.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+impl HttpSinkConfig {
+    /// Checks TLS, token, signing and handshake settings; reads the files they name.
+    pub(super) fn check_outbound(&self, url: &reqwest::Url) -> Result<(), CheckError> {
+        if let Some(tls) = &self.tls {
+            if url.scheme() != "https" {
+                return Err(err(&["tls"], "TLS settings need an https:// URL"));
+            }
+            tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
+        }
+        if let Some(token) = &self.bearer_token {
+            let value = token.resolve(std::path::Path::new(".")).map_err(|e| {
+                let file = token.file().unwrap_or_default();
+                err(&["bearer_token"], format!("cannot read {file}: {e}"))
+            })?;
+            if value.is_empty() || http::HeaderValue::from_str(&value).is_err() {
+                return Err(err(
+                    &["bearer_token"],
+                    "the token must be non-empty visible ASCII",
+                ));
+            }
+        }
+        if let Some(sign) = &self.sign {
+            sign.check().map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+            if sign.scheme == SignScheme::StandardWebhooks
+                && self
+                    .headers
+                    .keys()
+                    .any(|h| h.to_ascii_lowercase().starts_with("webhook-"))
+            {
+                return Err(err(
+                    &["headers"],
+                    "webhook-* headers are set by sign = { scheme = \"standard-webhooks\" }",
+                ));
+            }
+        }
+        match &self.origin {
+            Some(o) if o.is_empty() || http::HeaderValue::from_str(o).is_err() => {
+                return Err(err(&["origin"], "origin must be a non-empty DNS name"));
+            }
+            None if self.webhook_handshake => {
+                return Err(err(
+                    &["origin"],
+                    "webhook_handshake needs the origin (the DNS name of this sender)",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(extra: &str) -> Result<(), CheckError> {
+        let config: HttpSinkConfig =
+            toml::from_str(&format!("url = \"https://example.com/x\"\n{extra}")).unwrap();
+        let url = reqwest::Url::parse(&config.url).unwrap();
+        config.check_outbound(&url)
+    }
+
+    #[test]
+    fn outbound_checks_name_the_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("tls = { ca = \"/nonexistent/ca.pem\" }", &["tls", "ca"]),
+            ("bearer_token = \"\"", &["bearer_token"]),
+            ("bearer_token = \"file:/nonexistent/token\"", &["bearer_token"]),
+            (
+                "sign = { scheme = \"standard-webhooks\", secret = \"whsec_%%\" }",
+                &["sign", "secret"],
+            ),
+            (
+                "sign = { scheme = \"standard-webhooks\", secret = \"s\" }\nheaders = { webhook-id = \"x\" }",
+                &["headers"],
+            ),
+            ("webhook_handshake = true", &["origin"]),
+            ("origin = \"\"", &["origin"]),
+        ];
+        for (extra, key) in cases {
+            let (got, message) = sink(extra).unwrap_err();
+            assert_eq!(got, key.to_vec(), "{extra}: {message}");
+        }
+        assert!(sink(
+            "bearer_token = \"t0k3n\"\nsign = { scheme = \"standard-webhooks\", secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\" }\nwebhook_handshake = true\norigin = \"ferry.example.com\""
+        )
+        .is_ok());
+        let plain: HttpSinkConfig =
+            toml::from_str("url = \"http://example.com/x\"\ntls = { server_name = \"x\" }")
+                .unwrap();
+        let url = reqwest::Url::parse(&plain.url).unwrap();
+        assert_eq!(plain.check_outbound(&url).unwrap_err().0, vec!["tls"]);
+    }
+
+    #[test]
+    fn webhook_origins() {
+        let open = WebhookConfig::default();
+        assert!(open.allows("anyone.example.com") && open.check().is_ok());
+        let closed = WebhookConfig {
+            allowed_origins: vec!["Partner.example.com".into()],
+            allowed_rate: Some(120),
+        };
+        assert!(closed.allows("partner.EXAMPLE.com") && !closed.allows("other.example.com"));
+        let bad = WebhookConfig {
+            allowed_origins: vec![],
+            allowed_rate: Some(0),
+        };
+        assert_eq!(bad.check().unwrap_err().0, vec!["webhook", "allowed_rate"]);
+    }
+}
