@@ -82,11 +82,18 @@ pub struct Receiver {
     pub rx: mpsc::UnboundedReceiver<Received>,
     status: Arc<AtomicU16>,
     retry_after: Arc<std::sync::Mutex<Option<String>>>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A receiver on a given address (to bring back a target that was down).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
         ferry::tls::install_default_provider();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
         let retry_after = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -94,14 +101,19 @@ impl Receiver {
             mpsc::UnboundedSender<Received>,
             Arc<AtomicU16>,
             Arc<std::sync::Mutex<Option<String>>>,
+            Arc<std::sync::atomic::AtomicU64>,
         );
         let app = Router::new()
             .route(
                 "/{*path}",
                 post(
-                    |State((tx, status, retry_after)): State<Shared>,
+                    |State((tx, status, retry_after, delay_ms)): State<Shared>,
                      headers: HeaderMap,
                      body: Bytes| async move {
+                        let delay = delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
                         // The answer is fixed before the request is reported, so a test
                         // that changes it on receipt changes the next answer only.
                         let status = StatusCode::from_u16(status.load(Ordering::SeqCst))
@@ -115,10 +127,13 @@ impl Receiver {
                     },
                 ),
             )
-            .with_state((tx, Arc::clone(&status), Arc::clone(&retry_after)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+            .with_state((
+                tx,
+                Arc::clone(&status),
+                Arc::clone(&retry_after),
+                Arc::clone(&delay_ms),
+            ));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -128,7 +143,13 @@ impl Receiver {
             rx,
             status,
             retry_after,
+            delay_ms,
         }
+    }
+
+    /// Answers each request only after this long.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn set_status(&self, status: u16) {
@@ -184,6 +205,7 @@ impl FerryProcess {
     /// started (every listener is up).
     pub fn start(dir: &Path, config: &str) -> FerryProcess {
         use std::io::BufRead as _;
+        ferry::tls::install_default_provider();
         let path = dir.join("ferry.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
