@@ -385,7 +385,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path(), 30).unwrap();
         assert_eq!((log.events, log.bytes), (0, 0));
-        let head = log.writer.append(&framed(&["one", "two"])).unwrap();
+        log.writer.append(&framed(&["one", "two"])).unwrap();
         let head = log.writer.append(&framed(&["three"])).unwrap();
         assert_eq!(head.segment, 1, "a new segment once the first is full");
         let records = log.reader.read(head, 10).unwrap();
