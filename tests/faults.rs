@@ -581,3 +581,186 @@ to = ["partner"]
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
 }
+
+/// A private `nats-server -js` on a fixed port with its own store, killed on drop.
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start(port: u16, store: tempfile::TempDir) -> NatsServer {
+        let child = std::process::Command::new("/usr/sbin/nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/nats-server is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        NatsServer { child, port, store }
+    }
+
+    /// Stops the server and starts it again on the same port and store.
+    fn restart(mut self) -> NatsServer {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let (port, store) = (
+            self.port,
+            std::mem::replace(&mut self.store, tempfile::tempdir().unwrap()),
+        );
+        NatsServer::start(port, store)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NATS (JetStream) restarted in the middle of an MQTT → JetStream stream: nothing Ferry
+/// acknowledged to Mosquitto is lost, and what it did not acknowledge is redelivered, so every
+/// published event ends up in the stream. (NATS is stopped with SIGTERM: with SIGKILL the
+/// server itself may lose PubAcked messages it had not synced yet, which is not Ferry's to
+/// test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_loses_nothing_acknowledged() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let port = common::closed_port().await.port();
+    let nats = NatsServer::start(port, tempfile::tempdir().unwrap());
+    let s = uuid::Uuid::now_v7().simple().to_string();
+    let gw = TestGateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.mqtt]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+protocol = "5"
+topics = ["ferry-faults-{s}/#"]
+client_id = "ferry-faults-{s}"
+session_expiry_secs = 60
+
+[sinks.stream]
+type = "nats"
+url = "nats://127.0.0.1:{port}"
+subject = "ff{s}.{{type}}"
+jetstream = true
+stream = {{ name = "FF{s}", subjects = ["ff{s}.>"] }}
+timeout_ms = 2000
+retry = {{ max_attempts = 3, initial_backoff_ms = 50, max_backoff_ms = 500 }}
+
+[routes.all]
+from = ["mqtt"]
+to = ["stream"]
+"#
+    ))
+    .await;
+    let ready = gw.admin("/readyz");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reqwest::get(&ready).await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "gateway never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    const N: usize = 2_000;
+    let mut options = MqttOptions::new(format!("faults-pub-{s}"), "127.0.0.1", 1883);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(options, N + 10);
+    let pubacks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acks = Arc::clone(&pubacks);
+    let poller = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let publisher = {
+        let (client, s) = (client.clone(), s.clone());
+        tokio::spawn(async move {
+            for i in 0..N {
+                let payload = format!(
+                    r#"{{"specversion":"1.0","id":"n-{i}","source":"/faults","type":"load","data":{{"i":{i}}}}}"#
+                );
+                let props = PublishProperties {
+                    content_type: Some("application/cloudevents+json".into()),
+                    ..PublishProperties::default()
+                };
+                client
+                    .publish_with_properties(
+                        format!("ferry-faults-{s}/in"),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                        props,
+                    )
+                    .await
+                    .expect("publish queued");
+            }
+        })
+    };
+    let count = || pubacks.load(std::sync::atomic::Ordering::SeqCst);
+    let in_stream = |port: u16| {
+        let s = s.clone();
+        async move {
+            let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+                .await
+                .ok()?;
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js.get_stream(format!("FF{s}")).await.ok()?;
+            Some(stream.info().await.ok()?.state.messages)
+        }
+    };
+    // Restart NATS once a quarter of the events are in the stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_stream(nats.port).await.unwrap_or(0) < (N / 4) as u64 {
+        assert!(Instant::now() < deadline, "events did not reach the stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nats = nats.restart();
+    let at_restart = in_stream(nats.port).await.unwrap_or(0);
+    publisher.await.expect("publisher");
+    // Mosquitto acknowledged every publish; Ferry acknowledges its deliveries to Mosquitto only
+    // once the stream confirmed them, so everything ends up in the stream.
+    wait_until(
+        "every publish acknowledged by Mosquitto",
+        Duration::from_secs(30),
+        || count() >= N,
+    )
+    .await;
+    poller.abort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut messages = 0;
+    while messages < N as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {messages} of {N} events reached the stream after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        messages = in_stream(nats.port).await.unwrap_or(0);
+    }
+    eprintln!("{at_restart} of {N} in the stream when NATS restarted; {messages} after");
+    assert_eq!(
+        messages, N as u64,
+        "every event is in the stream exactly once (Nats-Msg-Id dedup)"
+    );
+    gw.gateway.shutdown().await;
+}
