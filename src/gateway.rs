@@ -66,8 +66,9 @@ impl Gateway {
         };
 
         let sink_set = reload::build_sinks(&config, &reload::RunningSinks::new(), &cx).await?;
+        let dedup = crate::router::DedupStore::default();
         let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(reload::generation(
-            1, &config, &sink_set, &metrics,
+            1, &config, &sink_set, &metrics, &dedup,
         )?));
         let sink_addrs = sink_set.addrs.clone();
         let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
@@ -77,6 +78,7 @@ impl Gateway {
             sink_set.running,
             cx.clone(),
             metrics.clone(),
+            dedup,
         ));
 
         let source_tracker = TaskTracker::new();

@@ -15,6 +15,8 @@
 //! - [`router`]: routes and the filter dialect.
 //! - [`pipeline`]: envelopes, deliveries, config generations and dispatch.
 //! - [`sources`], [`sinks`]: the adapters around the pure bindings in `protocols/`.
+//! - [`delivery`], [`spool`]: retries, dead letters and circuit breaking of a sink, and the
+//!   durable on-disk log that can stand in front of one.
 //! - [`normalize`], [`template`]: building events from messages that are not CloudEvents,
 //!   and sink addresses from event attributes.
 //! - [`problem`]: HTTP errors as `application/problem+json`.
@@ -37,6 +39,7 @@ pub mod router;
 pub mod security;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod template;
 pub mod tls;
 pub mod trace;

@@ -70,6 +70,14 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub route_matched: Family<RouteLabels, Counter>,
     pub route_filter_errors: Family<RouteLabels, Counter>,
+    pub deduplicated: Family<RouteLabels, Counter>,
+    pub dedup_keys: Family<RouteLabels, Gauge>,
+    pub circuit_open: Family<SinkLabels, Gauge>,
+    pub circuit_rejected: Family<SinkLabels, Counter>,
+    pub spool_bytes: Family<SinkLabels, Gauge>,
+    pub spool_events: Family<SinkLabels, Gauge>,
+    pub spooled: Family<SinkLabels, Counter>,
+    pub replayed: Family<SinkLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -100,6 +108,14 @@ impl Metrics {
             config_generation: Gauge::default(),
             route_matched: Family::default(),
             route_filter_errors: Family::default(),
+            deduplicated: Family::default(),
+            dedup_keys: Family::default(),
+            circuit_open: Family::default(),
+            circuit_rejected: Family::default(),
+            spool_bytes: Family::default(),
+            spool_events: Family::default(),
+            spooled: Family::default(),
+            replayed: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferry");
         r.register(
@@ -196,6 +212,46 @@ impl Metrics {
             "route_filter_errors",
             "CESQL evaluation errors in a route's filters (counted as no match)",
             m.route_filter_errors.clone(),
+        );
+        r.register(
+            "route_deduplicated",
+            "Repeated events a deduplicating route dropped (acknowledged, not delivered again)",
+            m.deduplicated.clone(),
+        );
+        r.register(
+            "route_dedup_keys",
+            "Keys in a deduplicating route's window",
+            m.dedup_keys.clone(),
+        );
+        r.register(
+            "sink_circuit_open",
+            "1 while a sink's circuit breaker is open (the sink is marked down)",
+            m.circuit_open.clone(),
+        );
+        r.register(
+            "sink_circuit_rejected",
+            "Deliveries failed at once because the sink's circuit was open",
+            m.circuit_rejected.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes of undelivered events in a sink's spool",
+            m.spool_bytes.clone(),
+        );
+        r.register(
+            "spool_events",
+            "Undelivered events in a sink's spool",
+            m.spool_events.clone(),
+        );
+        r.register(
+            "events_spooled",
+            "Events written and synced to a sink's spool (and acknowledged)",
+            m.spooled.clone(),
+        );
+        r.register(
+            "events_replayed",
+            "Events delivered from a sink's spool and removed from it",
+            m.replayed.clone(),
         );
         m
     }

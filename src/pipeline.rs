@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ferry_core::{AckToken, AckWaiter, CloudEvent, FailureKind, TransportMetadata};
+use ferry_core::{AckToken, AckWaiter, CloudEvent, FailureKind, Outcome, TransportMetadata};
 use tokio::sync::mpsc;
 
-use crate::router::{RouteTable, SinkSet, Subject};
+use crate::router::{DedupWindow, RouteTable, SinkSet, Subject};
 
 /// An event with what came with it.
 #[derive(Debug)]
@@ -192,6 +192,25 @@ impl Generation {
     }
 }
 
+/// Resolves when every sink confirmed one inbound message; then records the message's keys
+/// in the windows of the deduplicating routes it went through.
+pub struct Waiter {
+    inner: AckWaiter,
+    dedup_keys: Vec<(Arc<DedupWindow>, u64)>,
+}
+
+impl Waiter {
+    pub async fn wait(self) -> Outcome {
+        let outcome = self.inner.wait().await;
+        if outcome == Outcome::Delivered {
+            for (window, key) in self.dedup_keys {
+                window.record(key);
+            }
+        }
+        outcome
+    }
+}
+
 /// What to do with an event that matches no route.
 pub use crate::config::Unrouted;
 
@@ -213,7 +232,7 @@ pub async fn ingest(
     envelopes: Vec<Envelope>,
     unrouted: Unrouted,
     enqueue_timeout: Duration,
-) -> Result<AckWaiter, IngestError> {
+) -> Result<Waiter, IngestError> {
     let generation = generation.load_full();
     ingest_with(&generation, stats, envelopes, unrouted, enqueue_timeout).await
 }
@@ -226,27 +245,34 @@ pub async fn ingest_with(
     envelopes: Vec<Envelope>,
     unrouted: Unrouted,
     enqueue_timeout: Duration,
-) -> Result<AckWaiter, IngestError> {
+) -> Result<Waiter, IngestError> {
     stats.received.inc_by(envelopes.len() as u64);
     let mut envelopes = envelopes;
     for e in &mut envelopes {
         crate::trace::ensure(&mut e.event, &e.metadata);
         tracing::debug!(source = %stats.name, event.id = e.event.id(), event.type = e.event.ty(), event.source = e.event.source(), "event received");
     }
-    let sets = generation.route(&stats.name, &envelopes);
-    if let Some(index) = sets.iter().position(SinkSet::is_empty) {
+    let mut sets = generation.route(&stats.name, &envelopes);
+    if let Some(index) = sets.iter().position(SinkSet::is_unrouted) {
         if unrouted == Unrouted::Reject {
             return Err(IngestError::Unrouted { index });
         }
         stats
             .unrouted
-            .inc_by(sets.iter().filter(|s| s.is_empty()).count() as u64);
+            .inc_by(sets.iter().filter(|s| s.is_unrouted()).count() as u64);
     }
+    let dedup_keys = sets
+        .iter_mut()
+        .flat_map(|s| std::mem::take(&mut s.dedup_keys))
+        .collect();
     let (root, waiter) = AckToken::new();
     generation
         .dispatch(envelopes, &sets, &root, enqueue_timeout)
         .await
         .map_err(IngestError::Dispatch)?;
     root.confirm();
-    Ok(waiter)
+    Ok(Waiter {
+        inner: waiter,
+        dedup_keys,
+    })
 }

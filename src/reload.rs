@@ -144,8 +144,10 @@ pub fn generation(
     config: &Config,
     sinks: &SinkSet,
     metrics: &Metrics,
+    dedup: &crate::router::DedupStore,
 ) -> Result<Generation, StartError> {
-    let routes = RouteTable::build(config, &sinks.index, metrics).map_err(StartError::Routes)?;
+    let routes =
+        RouteTable::build(config, &sinks.index, metrics, dedup).map_err(StartError::Routes)?;
     Ok(Generation {
         number,
         routes,
@@ -181,6 +183,7 @@ pub struct Reloader {
     pub(crate) sinks: Mutex<RunningSinks>,
     pub(crate) cx: SinkContext,
     pub(crate) metrics: Metrics,
+    dedup: crate::router::DedupStore,
     reloads_ok: Counter,
     reloads_failed: Counter,
     generation_gauge: Gauge,
@@ -193,6 +196,7 @@ impl Reloader {
         sinks: RunningSinks,
         cx: SinkContext,
         metrics: Metrics,
+        dedup: crate::router::DedupStore,
     ) -> Reloader {
         let reloads_ok = metrics
             .reloads
@@ -210,6 +214,7 @@ impl Reloader {
             sinks: Mutex::new(sinks),
             cx,
             metrics,
+            dedup,
             reloads_ok,
             reloads_failed,
             generation_gauge,
@@ -263,7 +268,7 @@ impl Reloader {
         }
         let sinks = build_sinks(&new, &running, &self.cx).await?;
         let number = self.generation.load().number + 1;
-        let generation = generation(number, &new, &sinks, &self.metrics)?;
+        let generation = generation(number, &new, &sinks, &self.metrics, &self.dedup)?;
         // The switch: one store; events already in flight keep the generation they loaded.
         self.generation.store(Arc::new(generation));
         for name in running.keys().filter(|n| !sinks.running.contains_key(*n)) {

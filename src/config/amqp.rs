@@ -90,6 +90,12 @@ pub struct AmqpSinkConfig {
     /// A sink that receives the events this sink could not deliver.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
     pub url: String,
     /// The exchange to publish to (`""` is the default exchange).
     pub exchange: String,
@@ -112,8 +118,9 @@ pub struct AmqpSinkConfig {
     /// Publishes awaiting their confirm at once.
     #[serde(default = "in_flight")]
     pub in_flight: usize,
-    /// How long a publish waits for its confirm before it fails (retryable).
-    #[serde(default = "confirm_timeout_ms")]
+    /// How long a publish waits for its confirm before it fails (retryable); `timeout_ms` is
+    /// the same key under the name every sink kind shares.
+    #[serde(default = "confirm_timeout_ms", alias = "timeout_ms")]
     pub confirm_timeout_ms: u64,
     /// Declares the exchange on every connect.
     #[serde(default)]

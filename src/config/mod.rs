@@ -238,6 +238,32 @@ impl SinkConfig {
         }
     }
 
+    /// The sink's durable spool.
+    pub fn spool(&self) -> Option<&crate::spool::SpoolConfig> {
+        match self {
+            SinkConfig::File(c) => c.spool.as_ref(),
+            SinkConfig::Stdout(c) => c.spool.as_ref(),
+            SinkConfig::Http(c) => c.spool.as_ref(),
+            SinkConfig::Amqp(c) => c.spool.as_ref(),
+            SinkConfig::Mqtt(c) => c.spool.as_ref(),
+            SinkConfig::Nats(c) => c.spool.as_ref(),
+            SinkConfig::Websocket(c) => c.spool.as_ref(),
+        }
+    }
+
+    /// The sink's circuit breaker.
+    pub fn circuit_breaker(&self) -> &crate::delivery::BreakerConfig {
+        match self {
+            SinkConfig::File(c) => &c.circuit_breaker,
+            SinkConfig::Stdout(c) => &c.circuit_breaker,
+            SinkConfig::Http(c) => &c.circuit_breaker,
+            SinkConfig::Amqp(c) => &c.circuit_breaker,
+            SinkConfig::Mqtt(c) => &c.circuit_breaker,
+            SinkConfig::Nats(c) => &c.circuit_breaker,
+            SinkConfig::Websocket(c) => &c.circuit_breaker,
+        }
+    }
+
     /// Capacity of the sink's queue.
     pub fn queue(&self) -> usize {
         match self {
@@ -261,6 +287,12 @@ pub struct FileSinkConfig {
     /// A sink that receives the events this sink could not deliver.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
     /// JSON-lines file, appended to; relative paths resolve against the working directory.
     pub path: PathBuf,
     /// `fdatasync` each written batch before confirming it (default: confirm after the write
@@ -269,17 +301,35 @@ pub struct FileSinkConfig {
     pub fsync: bool,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
+    /// Most events written (and confirmed) in one batch.
+    #[serde(default = "defaults::file_in_flight")]
+    pub in_flight: usize,
+    /// How long one batch's write (and sync) may take before it fails, retryable.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
+    /// Most events written (and confirmed) in one batch.
+    #[serde(default = "defaults::file_in_flight")]
+    pub in_flight: usize,
+    /// How long one batch's write may take before it fails, retryable.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
     /// Retries of failed deliveries (docs/delivery.md).
     #[serde(default)]
     pub retry: Option<crate::delivery::RetryConfig>,
     /// A sink that receives the events this sink could not deliver.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
     #[serde(default = "defaults::queue")]
     pub queue: usize,
 }
@@ -293,6 +343,12 @@ pub struct HttpSinkConfig {
     /// A sink that receives the events this sink could not deliver.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
     pub url: String,
     #[serde(default)]
     pub mode: ContentMode,
@@ -344,6 +400,9 @@ pub struct RouteConfig {
     /// All must match (an implicit `all`).
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Drops repeats of (`source`, `id`) this route already delivered (docs/delivery.md).
+    #[serde(default)]
+    pub dedup: Option<crate::router::DedupConfig>,
 }
 
 pub(crate) mod defaults {
@@ -370,6 +429,9 @@ pub(crate) mod defaults {
     }
     pub fn in_flight() -> usize {
         64
+    }
+    pub fn file_in_flight() -> usize {
+        256
     }
     pub fn log_level() -> String {
         "info".into()
@@ -532,6 +594,7 @@ impl Config {
                 })?;
             }
         }
+        let mut spools: BTreeMap<PathBuf, String> = BTreeMap::new();
         for (name, sink) in &self.sinks {
             check_name(&["sinks", name])?;
             if let SinkConfig::Websocket(c) = sink {
@@ -577,29 +640,48 @@ impl Config {
                     "queue must be greater than 0".into(),
                 ));
             }
-            let prefix = |(mut key, message): (Vec<String>, String)| {
-                key.splice(0..0, ["sinks".to_owned(), name.clone()]);
-                (key, message)
-            };
-            match sink {
-                SinkConfig::Amqp(c) => c.check().map_err(prefix)?,
-                SinkConfig::Mqtt(c) => c.check().map_err(prefix)?,
-                SinkConfig::Nats(c) => c.check().map_err(prefix)?,
-                SinkConfig::Websocket(c) => {
-                    if !c.path.starts_with('/') {
-                        return Err((
-                            path_key("sinks", name, "path"),
-                            "path must start with `/`".into(),
-                        ));
-                    }
-                    if c.max_connections == 0 || c.ping_interval_ms == 0 {
-                        return Err((
-                            path_key("sinks", name, "max_connections"),
-                            "max_connections and ping_interval_ms must be greater than 0".into(),
-                        ));
-                    }
+            if let Some(spool) = sink.spool() {
+                spool.check().map_err(|(key, message)| {
+                    (
+                        vec!["sinks".into(), name.clone(), "spool".into(), key.into()],
+                        message,
+                    )
+                })?;
+                if let Some(other) = spools.insert(spool.path.clone(), name.clone()) {
+                    return Err((
+                        vec!["sinks".into(), name.clone(), "spool".into(), "path".into()],
+                        format!("sink `{other}` already spools to this path"),
+                    ));
                 }
-                SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
+            }
+            sink.circuit_breaker().check().map_err(|(key, message)| {
+                (
+                    vec![
+                        "sinks".into(),
+                        name.clone(),
+                        "circuit_breaker".into(),
+                        key.into(),
+                    ],
+                    message,
+                )
+            })?;
+            match sink {
+                SinkConfig::File(FileSinkConfig {
+                    in_flight,
+                    timeout_ms,
+                    ..
+                })
+                | SinkConfig::Stdout(StdoutSinkConfig {
+                    in_flight,
+                    timeout_ms,
+                    ..
+                }) if *in_flight == 0 || *timeout_ms == 0 => {
+                    return Err((
+                        path_key("sinks", name, "in_flight"),
+                        "in_flight and timeout_ms must be greater than 0".into(),
+                    ));
+                }
+                _ => {}
             }
             let prefix = |(mut key, message): (Vec<String>, String)| {
                 key.splice(0..0, ["sinks".to_owned(), name.clone()]);
@@ -685,6 +767,17 @@ impl Config {
                         format!("unknown sink `{sink}`{}", known(self.sinks.keys())),
                     ));
                 }
+            }
+            if route.dedup.as_ref().is_some_and(|d| d.window == 0) {
+                return Err((
+                    vec![
+                        "routes".into(),
+                        name.clone(),
+                        "dedup".into(),
+                        "window".into(),
+                    ],
+                    "window must be greater than 0".into(),
+                ));
             }
             for (i, filter) in route.filters.iter().enumerate() {
                 crate::router::Filter::compile(filter).map_err(|message| {

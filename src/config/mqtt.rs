@@ -75,6 +75,12 @@ pub struct MqttSinkConfig {
     /// A sink that receives the events this sink could not deliver.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
     pub url: String,
     #[serde(default)]
     pub protocol: MqttProtocol,

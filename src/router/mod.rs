@@ -4,6 +4,7 @@
 //! evaluates the routes of its source and collects the set of sinks, each sink once however
 //! many routes name it.
 
+mod dedup;
 mod filter;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 
+pub use dedup::{DedupConfig, DedupStore, DedupWindow};
 pub use filter::{Filter, FilterConfig, Key, Op, Subject};
 
 use crate::config::Config;
@@ -29,6 +31,8 @@ pub struct Route {
     pub matched: Counter,
     /// CESQL evaluation errors, counted as "no match".
     pub errors: Counter,
+    /// Keys this route delivered recently, when it deduplicates.
+    dedup: Option<Arc<DedupWindow>>,
 }
 
 /// All routes of one config generation, indexed by source.
@@ -39,19 +43,29 @@ pub struct RouteTable {
 }
 
 /// The sinks one event goes to, by index, each once.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SinkSet(Vec<usize>);
+#[derive(Debug, Default, Clone)]
+pub struct SinkSet {
+    sinks: Vec<usize>,
+    /// A deduplicating route matched and dropped the event as a repeat.
+    pub deduplicated: bool,
+    /// Keys to remember once the event is acknowledged, for deduplicating routes.
+    pub dedup_keys: Vec<(Arc<DedupWindow>, u64)>,
+}
 
 impl SinkSet {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.sinks.is_empty()
+    }
+    /// No route matched (a route that dropped a repeat matched).
+    pub fn is_unrouted(&self) -> bool {
+        self.sinks.is_empty() && !self.deduplicated
     }
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().copied()
+        self.sinks.iter().copied()
     }
     fn insert(&mut self, sink: usize) {
-        if !self.0.contains(&sink) {
-            self.0.push(sink);
+        if !self.sinks.contains(&sink) {
+            self.sinks.push(sink);
         }
     }
 }
@@ -72,6 +86,7 @@ impl RouteTable {
         config: &Config,
         sink_index: &HashMap<String, usize>,
         metrics: &Metrics,
+        dedup: &DedupStore,
     ) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
         for (name, route) in &config.routes {
@@ -115,6 +130,7 @@ impl RouteTable {
                     .route_filter_errors
                     .get_or_create(&Metrics::route(name))
                     .clone(),
+                dedup: route.dedup.as_ref().map(|d| dedup.window(name, d, metrics)),
             });
         }
         Ok(table)
@@ -139,6 +155,15 @@ impl RouteTable {
             match route.filter.matches(subject) {
                 Ok(true) => {
                     route.matched.inc();
+                    if let Some(window) = &route.dedup {
+                        let key = window.key(subject.event.source(), subject.event.id());
+                        if window.contains(key) {
+                            window.deduplicated.inc();
+                            set.deduplicated = true;
+                            continue;
+                        }
+                        set.dedup_keys.push((Arc::clone(window), key));
+                    }
                     for &sink in &route.sinks {
                         set.insert(sink);
                     }

@@ -14,7 +14,7 @@ use ferry_core::FailureKind;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
@@ -41,7 +41,7 @@ struct Target {
 pub fn start(
     name: &Arc<str>,
     config: &AmqpSinkConfig,
-    rx: mpsc::Receiver<Delivery>,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
@@ -90,12 +90,7 @@ impl Session {
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Delivery>,
-    target: Arc<Target>,
-    stats: SinkStats,
-    cx: SinkContext,
-) {
+async fn run(mut rx: super::SinkQueue, target: Arc<Target>, stats: SinkStats, cx: SinkContext) {
     let permits = Arc::new(Semaphore::new(target.config.in_flight));
     let mut backoff = Backoff::reconnect();
     // A delivery taken from the queue while the channel was down, published after reconnect.

@@ -1,26 +1,24 @@
 //! `file` and `stdout` sinks: JSON lines, one structured-mode event per line.
 //!
-//! Flush policy: the task takes up to 256 queued events at once, writes them with one
+//! Flush policy: the task takes up to `in_flight` (256) queued events at once, writes them with one
 //! `write` call and flushes to the operating system, then confirms them. With
 //! `fsync = true` it also waits for `fdatasync` before confirming, so a confirmed event
 //! survives a power cut, not only a crash of Ferry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::{json, FailureKind};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::{SinkContext, SinkError, SinkStats};
-use crate::config::FileSinkConfig;
+use crate::config::{FileSinkConfig, StdoutSinkConfig};
 use crate::pipeline::Delivery;
-
-const BATCH: usize = 256;
 
 pub async fn start(
     name: &Arc<str>,
     config: &FileSinkConfig,
-    rx: mpsc::Receiver<Delivery>,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
@@ -38,14 +36,33 @@ pub async fn start(
         .open(&config.path)
         .await
         .map_err(open_error)?;
+    let limits = Limits {
+        batch: config.in_flight,
+        timeout: Duration::from_millis(config.timeout_ms),
+    };
     cx.tracker
-        .spawn(run(rx, Output::File(file, config.fsync), stats));
+        .spawn(run(rx, Output::File(file, config.fsync), limits, stats));
     Ok(())
 }
 
-pub fn start_stdout(rx: mpsc::Receiver<Delivery>, stats: SinkStats, cx: &SinkContext) {
+pub fn start_stdout(
+    config: &StdoutSinkConfig,
+    rx: super::SinkQueue,
+    stats: SinkStats,
+    cx: &SinkContext,
+) {
+    let limits = Limits {
+        batch: config.in_flight,
+        timeout: Duration::from_millis(config.timeout_ms),
+    };
     cx.tracker
-        .spawn(run(rx, Output::Stdout(tokio::io::stdout()), stats));
+        .spawn(run(rx, Output::Stdout(tokio::io::stdout()), limits, stats));
+}
+
+/// `in_flight` and `timeout_ms` of a file or stdout sink.
+struct Limits {
+    batch: usize,
+    timeout: Duration,
 }
 
 enum Output {
@@ -87,16 +104,22 @@ pub fn encode_line(delivery: &Delivery, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-async fn run(mut rx: mpsc::Receiver<Delivery>, mut out: Output, stats: SinkStats) {
-    let mut batch = Vec::with_capacity(BATCH);
+async fn run(mut rx: super::SinkQueue, mut out: Output, limits: Limits, stats: SinkStats) {
+    let mut batch = Vec::with_capacity(limits.batch.min(1024));
     let mut buf = Vec::with_capacity(64 * 1024);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    while rx.recv_many(&mut batch, limits.batch).await > 0 {
         buf.clear();
         for d in &batch {
             encode_line(d, &mut buf);
         }
         stats.in_flight.set(batch.len() as i64);
-        let result = out.write(&buf).await;
+        let result = match tokio::time::timeout(limits.timeout, out.write(&buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the write did not finish within timeout_ms",
+            )),
+        };
         stats.in_flight.set(0);
         for d in batch.drain(..) {
             match &result {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ferry_core::FailureKind;
 use http::{HeaderName, HeaderValue};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
@@ -39,7 +39,7 @@ type RateLimiter = governor::DefaultDirectRateLimiter;
 pub fn start(
     name: &Arc<str>,
     config: &HttpSinkConfig,
-    rx: mpsc::Receiver<Delivery>,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
@@ -168,7 +168,7 @@ fn grant(status: http::StatusCode, headers: &http::HeaderMap, origin: &HeaderVal
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: super::SinkQueue,
     target: Arc<Target>,
     permits: Arc<Semaphore>,
     stats: SinkStats,
@@ -284,7 +284,20 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
             } else {
                 FailureKind::Permanent
             };
-            stats.fail(delivery, kind, format!("{} answered {status}", target.url));
+            // 429 and 503 may say when to come back; that bounds the next attempt's delay
+            // from below (capped by the retry policy's max_backoff_ms).
+            let retry_after = (status == http::StatusCode::TOO_MANY_REQUESTS
+                || status == http::StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| resp.headers().get(http::header::RETRY_AFTER))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::delivery::parse_retry_after);
+            stats.fail_after(
+                delivery,
+                kind,
+                format!("{} answered {status}", target.url),
+                retry_after,
+            );
         }
         Err(e) => {
             let what = if e.is_timeout() {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
 use crate::config::SinkConfig;
-use crate::delivery::{self, Decision, RetryConfig};
+use crate::delivery::{self, Admission, Breaker, Decision, Failure, RetryConfig, Transition};
 use crate::metrics::{Metrics, SinkFailureLabels};
 use crate::pipeline::{Delivery, SinkHandle};
 
@@ -50,6 +50,48 @@ impl SinkContext {
     }
 }
 
+/// A sink's queue as its task sees it: deliveries the circuit breaker lets through. While
+/// the circuit is open, the others fail at once (to a later retry, the dead-letter sink or
+/// the sender, by the sink's policy) without reaching the target.
+pub struct SinkQueue {
+    rx: mpsc::Receiver<Delivery>,
+    stats: SinkStats,
+}
+
+impl SinkQueue {
+    /// The next delivery to make; `None` once the queue is closed and empty. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            let d = self.rx.recv().await?;
+            if let Some(d) = self.stats.admit(d) {
+                return Some(d);
+            }
+        }
+    }
+
+    /// Up to `limit` deliveries at once; 0 once the queue is closed and empty.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Delivery>, limit: usize) -> usize {
+        loop {
+            if self.rx.recv_many(buf, limit).await == 0 {
+                return 0;
+            }
+            let taken = std::mem::take(buf);
+            buf.extend(taken.into_iter().filter_map(|d| self.stats.admit(d)));
+            if !buf.is_empty() {
+                return buf.len();
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.rx.is_closed()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
 /// Per-sink counters, cached so the hot path does no label lookups.
 #[derive(Clone)]
 pub struct SinkStats {
@@ -59,6 +101,10 @@ pub struct SinkStats {
     in_flight: Gauge,
     retried: Counter,
     dead_lettered: Counter,
+    circuit_open: Gauge,
+    circuit_rejected: Counter,
+    breaker: Option<Arc<Breaker>>,
+    readiness: Readiness,
     retry: Option<RetryConfig>,
     /// The sink's own queue, for retries (weak: it must not keep the queue open at shutdown).
     own_queue: mpsc::WeakSender<Delivery>,
@@ -68,12 +114,16 @@ pub struct SinkStats {
 impl SinkStats {
     fn new(
         name: &Arc<str>,
-        metrics: &Metrics,
-        retry: Option<RetryConfig>,
+        config: &SinkConfig,
+        cx: &SinkContext,
         own_queue: mpsc::WeakSender<Delivery>,
         dead_letter: Option<mpsc::WeakSender<Delivery>>,
     ) -> Self {
+        let metrics = &cx.metrics;
         let labels = Metrics::sink(name);
+        let circuit_open = metrics.circuit_open.get_or_create(&labels).clone();
+        circuit_open.set(0);
+        cx.readiness.remove(&circuit_key(name));
         SinkStats {
             name: Arc::clone(name),
             metrics: metrics.clone(),
@@ -81,7 +131,11 @@ impl SinkStats {
             in_flight: metrics.sink_in_flight.get_or_create(&labels).clone(),
             retried: metrics.retried.get_or_create(&labels).clone(),
             dead_lettered: metrics.dead_lettered.get_or_create(&labels).clone(),
-            retry,
+            circuit_open,
+            circuit_rejected: metrics.circuit_rejected.get_or_create(&labels).clone(),
+            breaker: Breaker::new(config.circuit_breaker()).map(Arc::new),
+            readiness: cx.readiness.clone(),
+            retry: config.retry().cloned(),
             own_queue,
             dead_letter,
         }
@@ -89,10 +143,65 @@ impl SinkStats {
 
     pub fn confirm(&self, delivery: Delivery) {
         self.delivered.inc();
+        self.breaker_moved(self.breaker.as_ref().and_then(|b| b.success()));
         delivery.ack.confirm();
     }
 
+    /// The breaker's verdict on a delivery: `None` when it was failed at once.
+    fn admit(&self, delivery: Delivery) -> Option<Delivery> {
+        match self.breaker.as_ref().map(|b| b.admit()) {
+            None | Some(Admission::Go) => Some(delivery),
+            Some(Admission::Reject(probe_in)) => {
+                self.circuit_rejected.inc();
+                self.settle(
+                    delivery,
+                    &Failure {
+                        kind: FailureKind::Retryable,
+                        message: "circuit open: the sink is marked down after consecutive failures",
+                        not_before: Some(probe_in),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn breaker_moved(&self, transition: Option<Transition>) {
+        match transition {
+            Some(Transition::Opened) => {
+                tracing::warn!(sink = %self.name, "circuit open: sink marked down; probing");
+                self.circuit_open.set(1);
+                self.readiness.set(&circuit_key(&self.name), false);
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(sink = %self.name, "circuit closed: sink recovered");
+                self.circuit_open.set(0);
+                self.readiness.remove(&circuit_key(&self.name));
+            }
+            None => {}
+        }
+    }
+
     pub fn fail(&self, delivery: Delivery, kind: FailureKind, message: String) {
+        self.fail_after(delivery, kind, message, None);
+    }
+
+    /// A failed attempt whose target asked for a delay before the next (`Retry-After`).
+    pub fn fail_after(
+        &self,
+        delivery: Delivery,
+        kind: FailureKind,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    ) {
+        if let Some(b) = &self.breaker {
+            // A permanent failure is an answer: the target is up.
+            let moved = match kind {
+                FailureKind::Retryable => b.failure(),
+                _ => b.success(),
+            };
+            self.breaker_moved(moved);
+        }
         tracing::warn!(sink = %self.name, event.id = delivery.envelope.event.id(), error = %message, "delivery failed");
         self.metrics
             .delivery_failures
@@ -106,13 +215,25 @@ impl SinkStats {
                 },
             })
             .inc();
+        self.settle(
+            delivery,
+            &Failure {
+                kind,
+                message: &message,
+                not_before: retry_after,
+            },
+        );
+    }
+
+    /// Retries, dead-letters or fails a delivery by the sink's policy.
+    fn settle(&self, delivery: Delivery, failure: &Failure<'_>) {
+        let Failure { kind, message, .. } = *failure;
         match delivery::decide(
             self.retry.as_ref(),
             self.dead_letter.is_some(),
             &self.name,
             &delivery,
-            kind,
-            &message,
+            failure,
         ) {
             Decision::Retry(delay) => {
                 let Some(queue) = self.own_queue.upgrade() else {
@@ -155,6 +276,11 @@ impl SinkStats {
     }
 }
 
+/// The readiness entry of an open circuit: `/readyz` lists it with the sink's name.
+fn circuit_key(sink: &str) -> String {
+    format!("sink:{sink} (circuit open)")
+}
+
 /// Starts a sink and returns the handle routes send to, and the address it listens on if it
 /// listens (the WebSocket push sink).
 pub async fn start(
@@ -171,20 +297,29 @@ pub async fn start(
         .set(config.queue() as i64);
     let stats = SinkStats::new(
         &name,
-        &cx.metrics,
-        config.retry().cloned(),
+        config,
+        cx,
         tx.downgrade(),
         dead_letter.map(SinkHandle::downgrade),
     );
+    let rx = SinkQueue {
+        rx,
+        stats: stats.clone(),
+    };
     let mut addr = None;
     match config {
         SinkConfig::File(c) => file::start(&name, c, rx, stats, cx).await?,
         SinkConfig::Websocket(c) => addr = Some(websocket::start(&name, c, rx, stats, cx).await?),
-        SinkConfig::Stdout(_) => file::start_stdout(rx, stats, cx),
+        SinkConfig::Stdout(c) => file::start_stdout(c, rx, stats, cx),
         SinkConfig::Http(c) => http::start(&name, c, rx, stats, cx)?,
         SinkConfig::Amqp(c) => amqp::start(&name, c, rx, stats, cx)?,
         SinkConfig::Mqtt(c) => mqtt::start(&name, c, rx, stats, cx)?,
         SinkConfig::Nats(c) => nats::start(&name, c, rx, stats, cx)?,
     }
+    // With a spool, routes send to the spool's writer; its replay feeds the sink's queue.
+    let tx = match config.spool() {
+        Some(spool) => crate::spool::start(&name, spool, tx, cx).await?,
+        None => tx,
+    };
     Ok((SinkHandle::new(name, config.kind(), tx), addr))
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::FailureKind;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{SinkContext, SinkError, SinkStats};
@@ -43,7 +42,7 @@ struct Target {
 pub fn start(
     name: &Arc<str>,
     config: &MqttSinkConfig,
-    rx: mpsc::Receiver<Delivery>,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
@@ -105,7 +104,7 @@ pub fn start(
     Ok(())
 }
 
-async fn run(target: Target, mut rx: mpsc::Receiver<Delivery>, stats: SinkStats, cx: SinkContext) {
+async fn run(target: Target, mut rx: super::SinkQueue, stats: SinkStats, cx: SinkContext) {
     let mut backoff = Backoff::reconnect();
     loop {
         let (client, mut events) = client::new(&target.options);
@@ -147,7 +146,7 @@ async fn run(target: Target, mut rx: mpsc::Receiver<Delivery>, stats: SinkStats,
 }
 
 /// Resolves once the queue is closed and empty (shutdown with nothing left to deliver).
-async fn closed(rx: &mpsc::Receiver<Delivery>) {
+async fn closed(rx: &super::SinkQueue) {
     loop {
         if rx.is_closed() && rx.is_empty() {
             return;
@@ -198,7 +197,7 @@ impl<'a> Session<'a> {
         &mut self,
         client: &Client,
         events: &mut EventLoop,
-        rx: &mut mpsc::Receiver<Delivery>,
+        rx: &mut super::SinkQueue,
     ) -> Result<(), String> {
         let mut rx_open = true;
         loop {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ferry_core::FailureKind;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::{SinkContext, SinkError, SinkStats};
@@ -39,7 +39,7 @@ struct Link {
 pub fn start(
     name: &Arc<str>,
     config: &NatsSinkConfig,
-    rx: mpsc::Receiver<Delivery>,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
@@ -75,7 +75,7 @@ pub fn start(
 async fn run(
     config: NatsSinkConfig,
     target: Arc<Target>,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: super::SinkQueue,
     stats: SinkStats,
     cx: SinkContext,
 ) {

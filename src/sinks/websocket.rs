@@ -29,7 +29,7 @@ use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{SinkContext, SinkError, SinkStats};
@@ -68,7 +68,7 @@ struct Hub {
 pub async fn start(
     name: &Arc<str>,
     config: &WebSocketSinkConfig,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<SocketAddr, SinkError> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use ferry_core::{AckWaiter, Outcome};
+use ferry_core::Outcome;
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -462,7 +462,7 @@ fn reject(source: &Source, subject: &str, reason: &'static str, error: &str) {
 async fn ingest(
     source: &Source,
     envelope: Envelope,
-) -> Result<AckWaiter, (u16, &'static str, String)> {
+) -> Result<crate::pipeline::Waiter, (u16, &'static str, String)> {
     pipeline::ingest(
         &source.cx.generation,
         &source.cx.stats,

@@ -88,42 +88,84 @@ pub struct Receiver {
     pub addr: SocketAddr,
     pub rx: mpsc::UnboundedReceiver<Received>,
     status: Arc<AtomicU16>,
+    retry_after: Arc<std::sync::Mutex<Option<String>>>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A receiver on a given address (to bring back a target that was down).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
         ferry::tls::install_default_provider();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
+        let retry_after = Arc::new(std::sync::Mutex::new(None::<String>));
+        type Shared = (
+            mpsc::UnboundedSender<Received>,
+            Arc<AtomicU16>,
+            Arc<std::sync::Mutex<Option<String>>>,
+            Arc<std::sync::atomic::AtomicU64>,
+        );
         let app = Router::new()
             .route(
                 "/{*path}",
                 post(
-                    |State((tx, status)): State<(
-                        mpsc::UnboundedSender<Received>,
-                        Arc<AtomicU16>,
-                    )>,
+                    |State((tx, status, retry_after, delay_ms)): State<Shared>,
                      headers: HeaderMap,
                      body: Bytes| async move {
+                        let delay = delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
+                        // The answer is fixed before the request is reported, so a test
+                        // that changes it on receipt changes the next answer only.
+                        let status = StatusCode::from_u16(status.load(Ordering::SeqCst))
+                            .unwrap_or(StatusCode::OK);
+                        let mut out = HeaderMap::new();
+                        if let Some(v) = retry_after.lock().unwrap().clone() {
+                            out.insert("retry-after", v.parse().unwrap());
+                        }
                         let _ = tx.send(Received { headers, body });
-                        StatusCode::from_u16(status.load(Ordering::SeqCst))
-                            .unwrap_or(StatusCode::OK)
+                        (status, out)
                     },
                 ),
             )
-            .with_state((tx, Arc::clone(&status)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+            .with_state((
+                tx,
+                Arc::clone(&status),
+                Arc::clone(&retry_after),
+                Arc::clone(&delay_ms),
+            ));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, rx, status }
+        Receiver {
+            addr,
+            rx,
+            status,
+            retry_after,
+            delay_ms,
+        }
+    }
+
+    /// Answers each request only after this long.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// A `Retry-After` header on every answer (`None`: no header).
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        *self.retry_after.lock().unwrap() = value.map(str::to_owned);
     }
 }
 
@@ -153,4 +195,161 @@ pub fn without_trace(mut line: serde_json::Value) -> serde_json::Value {
 pub fn event_without_trace(mut event: ferry_core::CloudEvent) -> ferry_core::CloudEvent {
     event.remove_extension("traceparent");
     event
+}
+
+/// The real `ferry` binary running a config, killed on drop (also when a test fails).
+pub struct FerryProcess {
+    pub child: std::process::Child,
+    /// `source listening` / `sink listening` addresses by component name.
+    pub addrs: std::collections::BTreeMap<String, String>,
+    pub admin: String,
+    /// Every log line so far (stderr is read by a thread until the process ends).
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FerryProcess {
+    /// Writes `config` to `dir/ferry.toml` and runs `ferry run` in `dir`; returns once it
+    /// started (every listener is up).
+    pub fn start(dir: &Path, config: &str) -> FerryProcess {
+        use std::io::BufRead as _;
+        ferry::tls::install_default_provider();
+        let path = dir.join("ferry.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&path)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ferry");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut process = FerryProcess {
+            child,
+            addrs: Default::default(),
+            admin: String::new(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!(
+                    "ferry did not start listening:\n{}",
+                    process.log.lock().unwrap().join("\n")
+                );
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let fields = &v["fields"];
+            let addr = fields["addr"].as_str().map(str::to_owned);
+            match (fields["message"].as_str(), addr) {
+                (Some("admin listening"), Some(a)) => process.admin = a,
+                (Some("source listening"), Some(a)) => {
+                    let name = fields["source"].as_str().unwrap_or_default().to_owned();
+                    process.addrs.insert(name, a);
+                }
+                (Some("ferry started"), _) => break,
+                _ => {}
+            }
+        }
+        process
+    }
+
+    pub fn url(&self, source: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[source])
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ferry did not exit in {timeout:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric line such as `ferry_events_delivered_total{sink="out"}`; 0 when
+/// absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A loopback endpoint that accepts connections and never answers (a stalled target).
+pub async fn stalled_endpoint() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = l.accept().await {
+            held.push(conn);
+        }
+    });
+    addr
 }
