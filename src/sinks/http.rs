@@ -220,7 +220,7 @@ async fn run(
 }
 
 /// Resolves once every sender of the queue is gone (shutdown).
-async fn rx_closed(rx: &mpsc::Receiver<Delivery>) {
+async fn rx_closed(rx: &super::SinkQueue) {
     while !rx.is_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
