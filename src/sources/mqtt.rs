@@ -133,6 +133,9 @@ impl Source {
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
         let mut backoff = Backoff::reconnect();
         let mut connection = 0u64;
+        // While deliveries keep failing, the backoff grows across reconnects instead of
+        // starting over at each subscription: a sink outage costs few redeliveries.
+        let mut after_failure = false;
         loop {
             connection += 1;
             let (client, mut events) = client::new(&self.options);
@@ -151,8 +154,12 @@ impl Source {
                 acks_base: 0,
                 dead_unwritten: VecDeque::new(),
                 dead_awaiting: HashMap::new(),
+                after_failure,
+                delivered_any: false,
             };
             let end = conn.run(&mut events, &mut settled_rx, &mut backoff).await;
+            after_failure =
+                matches!(end, End::Redeliver(_)) || (after_failure && !conn.delivered_any);
             self.cx.set_ready(false);
             self.cx.stats.connections.set(0);
             match end {
@@ -203,6 +210,10 @@ struct Connection<'a> {
     dead_unwritten: VecDeque<(Option<u64>, Message)>,
     /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
     dead_awaiting: HashMap<u16, (Option<u64>, Message)>,
+    /// The previous connection ended because a delivery failed, and none succeeded since.
+    after_failure: bool,
+    /// A delivery succeeded on this connection.
+    delivered_any: bool,
 }
 
 impl Connection<'_> {
@@ -244,6 +255,10 @@ impl Connection<'_> {
                     self.in_flight -= 1;
                     if s.delivered {
                         self.settle(s.seq, s.message);
+                        if !self.delivered_any {
+                            self.delivered_any = true;
+                            backoff.reset();
+                        }
                     } else if s.message.needs_ack() {
                         return End::Redeliver("a delivery failed".into());
                     }
@@ -258,7 +273,9 @@ impl Connection<'_> {
                             return End::Lost(format!("subscription refused: {}", refused.join(", ")));
                         }
                         tracing::info!(source = %cx.name(), filters = ?self.source.filters, "MQTT subscribed");
-                        backoff.reset();
+                        if !self.after_failure {
+                            backoff.reset();
+                        }
                         cx.stats.connections.set(1);
                         if !draining {
                             cx.set_ready(true);
