@@ -6,6 +6,7 @@
 
 mod amqp;
 mod error;
+mod file_ref;
 mod http;
 mod interpolate;
 mod locate;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
+pub use file_ref::FileRef;
 pub use http::WebhookConfig;
 pub use mqtt::{
     client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
@@ -485,7 +487,9 @@ impl Config {
         })?;
         let root = table.get_ref().clone();
         let de = toml::de::Deserializer::from(table);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let parsed = file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
+        let config: Config = parsed.map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
             let mut key = locate::key_of(e.path(), e.inner().message());
             locate::refine(&root, &mut key, e.inner().message());
             let (key, offset, message) =
