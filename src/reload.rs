@@ -243,13 +243,14 @@ impl Reloader {
         running: HashMap<String, sources::Running>,
     ) {
         let _ = self.source_base.set(base);
-        let mut addrs = self.source_addrs.lock().expect("addresses");
-        for (name, r) in &running {
-            if let Some(a) = r.addr {
-                addrs.insert(name.clone(), a);
+        {
+            let mut addrs = self.source_addrs.lock().expect("addresses");
+            for (name, r) in &running {
+                if let Some(a) = r.addr {
+                    addrs.insert(name.clone(), a);
+                }
             }
         }
-        drop(addrs);
         *self.sources.lock().await = running;
     }
 
@@ -269,6 +270,26 @@ impl Reloader {
             .await
             .into_iter()
             .all(|done| done)
+    }
+
+    /// The config in force.
+    pub fn current(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Reloads from the config file unless it and the files it references are as they were
+    /// (the file watch: a touched or rewritten-but-equal file changes nothing).
+    pub async fn reload_file_if_changed(&self) -> Option<Result<Report, ReloadError>> {
+        let current = self.config.load_full();
+        match Config::load(&current.origin.path) {
+            Ok(config) if config.origin.hash == current.origin.hash => None,
+            Ok(config) => Some(self.reload(config).await),
+            Err(e) => {
+                self.reloads_failed.inc();
+                tracing::error!(error = %e, "reload refused; the running config stays");
+                Some(Err(e.into()))
+            }
+        }
     }
 
     /// Reloads from the file the running config came from.
@@ -317,6 +338,18 @@ impl Reloader {
             let names: Vec<&str> = fixed.iter().map(|s| s.as_str()).collect();
             return Err(ReloadError::NeedsRestart(names.join(", ")));
         }
+        if changes.is_empty() {
+            // Nothing to apply (a comment, or a second trigger for the same change): the
+            // generation stays.
+            let generation = self.generation.load().number;
+            let hash = new.origin.hash.clone();
+            self.config.store(Arc::new(new));
+            return Ok(Report {
+                generation,
+                hash,
+                changes,
+            });
+        }
         // Sources: build what swaps in place, check what starts anew — nothing changes yet.
         let mut in_place = Vec::new();
         let mut replaced = Vec::new();
@@ -343,8 +376,11 @@ impl Reloader {
         // The switch: one store; events already in flight keep the generation they loaded.
         self.generation.store(Arc::new(generation));
         for (name, prepared) in in_place {
-            if let Some(live) = running_sources.get(&name).and_then(|r| r.live.as_ref()) {
-                prepared.commit(live);
+            if let Some(r) = running_sources.get_mut(&name) {
+                if let Some(live) = &r.live {
+                    prepared.commit(live);
+                }
+                r.config = new.sources[&name].clone();
             }
         }
         let deadline =

@@ -12,14 +12,21 @@ use sha2::{Digest, Sha256};
 thread_local! {
     /// The directory of the config file being parsed; relative paths may be relative to it.
     static BASE_DIR: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    /// The files read while parsing (see [`with_base_dir`]).
+    static READ: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` (a deserialisation) with `dir` as the directory relative paths may refer to.
-pub(crate) fn with_base_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
+/// Runs `f` (a deserialisation) with `dir` as the directory relative paths may refer to;
+/// returns its result and the files the config references that exist.
+pub(crate) fn with_base_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> (T, Vec<PathBuf>) {
     let previous = BASE_DIR.with(|b| b.replace(Some(dir.to_path_buf())));
+    let read_before = READ.with(|r| r.take());
     let out = f();
     BASE_DIR.with(|b| *b.borrow_mut() = previous);
-    out
+    let mut read = READ.with(|r| r.replace(read_before));
+    read.sort();
+    read.dedup();
+    (out, read)
 }
 
 /// A path in the config, with the digest of what it named when the config was read.
@@ -45,6 +52,7 @@ impl FileRef {
         for p in candidates {
             if let Ok(bytes) = std::fs::read(&p) {
                 found = true;
+                READ.with(|r| r.borrow_mut().push(p.clone()));
                 hasher.update((bytes.len() as u64).to_le_bytes());
                 hasher.update(&bytes);
             }
@@ -129,8 +137,9 @@ mod tests {
     fn relative_paths_are_also_read_from_the_config_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("jwks.json"), "{}").unwrap();
-        let a = with_base_dir(dir.path(), || FileRef::new("jwks.json"));
+        let (a, read) = with_base_dir(dir.path(), || FileRef::new("jwks.json"));
         assert!(a.digest.is_some());
+        assert_eq!(read, [dir.path().join("jwks.json")]);
         assert!(FileRef::new("no/such/file.pem").digest.is_none());
     }
 }
