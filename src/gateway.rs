@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, SharedGeneration};
 use crate::reload;
 use crate::sinks::{self, SinkContext};
-use crate::sources::{self, SourceContext, SourceStats};
+use crate::sources;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +39,8 @@ pub enum StartError {
 pub struct Gateway {
     generation: SharedGeneration,
     shutdown: CancellationToken,
-    sources: TaskTracker,
     sinks: TaskTracker,
     admin: TaskTracker,
-    source_addrs: BTreeMap<String, SocketAddr>,
     sink_addrs: BTreeMap<String, SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shutdown_timeout: Duration,
@@ -81,33 +79,20 @@ impl Gateway {
             dedup,
         ));
 
-        let source_tracker = TaskTracker::new();
-        let mut source_addrs = BTreeMap::new();
+        let base = sources::SourceBase {
+            generation: Arc::clone(&generation),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut running = std::collections::HashMap::new();
         for (name, source) in &config.sources {
-            let cx = SourceContext {
-                generation: Arc::clone(&generation),
-                stats: SourceStats::new(name, &metrics),
-                shutdown: shutdown.child_token(),
-                tracker: source_tracker.clone(),
-                readiness: readiness.clone(),
-            };
-            cx.set_ready(false);
-            match source {
-                SourceConfig::Http(c) => {
-                    let addr = sources::http::start(c, cx).await?;
-                    tracing::info!(source = %name, kind = "http", %addr, "source listening");
-                    source_addrs.insert(name.clone(), addr);
-                }
-                SourceConfig::Amqp(c) => sources::amqp::start(c, cx).await?,
-                SourceConfig::Mqtt(c) => sources::mqtt::start(c, cx).await?,
-                SourceConfig::Nats(c) => sources::nats::start(c, cx).await?,
-                SourceConfig::Websocket(c) => {
-                    let addr = sources::websocket::start(c, cx).await?;
-                    tracing::info!(source = %name, kind = "websocket", %addr, "source listening");
-                    source_addrs.insert(name.clone(), addr);
-                }
-            }
+            running.insert(
+                name.clone(),
+                sources::start(name, source, &base, None).await?,
+            );
         }
+        reloader.install_sources(base, running).await;
 
         let admin_tracker = TaskTracker::new();
         let admin_addr = match &config.admin {
@@ -139,10 +124,8 @@ impl Gateway {
         Ok(Gateway {
             generation,
             shutdown,
-            sources: source_tracker,
             sinks: sink_tracker,
             admin: admin_tracker,
-            source_addrs,
             sink_addrs,
             admin_addr,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
@@ -152,7 +135,7 @@ impl Gateway {
 
     /// The address a source is bound to (useful with port 0).
     pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.source_addrs.get(name).copied()
+        self.reloader.source_addr(name)
     }
 
     /// The address a listening sink (WebSocket push) is bound to.
@@ -174,10 +157,7 @@ impl Gateway {
     pub async fn shutdown(self) -> bool {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         self.shutdown.cancel();
-        self.sources.close();
-        let sources_done = tokio::time::timeout_at(deadline, self.sources.wait())
-            .await
-            .is_ok();
+        let sources_done = self.reloader.stop_sources(deadline).await;
         // Dropping the last generation closes the sink queues; sinks then drain and stop.
         self.generation.store(Arc::new(Generation::default()));
         self.reloader.sinks.lock().await.clear();

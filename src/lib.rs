@@ -22,6 +22,7 @@
 //! - [`problem`]: HTTP errors as `application/problem+json`.
 //! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`gateway`]: starts the components in order and shuts them down gracefully.
+//! - [`reload`], [`watch`]: config reloads (validate, then swap) and their file trigger.
 
 pub mod admin;
 pub mod backoff;
@@ -43,6 +44,7 @@ pub mod spool;
 pub mod template;
 pub mod tls;
 pub mod trace;
+pub mod watch;
 
 pub use config::Config;
 pub use gateway::Gateway;

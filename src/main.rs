@@ -252,10 +252,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let watch = config.reload.clone();
     runtime.block_on(async move {
         let gateway = Gateway::start(config).await?;
         tracing::info!(config = %args.config.display(), "ferry started");
+        let stop_watch = tokio_util::sync::CancellationToken::new();
+        if watch.watch {
+            ferry::watch::spawn(
+                gateway.reloader(),
+                std::time::Duration::from_millis(watch.debounce_ms),
+                stop_watch.clone(),
+            );
+        }
         wait_for_signal(&gateway).await?;
+        stop_watch.cancel();
         tracing::info!("shutting down: no new events; finishing in-flight ones");
         if gateway.shutdown().await {
             tracing::info!("shutdown complete");

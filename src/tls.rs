@@ -20,12 +20,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
+    pub cert: crate::config::FileRef,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    pub key: crate::config::FileRef,
     /// PEM CA certificates that client certificates must chain to (mTLS).
     #[serde(default)]
-    pub client_ca: Option<PathBuf>,
+    pub client_ca: Option<crate::config::FileRef>,
     /// With `client_ca`: `"required"` (default) refuses the handshake without a valid client
     /// certificate; `"optional"` accepts clients without one (they must authenticate otherwise).
     #[serde(default)]
@@ -104,7 +104,7 @@ pub fn server_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {
-            path: config.cert.clone(),
+            path: config.cert.to_path_buf(),
             message: e.to_string(),
         })?;
     let builder = match &config.client_ca {
@@ -117,14 +117,14 @@ pub fn server_config(
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
             };
             let verifier = verifier.build().map_err(|e| TlsError {
-                path: ca.clone(),
+                path: ca.to_path_buf(),
                 message: e.to_string(),
             })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut server = builder.with_single_cert(certs, key).map_err(|e| TlsError {
-        path: config.key.clone(),
+        path: config.key.to_path_buf(),
         message: format!("certificate and key do not match: {e}"),
     })?;
     server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

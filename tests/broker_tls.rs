@@ -293,16 +293,16 @@ async fn nats_over_tls_with_client_certificates() {
         (
             "another CA",
             ClientTlsConfig {
-                ca: Some(certs.other("ca.pem")),
-                cert: Some(certs.dev("client.pem")),
-                key: Some(certs.dev("client.key")),
+                ca: Some(certs.other("ca.pem").into()),
+                cert: Some(certs.dev("client.pem").into()),
+                key: Some(certs.dev("client.key").into()),
                 server_name: None,
             },
         ),
         (
             "no client certificate",
             ClientTlsConfig {
-                ca: Some(certs.dev("ca.pem")),
+                ca: Some(certs.dev("ca.pem").into()),
                 ..Default::default()
             },
         ),
@@ -384,9 +384,9 @@ async fn mqtt_sinks_that_fail_the_handshake_are_not_ready() {
 /// bytes to 127.0.0.1:5672. Lapin's TLS path runs a real handshake against it.
 async fn rabbitmq_tls_front(certs: &Certs) -> (u16, tokio::task::JoinHandle<()>) {
     let tls = ferry::tls::TlsConfig {
-        cert: certs.dev("server.pem"),
-        key: certs.dev("server.key"),
-        client_ca: Some(certs.dev("ca.pem")),
+        cert: certs.dev("server.pem").into(),
+        key: certs.dev("server.key").into(),
+        client_ca: Some(certs.dev("ca.pem").into()),
         client_auth: None,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(ferry::tls::server_config(&tls, &[]).unwrap());

@@ -132,16 +132,33 @@ async fn routes_and_sinks_swap_and_broken_configs_change_nothing() {
     assert_eq!(current["generation"], 2);
     assert!(current["config"].as_str().unwrap().contains("b.jsonl"));
 
-    // Changing a source is not applied live (yet): refused, nothing changes.
+    // A listening source's settings change in place: same address, the new path serves.
+    let addr = gw.source_addr("web").unwrap();
     let moved = config(dir.path(), "b.jsonl", r#"{ prefix = { type = "com.b." } }"#)
         .replace("path = \"/events\"", "path = \"/in\"");
     std::fs::write(&file, moved).unwrap();
     let (status, body) = admin(&gw, reqwest::Method::POST, "/-/reload").await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"].as_str().unwrap().contains("source:web"),
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["report"]["changed"],
+        serde_json::json!(["source:web"]),
         "{body}"
     );
+    assert_eq!(gw.source_addr("web"), Some(addr));
+    assert_eq!(post(&gw, "com.b.x", "6").await, 404);
+    let status = reqwest::Client::new()
+        .post(format!("http://{addr}/in"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "7")
+        .header("ce-source", "/reload")
+        .header("ce-type", "com.b.x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    assert_eq!(ids(&dir.path().join("b.jsonl")), ["3", "5", "7"]);
 
     let metrics = reqwest::get(format!("http://{}/metrics", gw.admin_addr().unwrap()))
         .await
@@ -150,14 +167,14 @@ async fn routes_and_sinks_swap_and_broken_configs_change_nothing() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("ferry_config_reloads_total{result=\"success\"} 1"),
+        metrics.contains("ferry_config_reloads_total{result=\"success\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("ferry_config_reloads_total{result=\"failure\"} 2"),
+        metrics.contains("ferry_config_reloads_total{result=\"failure\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("ferry_config_generation 2"), "{metrics}");
+    assert!(metrics.contains("ferry_config_generation 3"), "{metrics}");
     assert!(gw.shutdown().await);
 }
 

@@ -6,6 +6,7 @@
 
 mod amqp;
 mod error;
+mod file_ref;
 mod http;
 mod interpolate;
 mod locate;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
+pub use file_ref::FileRef;
 pub use http::WebhookConfig;
 pub use mqtt::{
     client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
@@ -54,6 +56,9 @@ pub struct Config {
     /// How long shutdown waits for in-flight deliveries.
     #[serde(default = "defaults::shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Reloading on file changes.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Where the config came from (not a key of the file).
     #[serde(skip)]
     pub origin: Origin,
@@ -68,6 +73,9 @@ pub struct Origin {
     /// The text as written (before interpolation, so `${SECRET}` stays a reference), with
     /// secret-looking values redacted.
     pub redacted: String,
+    /// The files the config references (certificates, keys, JWKS, secret files) that existed
+    /// when it was read: a file watch reloads when one of them changes.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -406,6 +414,12 @@ pub struct RouteConfig {
 }
 
 pub(crate) mod defaults {
+    pub fn watch() -> bool {
+        true
+    }
+    pub fn debounce_ms() -> u64 {
+        500
+    }
     pub fn path() -> String {
         "/".into()
     }
@@ -485,7 +499,10 @@ impl Config {
         })?;
         let root = table.get_ref().clone();
         let de = toml::de::Deserializer::from(table);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (parsed, files) =
+            file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
+        let config: Config = parsed.map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
             let mut key = locate::key_of(e.path(), e.inner().message());
             locate::refine(&root, &mut key, e.inner().message());
             let (key, offset, message) =
@@ -503,11 +520,19 @@ impl Config {
         let mut config = config;
         config.origin = Origin {
             path: path.to_owned(),
+            // Over the text and the files it references, so a renewed certificate shows.
             hash: {
                 use sha2::Digest as _;
-                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+                let mut h = sha2::Sha256::new();
+                h.update(text.as_bytes());
+                for f in &files {
+                    h.update(f.as_os_str().as_encoded_bytes());
+                    h.update(std::fs::read(f).unwrap_or_default());
+                }
+                hex::encode(h.finalize())
             },
             redacted: redact::redact(raw),
+            files,
         };
         Ok(config)
     }
@@ -852,3 +877,25 @@ fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The `[reload]` table: the file watch (read at start).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file or a file it references changes.
+    #[serde(default = "defaults::watch")]
+    pub watch: bool,
+    /// Quiet time after the last change before reloading (editors and Kubernetes write in
+    /// several steps).
+    #[serde(default = "defaults::debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: defaults::watch(),
+            debounce_ms: defaults::debounce_ms(),
+        }
+    }
+}

@@ -54,9 +54,9 @@ pub enum KeySource {
 #[serde(untagged)]
 pub enum KeysSetting {
     /// A single JWKS or PEM file.
-    One(PathBuf),
+    One(crate::config::FileRef),
     /// Several files.
-    Many(Vec<PathBuf>),
+    Many(Vec<crate::config::FileRef>),
 }
 
 impl Default for KeysSetting {
@@ -69,7 +69,7 @@ impl KeysSetting {
     /// The sources named by this setting: each `.json` path is a JWKS, all other paths are
     /// gathered into one [`KeySource::PemFiles`].
     pub fn sources(&self) -> Vec<KeySource> {
-        let paths: &[PathBuf] = match self {
+        let paths: &[crate::config::FileRef] = match self {
             Self::One(path) => std::slice::from_ref(path),
             Self::Many(paths) => paths,
         };
@@ -80,9 +80,9 @@ impl KeysSetting {
                 .extension()
                 .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
             {
-                sources.push(KeySource::Jwks(path.clone()));
+                sources.push(KeySource::Jwks(path.to_path_buf()));
             } else {
-                pem.push(path.clone());
+                pem.push(path.to_path_buf());
             }
         }
         if !pem.is_empty() {

@@ -10,9 +10,20 @@ use std::path::Path;
 /// struct. The value is either the secret itself (already `${ENV}`-interpolated by the config
 /// loader) or `file:<path>`, naming a file that holds it; the file is read by [`Secret::resolve`]
 /// when the component is built, so a rotated file takes effect on the next reload.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+///
+/// Two `file:` secrets are equal only when the files' contents are too, so a reload sees a
+/// rotated secret file as a change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    file: Option<crate::config::FileRef>,
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
 
 /// The prefix that makes a secret a reference to a file.
 const FILE_PREFIX: &str = "file:";
@@ -20,26 +31,30 @@ const FILE_PREFIX: &str = "file:";
 impl Secret {
     /// Wraps a value exactly as it would appear in the configuration.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        let value = value.into();
+        let file = (value.strip_prefix(FILE_PREFIX))
+            .filter(|p| !p.is_empty())
+            .map(crate::config::FileRef::new);
+        Self { value, file }
     }
 
     /// The configured value, which may still be a `file:` reference.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// Whether the configured value is empty. Empty secrets are ignored, so that an unset
     /// `${ENV}` variable in a list of rotating secrets does not become a valid key.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.value.is_empty()
     }
 
     /// The secret itself: the configured value, or for `file:<path>` the file's content
     /// without one trailing newline (`\n` or `\r\n`). A relative path is taken from `base_dir`,
     /// the directory of the configuration file.
     pub fn resolve(&self, base_dir: &Path) -> Result<String, io::Error> {
-        let Some(path) = self.0.strip_prefix(FILE_PREFIX) else {
-            return Ok(self.0.clone());
+        let Some(path) = self.value.strip_prefix(FILE_PREFIX) else {
+            return Ok(self.value.clone());
         };
         if path.is_empty() {
             return Err(io::Error::new(
@@ -60,7 +75,7 @@ impl Secret {
     /// Where the secret is read from, for error messages: the file path of a `file:` secret,
     /// otherwise `None` (an inline value is never shown).
     pub fn file(&self) -> Option<&str> {
-        self.0.strip_prefix(FILE_PREFIX)
+        self.value.strip_prefix(FILE_PREFIX)
     }
 }
 

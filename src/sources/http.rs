@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 use axum::Router;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::{SourceContext, SourceError, SourceStats};
 use crate::config::HttpSourceConfig;
-use crate::listener::Peer;
+use crate::listener::{Peer, TlsHandle};
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope, SharedGeneration};
 use crate::problem::Problem;
@@ -36,31 +36,50 @@ struct SourceState {
     security: SourceSecurity,
 }
 
-/// Binds the listener (so address errors surface at startup) and serves until shutdown.
-/// In-flight requests finish before the task ends.
-pub async fn start(
-    config: &HttpSourceConfig,
-    cx: SourceContext,
-) -> Result<SocketAddr, SourceError> {
-    let listen_error = |error| SourceError::Listen {
+/// The parts of a running HTTP source that a reload replaces in place: requests and TLS
+/// handshakes read them as they start, so no connection is touched by a swap.
+#[derive(Clone)]
+pub struct Live {
+    state: Arc<ArcSwap<SourceState>>,
+    tls: TlsHandle,
+}
+
+/// A source's settings, built and checked, ready to swap in.
+pub struct Prepared {
+    state: SourceState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Live {
+    /// Builds the settings of `config` for this running source; nothing changes yet.
+    pub fn prepare(
+        &self,
+        config: &HttpSourceConfig,
+        cx: &SourceContext,
+    ) -> Result<Prepared, SourceError> {
+        prepare(config, cx)
+    }
+
+    /// Swaps prepared settings in: the next request and the next handshake use them.
+    pub fn commit(&self, prepared: Prepared) {
+        self.tls.store(prepared.tls);
+        self.state.store(Arc::new(prepared.state));
+    }
+}
+
+fn prepare(config: &HttpSourceConfig, cx: &SourceContext) -> Result<Prepared, SourceError> {
+    let config_error = |message: String| SourceError::Config {
         source_name: cx.name().to_owned(),
-        addr: config.listen,
-        error,
+        message,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(listen_error)?;
-    let addr = listener.local_addr().map_err(listen_error)?;
     let normalizer = match &config.normalize {
         Some(n) => Some(
-            Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
-                source_name: cx.name().to_owned(),
-                message: format!("normalize.{key}: {message}"),
-            })?,
+            Normalizer::compile(n)
+                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
         ),
         None => None,
     };
-    let state = Arc::new(SourceState {
+    let state = SourceState {
         config: config.clone(),
         generation: cx.generation.clone(),
         stats: cx.stats.clone(),
@@ -72,32 +91,53 @@ pub async fn start(
             config.rate_limit.as_ref(),
             config.require_policy,
         )
-        .map_err(|message| SourceError::Config {
-            source_name: cx.name().to_owned(),
-            message,
-        })?,
-    });
-    let tls =
-        crate::listener::tls_handle(config.tls.as_ref(), &[b"h2", b"http/1.1"]).map_err(|e| {
-            SourceError::Config {
-                source_name: cx.name().to_owned(),
-                message: format!("tls: {e}"),
-            }
-        })?;
+        .map_err(config_error)?,
+    };
+    let tls = (config.tls.as_ref())
+        .map(|t| crate::tls::server_config(t, &[b"h2", b"http/1.1"]))
+        .transpose()
+        .map_err(|e| config_error(format!("tls: {e}")))?;
+    Ok(Prepared { state, tls })
+}
+
+/// Binds the listener (unless given one already bound, so address errors surface before
+/// anything changes) and serves until shutdown.
+/// In-flight requests finish before the task ends.
+pub async fn start(
+    config: &HttpSourceConfig,
+    cx: SourceContext,
+    bound: Option<TcpListener>,
+) -> Result<(SocketAddr, Live), SourceError> {
+    let prepared = prepare(config, &cx)?;
+    let listen_error = |error| SourceError::Listen {
+        source_name: cx.name().to_owned(),
+        addr: config.listen,
+        error,
+    };
+    let listener = match bound {
+        Some(l) => l,
+        None => TcpListener::bind(config.listen)
+            .await
+            .map_err(listen_error)?,
+    };
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let live = Live {
+        state: Arc::new(ArcSwap::from_pointee(prepared.state)),
+        tls: Arc::new(ArcSwapOption::from(prepared.tls)),
+    };
     let app = Router::new()
-        .route(&config.path, any(handle))
-        .fallback(not_found)
-        .with_state(state);
+        .fallback(handle)
+        .with_state(Arc::clone(&live.state));
     let connections = Some(cx.stats.connections.clone());
     cx.tracker.spawn(crate::listener::serve(
         listener,
-        tls,
+        Arc::clone(&live.tls),
         app,
         cx.shutdown.clone(),
         connections,
     ));
     cx.set_ready(true);
-    Ok(addr)
+    Ok((addr, live))
 }
 
 /// A message is raw (not a CloudEvent) when it has neither `ce-specversion` nor a
@@ -122,13 +162,18 @@ async fn not_found() -> Problem {
 }
 
 async fn handle(
-    State(state): State<Arc<SourceState>>,
+    State(live): State<Arc<ArcSwap<SourceState>>>,
     peer: Option<axum::Extension<Peer>>,
     method: Method,
     uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The settings in force when the request arrived serve all of it.
+    let state = live.load_full();
+    if uri.path() != state.config.path {
+        return not_found().await.into_response();
+    }
     if method == Method::OPTIONS {
         return webhook_handshake(&state, &headers);
     }

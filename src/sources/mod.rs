@@ -17,8 +17,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::net::TcpListener;
+
 use crate::admin::Readiness;
+use crate::config::SourceConfig;
 use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
 use crate::pipeline::SharedGeneration;
 
 /// Per-source counters, cached so the hot path does no label lookups.
@@ -91,4 +95,171 @@ pub enum SourceError {
         source_name: String,
         message: String,
     },
+}
+
+/// What every source shares: the generation, metrics, readiness and the gateway's shutdown.
+#[derive(Clone)]
+pub struct SourceBase {
+    pub generation: SharedGeneration,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    /// The gateway's shutdown; each source's own token is a child of it.
+    pub shutdown: CancellationToken,
+}
+
+impl SourceBase {
+    /// A context for one source instance, with its own stop token and task tracker.
+    pub fn context(&self, name: &str) -> SourceContext {
+        SourceContext {
+            generation: Arc::clone(&self.generation),
+            stats: SourceStats::new(name, &self.metrics),
+            shutdown: self.shutdown.child_token(),
+            tracker: TaskTracker::new(),
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+/// The settings of a listening source that can be swapped while it runs.
+#[derive(Clone)]
+pub enum Live {
+    Http(http::Live),
+    Websocket(websocket::Live),
+}
+
+/// New settings for a listening source, built and checked.
+pub enum Prepared {
+    Http(http::Prepared),
+    Websocket(websocket::Prepared),
+}
+
+impl Prepared {
+    pub fn commit(self, live: &Live) {
+        match (self, live) {
+            (Prepared::Http(p), Live::Http(l)) => l.commit(p),
+            (Prepared::Websocket(p), Live::Websocket(l)) => l.commit(p),
+            _ => unreachable!("prepared for another kind of source"),
+        }
+    }
+}
+
+/// A running source instance.
+pub struct Running {
+    pub config: SourceConfig,
+    pub cx: SourceContext,
+    pub addr: Option<SocketAddr>,
+    pub live: Option<Live>,
+}
+
+impl Running {
+    /// Builds `new` settings to swap into this running source in place, when it is the same
+    /// kind of listener on the same address; `None` when the source must be replaced.
+    pub fn prepare_in_place(&self, new: &SourceConfig) -> Option<Result<Prepared, SourceError>> {
+        match (&self.config, new, &self.live) {
+            (SourceConfig::Http(old), SourceConfig::Http(c), Some(Live::Http(l)))
+                if old.listen == c.listen =>
+            {
+                Some(l.prepare(c, &self.cx).map(Prepared::Http))
+            }
+            (
+                SourceConfig::Websocket(old),
+                SourceConfig::Websocket(c),
+                Some(Live::Websocket(l)),
+            ) if old.listen == c.listen => Some(l.prepare(c, &self.cx).map(Prepared::Websocket)),
+            _ => None,
+        }
+    }
+
+    /// Stops taking messages, lets in-flight ones finish and be acknowledged, up to `deadline`.
+    /// Returns false if the deadline passed first.
+    pub async fn stop(self, deadline: tokio::time::Instant) -> bool {
+        self.cx.shutdown.cancel();
+        self.cx.tracker.close();
+        let done = tokio::time::timeout_at(deadline, self.cx.tracker.wait())
+            .await
+            .is_ok();
+        self.cx.set_ready(false);
+        done
+    }
+}
+
+/// Checks what starting `config` could refuse, without starting it: templates and, with
+/// `bind`, the listener's address (the bound listener is kept for [`start`]).
+pub async fn check(
+    name: &str,
+    config: &SourceConfig,
+    bind: bool,
+) -> Result<Option<TcpListener>, SourceError> {
+    let normalize = match config {
+        SourceConfig::Http(c) => c.normalize.as_ref(),
+        SourceConfig::Websocket(c) => c.normalize.as_ref(),
+        SourceConfig::Amqp(c) => c.normalize.as_ref(),
+        SourceConfig::Mqtt(c) => c.normalize.as_ref(),
+        SourceConfig::Nats(c) => c.normalize.as_ref(),
+    };
+    if let Some(n) = normalize {
+        Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
+            source_name: name.to_owned(),
+            message: format!("normalize.{key}: {message}"),
+        })?;
+    }
+    let listen = match config {
+        SourceConfig::Http(c) if bind => Some(c.listen),
+        SourceConfig::Websocket(c) if bind => Some(c.listen),
+        _ => None,
+    };
+    match listen {
+        Some(addr) => {
+            TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|error| SourceError::Listen {
+                    source_name: name.to_owned(),
+                    addr,
+                    error,
+                })
+        }
+        None => Ok(None),
+    }
+}
+
+/// Starts one source (on `bound` when its listener was bound already).
+pub async fn start(
+    name: &str,
+    config: &SourceConfig,
+    base: &SourceBase,
+    bound: Option<TcpListener>,
+) -> Result<Running, SourceError> {
+    let cx = base.context(name);
+    cx.set_ready(false);
+    let (addr, live) = match config {
+        SourceConfig::Http(c) => {
+            let (addr, live) = http::start(c, cx.clone(), bound).await?;
+            tracing::info!(source = %name, kind = "http", %addr, "source listening");
+            (Some(addr), Some(Live::Http(live)))
+        }
+        SourceConfig::Websocket(c) => {
+            let (addr, live) = websocket::start(c, cx.clone(), bound).await?;
+            tracing::info!(source = %name, kind = "websocket", %addr, "source listening");
+            (Some(addr), Some(Live::Websocket(live)))
+        }
+        SourceConfig::Amqp(c) => {
+            amqp::start(c, cx.clone()).await?;
+            (None, None)
+        }
+        SourceConfig::Mqtt(c) => {
+            mqtt::start(c, cx.clone()).await?;
+            (None, None)
+        }
+        SourceConfig::Nats(c) => {
+            nats::start(c, cx.clone()).await?;
+            (None, None)
+        }
+    };
+    Ok(Running {
+        config: config.clone(),
+        cx,
+        addr,
+        live,
+    })
 }

@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use ferry_core::{CloudEvent, EventError, TransportMetadata};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{SourceContext, SourceError};
 use crate::config::WebSocketSourceConfig;
-use crate::listener::Peer;
+use crate::listener::{Peer, TlsHandle};
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope};
 use crate::problem::Problem;
@@ -59,74 +59,126 @@ struct SourceState {
     ack_source: String,
 }
 
-/// Binds the listener and serves until shutdown.
-pub async fn start(
+/// The parts of a running WebSocket source that a reload replaces in place: upgrades and TLS
+/// handshakes read them as they start; open connections keep the settings they started with.
+#[derive(Clone)]
+pub struct Live {
+    state: Arc<ArcSwap<SourceState>>,
+    tls: TlsHandle,
+}
+
+/// A source's settings, built and checked, ready to swap in.
+pub struct Prepared {
+    state: SourceState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Live {
+    /// Builds the settings of `config` for this running source; nothing changes yet. The
+    /// connection limit carries over when it did not change, so open connections count.
+    pub fn prepare(
+        &self,
+        config: &WebSocketSourceConfig,
+        cx: &SourceContext,
+    ) -> Result<Prepared, SourceError> {
+        let current = self.state.load();
+        let connections = (current.config.max_connections == config.max_connections)
+            .then(|| Arc::clone(&current.connections));
+        prepare(config, cx, connections)
+    }
+
+    /// Swaps prepared settings in: the next upgrade and the next handshake use them.
+    pub fn commit(&self, prepared: Prepared) {
+        self.tls.store(prepared.tls);
+        self.state.store(Arc::new(prepared.state));
+    }
+}
+
+fn prepare(
     config: &WebSocketSourceConfig,
-    cx: SourceContext,
-) -> Result<SocketAddr, SourceError> {
-    let listen_error = |error| SourceError::Listen {
+    cx: &SourceContext,
+    connections: Option<Arc<Semaphore>>,
+) -> Result<Prepared, SourceError> {
+    let config_error = |message: String| SourceError::Config {
         source_name: cx.name().to_owned(),
-        addr: config.listen,
-        error,
+        message,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(listen_error)?;
-    let addr = listener.local_addr().map_err(listen_error)?;
     let normalizer = match &config.normalize {
         Some(n) => Some(
-            Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
-                source_name: cx.name().to_owned(),
-                message: format!("normalize.{key}: {message}"),
-            })?,
+            Normalizer::compile(n)
+                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
         ),
         None => None,
     };
-    let tls = crate::listener::tls_handle(config.tls.as_ref(), &[b"http/1.1"]).map_err(|e| {
-        SourceError::Config {
-            source_name: cx.name().to_owned(),
-            message: format!("tls: {e}"),
-        }
-    })?;
+    let tls = (config.tls.as_ref())
+        .map(|t| crate::tls::server_config(t, &[b"http/1.1"]))
+        .transpose()
+        .map_err(|e| config_error(format!("tls: {e}")))?;
     let security = SourceSecurity::build(
         cx.name(),
         config.auth.as_ref(),
         config.rate_limit.as_ref(),
         config.require_policy,
     )
-    .map_err(|message| SourceError::Config {
-        source_name: cx.name().to_owned(),
-        message,
-    })?;
-    let state = Arc::new(SourceState {
+    .map_err(config_error)?;
+    let state = SourceState {
         security,
         config: config.clone(),
         normalizer,
-        connections: Arc::new(Semaphore::new(config.max_connections)),
+        connections: connections
+            .unwrap_or_else(|| Arc::new(Semaphore::new(config.max_connections))),
         ack_source: format!("/ferry/sources/{}", cx.name()),
         cx: cx.clone(),
-    });
+    };
+    Ok(Prepared { state, tls })
+}
+
+/// Binds the listener (unless given one already bound) and serves until shutdown.
+pub async fn start(
+    config: &WebSocketSourceConfig,
+    cx: SourceContext,
+    bound: Option<TcpListener>,
+) -> Result<(SocketAddr, Live), SourceError> {
+    let prepared = prepare(config, &cx, None)?;
+    let listen_error = |error| SourceError::Listen {
+        source_name: cx.name().to_owned(),
+        addr: config.listen,
+        error,
+    };
+    let listener = match bound {
+        Some(l) => l,
+        None => TcpListener::bind(config.listen)
+            .await
+            .map_err(listen_error)?,
+    };
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let live = Live {
+        state: Arc::new(ArcSwap::from_pointee(prepared.state)),
+        tls: Arc::new(ArcSwapOption::from(prepared.tls)),
+    };
     let app = Router::new()
-        .route(&config.path, any(upgrade))
-        .fallback(|| async {
-            Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
-        })
-        .with_state(state);
+        .fallback(upgrade)
+        .with_state(Arc::clone(&live.state));
     cx.tracker.spawn(crate::listener::serve(
         listener,
-        tls,
+        Arc::clone(&live.tls),
         app,
         cx.shutdown.clone(),
         None,
     ));
     cx.set_ready(true);
-    Ok(addr)
+    Ok((addr, live))
 }
 
 async fn upgrade(
-    State(state): State<Arc<SourceState>>,
+    State(live): State<Arc<ArcSwap<SourceState>>>,
     request: axum::extract::Request,
 ) -> Response {
+    let state = live.load_full();
+    if request.uri().path() != state.config.path {
+        return Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
+            .into_response();
+    }
     let (mut parts, _body) = request.into_parts();
     let peer = parts.extensions.get::<Peer>().cloned();
     let principal =

@@ -2,7 +2,7 @@
 //! CA the server must chain to, an optional client certificate (mTLS), and the name the server
 //! certificate must carry.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,13 +24,13 @@ pub struct ClientTlsConfig {
     /// PEM CA certificates the server certificate must chain to; without it, the system's
     /// trust store.
     #[serde(default)]
-    pub ca: Option<PathBuf>,
+    pub ca: Option<crate::config::FileRef>,
     /// PEM client certificate chain (leaf first), presented when the server asks (mTLS).
     #[serde(default)]
-    pub cert: Option<PathBuf>,
+    pub cert: Option<crate::config::FileRef>,
     /// The client certificate's PEM private key.
     #[serde(default)]
-    pub key: Option<PathBuf>,
+    pub key: Option<crate::config::FileRef>,
     /// The name the server certificate must be valid for, when it is not the URL's host.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -228,7 +228,7 @@ impl ServerCertVerifier for FixedServerName {
 mod tests {
     use super::*;
 
-    fn dev() -> (tempfile::TempDir, PathBuf) {
+    fn dev() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("dev");
         crate::certs::generate_dev(&out).unwrap();
@@ -239,9 +239,9 @@ mod tests {
     fn loads_ca_and_client_certificate() {
         let (_dir, d) = dev();
         let tls = ClientTlsConfig {
-            ca: Some(d.join("ca.pem")),
-            cert: Some(d.join("client.pem")),
-            key: Some(d.join("client.key")),
+            ca: Some(d.join("ca.pem").into()),
+            cert: Some(d.join("client.pem").into()),
+            key: Some(d.join("client.key").into()),
             server_name: Some("localhost".into()),
         };
         let config = tls.client_config(&[b"h2"]).unwrap();
@@ -264,42 +264,42 @@ mod tests {
     fn errors_name_the_key() {
         let (_dir, d) = dev();
         let base = ClientTlsConfig {
-            ca: Some(d.join("ca.pem")),
+            ca: Some(d.join("ca.pem").into()),
             ..Default::default()
         };
         let cases: Vec<(ClientTlsConfig, &str)> = vec![
             (
                 ClientTlsConfig {
-                    ca: Some(d.join("missing.pem")),
+                    ca: Some(d.join("missing.pem").into()),
                     ..Default::default()
                 },
                 "ca",
             ),
             (
                 ClientTlsConfig {
-                    ca: Some(d.join("ca.key")),
+                    ca: Some(d.join("ca.key").into()),
                     ..Default::default()
                 },
                 "ca",
             ),
             (
                 ClientTlsConfig {
-                    cert: Some(d.join("client.pem")),
+                    cert: Some(d.join("client.pem").into()),
                     ..base.clone()
                 },
                 "key",
             ),
             (
                 ClientTlsConfig {
-                    key: Some(d.join("client.key")),
+                    key: Some(d.join("client.key").into()),
                     ..base.clone()
                 },
                 "cert",
             ),
             (
                 ClientTlsConfig {
-                    cert: Some(d.join("client.pem")),
-                    key: Some(d.join("server.key")),
+                    cert: Some(d.join("client.pem").into()),
+                    key: Some(d.join("server.key").into()),
                     ..base.clone()
                 },
                 "key",

@@ -86,7 +86,7 @@ fn config(keys: KeysSetting, secrets: &[&str]) -> JwtConfig {
 }
 
 fn pem(names: &[&str]) -> KeysSetting {
-    KeysSetting::Many(names.iter().map(PathBuf::from).collect())
+    KeysSetting::Many(names.iter().map(|n| PathBuf::from(n).into()).collect())
 }
 
 fn jwks() -> KeysSetting {
