@@ -1,6 +1,7 @@
 //! `nats` sink: publishes each event to a subject rendered from its attributes, on core NATS
-//! (confirmed once flushed to the server) or JetStream (confirmed by the stream's PubAck, with
-//! `Nats-Msg-Id` set so the stream drops a retried duplicate).
+//! (confirmed once flushed to the server, one flush shared by the publishes waiting for it) or
+//! JetStream (confirmed by the stream's PubAck, with `Nats-Msg-Id` set so the stream drops a
+//! retried duplicate).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ferry_core::FailureKind;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::{SinkContext, SinkError, SinkStats};
@@ -30,10 +31,108 @@ struct Target {
 #[derive(Clone)]
 struct Link {
     client: async_nats::Client,
-    jetstream: Option<jetstream::Context>,
-    /// Incremented on every disconnect: a core publish whose flush straddles one is not
-    /// confirmed (the bytes may have died in the socket).
+    confirmation: Confirmation,
+}
+
+/// How a publish on the link is confirmed.
+#[derive(Clone)]
+enum Confirmation {
+    /// Core NATS: by the next flush round that starts after the publish returned.
+    Flush(FlushRounds),
+    /// JetStream: by the stream's PubAck.
+    PubAck(Arc<jetstream::Context>),
+}
+
+/// Group commit for core publishes: a delivery publishes, then waits for the next flush
+/// round; one task runs one `flush()` for every delivery that registered since the previous
+/// round and tells each of them the outcome. A flush is a round trip through the client's
+/// connection task, so sharing it is what lets many publishes be in flight at once.
+#[derive(Clone)]
+struct FlushRounds {
+    /// Bounded by the sink's `in_flight`: a delivery holds at most one place, and waits for
+    /// room (within its timeout) if deliveries that gave up still hold theirs.
+    waiters: mpsc::Sender<FlushWaiter>,
+    /// Incremented on every disconnect: a publish whose flush straddles one is not confirmed
+    /// (the bytes may have died in the socket).
     disconnects: Arc<AtomicU64>,
+}
+
+struct FlushWaiter {
+    /// `disconnects` read before the publish.
+    epoch: u64,
+    flushed: oneshot::Sender<Result<(), String>>,
+}
+
+impl FlushRounds {
+    fn start(
+        client: async_nats::Client,
+        disconnects: Arc<AtomicU64>,
+        in_flight: usize,
+        timeout: Duration,
+        tracker: &TaskTracker,
+    ) -> FlushRounds {
+        let (waiters, rx) = mpsc::channel(in_flight);
+        tracker.spawn(run_flush_rounds(
+            client,
+            Arc::clone(&disconnects),
+            rx,
+            in_flight,
+            timeout,
+        ));
+        FlushRounds {
+            waiters,
+            disconnects,
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.disconnects.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a flush that starts after this call and completes with no disconnect since
+    /// `epoch`. Every failure is retryable.
+    async fn flushed(&self, epoch: u64) -> Result<(), String> {
+        let (flushed, outcome) = oneshot::channel();
+        self.waiters
+            .send(FlushWaiter { epoch, flushed })
+            .await
+            .map_err(|_| "the sink is closing".to_string())?;
+        outcome
+            .await
+            .map_err(|_| "the sink is closing".to_string())?
+    }
+}
+
+/// Runs until every `FlushRounds` handle is gone. A round holds at most `in_flight` waiters;
+/// its flush is bounded by the sink's timeout so a stuck flush cannot hold later rounds back
+/// indefinitely.
+async fn run_flush_rounds(
+    client: async_nats::Client,
+    disconnects: Arc<AtomicU64>,
+    mut rx: mpsc::Receiver<FlushWaiter>,
+    in_flight: usize,
+    timeout: Duration,
+) {
+    let mut round = Vec::with_capacity(in_flight);
+    while rx.recv_many(&mut round, in_flight).await > 0 {
+        // Every waiter in the round registered after its publish returned, and the publish
+        // command is queued before this flush in the client's connection task.
+        let failure = match tokio::time::timeout(timeout, client.flush()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("flush failed: {e}")),
+            Err(_) => Some(format!("not flushed within {} ms", timeout.as_millis())),
+        };
+        let epoch = disconnects.load(Ordering::SeqCst);
+        for waiter in round.drain(..) {
+            let outcome = match &failure {
+                Some(message) => Err(message.clone()),
+                None if waiter.epoch == epoch => Ok(()),
+                None => Err("the connection dropped before the flush completed".into()),
+            };
+            // A delivery that timed out no longer listens.
+            let _ = waiter.flushed.send(outcome);
+        }
+    }
 }
 
 pub fn start(
@@ -186,7 +285,7 @@ async fn connect(
         .connect(config.url.as_str())
         .await
         .map_err(|e| e.to_string())?;
-    let jetstream = if config.jetstream {
+    let confirmation = if config.jetstream {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.timeout_ms));
         if let Some(stream) = &config.stream {
@@ -199,17 +298,22 @@ async fn connect(
             .await
             .map_err(|e| format!("cannot declare stream `{}`: {e}", stream.name))?;
         }
-        Some(js)
+        Confirmation::PubAck(Arc::new(js))
     } else {
-        None
+        Confirmation::Flush(FlushRounds::start(
+            client.clone(),
+            Arc::clone(disconnects),
+            config.in_flight,
+            Duration::from_millis(config.timeout_ms),
+            &cx.tracker,
+        ))
     };
     tracing::info!(sink = %name, url = %config.url, jetstream = config.jetstream, "NATS sink connected");
     connected.send_replace(true);
     cx.set_ready(name, true);
     Ok(Link {
         client,
-        jetstream,
-        disconnects: Arc::clone(disconnects),
+        confirmation,
     })
 }
 
@@ -230,12 +334,22 @@ async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkS
         }
     };
     let (mut headers, payload) = ferry_nats::encode(event, target.mode);
-    let result = match &link.jetstream {
-        Some(js) => {
+    let result = match &link.confirmation {
+        Confirmation::PubAck(js) => {
             headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
             publish_jetstream(js, subject.clone(), headers, payload).await
         }
-        None => publish_core(link, target.timeout, subject.clone(), headers, payload).await,
+        Confirmation::Flush(rounds) => {
+            publish_core(
+                &link.client,
+                rounds,
+                target.timeout,
+                subject.clone(),
+                headers,
+                payload,
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => stats.confirm(delivery),
@@ -247,18 +361,19 @@ async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkS
 
 type PublishResult = Result<(), (FailureKind, String)>;
 
-/// Core NATS has no acknowledgement: the publish counts as confirmed once the client flushed
-/// it to the server's socket without a disconnect in between.
+/// Core NATS has no acknowledgement: the publish counts as confirmed once a flush that started
+/// after it returned reached the server's socket without a disconnect in between.
 async fn publish_core(
-    link: &Link,
+    client: &async_nats::Client,
+    rounds: &FlushRounds,
     timeout: Duration,
     subject: String,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
 ) -> PublishResult {
     use async_nats::client::PublishErrorKind;
-    let epoch = link.disconnects.load(Ordering::SeqCst);
-    link.client
+    let epoch = rounds.epoch();
+    client
         .publish_with_headers(subject, headers, payload)
         .await
         .map_err(|e| {
@@ -270,13 +385,9 @@ async fn publish_core(
             };
             (kind, e.to_string())
         })?;
-    match tokio::time::timeout(timeout, link.client.flush()).await {
-        Ok(Ok(())) if link.disconnects.load(Ordering::SeqCst) == epoch => Ok(()),
-        Ok(Ok(())) => Err((
-            FailureKind::Retryable,
-            "the connection dropped before the flush completed".into(),
-        )),
-        Ok(Err(e)) => Err((FailureKind::Retryable, format!("flush failed: {e}"))),
+    match tokio::time::timeout(timeout, rounds.flushed(epoch)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err((FailureKind::Retryable, message)),
         Err(_) => Err((
             FailureKind::Retryable,
             format!("not flushed within {} ms", timeout.as_millis()),
