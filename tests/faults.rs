@@ -637,6 +637,54 @@ impl Drop for NatsServer {
     }
 }
 
+/// A private Mosquitto on a random port whose per-client queue does not drop (the shared one
+/// keeps at most 1000 QoS 1 messages for a client that falls behind and drops the rest while
+/// acknowledging them to their publisher: the broker's loss, which would hide Ferry's).
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    async fn start() -> Mosquitto {
+        let port = common::closed_port().await.port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/mosquitto is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// NATS (JetStream) restarted in the middle of an MQTT → JetStream stream: nothing Ferry
 /// acknowledged to Mosquitto is lost, and what it did not acknowledge is redelivered, so every
 /// published event ends up in the stream. (NATS is stopped with SIGTERM: with SIGKILL the
@@ -650,6 +698,8 @@ async fn nats_restart_mid_stream_loses_nothing_acknowledged() {
 
     let port = common::closed_port().await.port();
     let nats = NatsServer::start(port, tempfile::tempdir().unwrap());
+    let mosquitto = Mosquitto::start().await;
+    let mqtt_port = mosquitto.port;
     let s = uuid::Uuid::now_v7().simple().to_string();
     let gw = TestGateway::start(&format!(
         r#"
@@ -658,7 +708,7 @@ listen = "127.0.0.1:0"
 
 [sources.mqtt]
 type = "mqtt"
-url = "mqtt://127.0.0.1:1883"
+url = "mqtt://127.0.0.1:{mqtt_port}"
 protocol = "5"
 topics = ["ferry-faults-{s}/#"]
 client_id = "ferry-faults-{s}"
@@ -687,7 +737,7 @@ to = ["stream"]
     }
 
     const N: usize = 2_000;
-    let mut options = MqttOptions::new(format!("faults-pub-{s}"), "127.0.0.1", 1883);
+    let mut options = MqttOptions::new(format!("faults-pub-{s}"), "127.0.0.1", mqtt_port);
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = AsyncClient::new(options, N + 10);
     let pubacks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -703,9 +753,7 @@ to = ["stream"]
             }
         }
     });
-    // Mosquitto queues at most 1000 QoS 1 messages for a subscriber that falls behind and
-    // drops the rest (its loss, not Ferry's): publish in windows, at most 500 ahead of the
-    // stream.
+    // Publish in windows, at most 500 ahead of the stream, so the restart lands mid-stream.
     let publisher = {
         let (client, s) = (client.clone(), s.clone());
         tokio::spawn(async move {

@@ -595,7 +595,7 @@ to = ["out"]
         "{metrics}"
     );
     receiver.set_status(200);
-    // The source reconnects; the broker redelivers the unacknowledged message.
+    // The source hands the unacknowledged message to the pipeline again after a backoff.
     let again = tokio::time::timeout(Duration::from_secs(15), receiver.rx.recv())
         .await
         .expect("redelivery")

@@ -2,11 +2,13 @@
 //! acknowledges each QoS 1 message with a manual PUBACK only once every routed sink confirmed.
 //!
 //! MQTT has no negative acknowledgement, and a broker redelivers an unacknowledged QoS 1
-//! message only when the session resumes on a new connection. So when a delivery fails (or a
-//! sink queue stays full) the source drops the connection and reconnects with the same client
-//! id and `clean_start = false`: the broker then redelivers every message not yet acked. Acks
-//! belong to the connection that received the message; one that settles after its connection
-//! is gone is not sent (the message comes again instead).
+//! message only when the session resumes on a new connection — resending the whole session.
+//! So when a delivery fails (or a sink queue stays full) the source keeps the message
+//! unacknowledged and hands it to the pipeline again after a backoff, on the same connection.
+//! When the connection is lost, the broker redelivers every message not yet acked on the next
+//! one (same client id, `clean_start = false`). Acks belong to the connection that received the
+//! message; one that settles after its connection is gone is not sent (the message comes again
+//! instead).
 //!
 //! A message that is not a CloudEvent (and has no normalize template), or is an invalid one,
 //! is logged, counted and — after being republished to `dead_letter_topic` when one is set —
@@ -154,6 +156,8 @@ impl Source {
                 acks_base: 0,
                 dead_unwritten: VecDeque::new(),
                 dead_awaiting: HashMap::new(),
+                retries: VecDeque::new(),
+                retry_backoff: Backoff::reconnect(),
                 after_failure,
                 delivered_any: false,
             };
@@ -210,6 +214,9 @@ struct Connection<'a> {
     dead_unwritten: VecDeque<(Option<u64>, Message)>,
     /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
     dead_awaiting: HashMap<u16, (Option<u64>, Message)>,
+    /// Messages whose delivery failed, with when to try again, in that order.
+    retries: VecDeque<(tokio::time::Instant, Option<u64>, Message)>,
+    retry_backoff: Backoff,
     /// The previous connection ended because a delivery failed, and none succeeded since.
     after_failure: bool,
     /// A delivery succeeded on this connection.
@@ -242,6 +249,10 @@ impl Connection<'_> {
             }
             // The socket is read while there is room to hold what it brings.
             let room = self.waiting.len() < WAITING_FACTOR * self.window;
+            let (retry_due, next_retry) = match self.retries.front() {
+                Some(r) => (true, r.0),
+                None => (false, tokio::time::Instant::now()),
+            };
             tokio::select! {
                 () = cx.shutdown.cancelled(), if !draining => {
                     // Stop taking messages; let in-flight ones settle and be acked.
@@ -255,12 +266,22 @@ impl Connection<'_> {
                     self.in_flight -= 1;
                     if s.delivered {
                         self.settle(s.seq, s.message);
+                        self.retry_backoff.reset();
                         if !self.delivered_any {
                             self.delivered_any = true;
                             backoff.reset();
                         }
                     } else if s.message.needs_ack() {
-                        return End::Redeliver("a delivery failed".into());
+                        self.retry_later(s.seq, s.message);
+                    }
+                }
+                () = tokio::time::sleep_until(next_retry), if retry_due && !draining => {
+                    let now = tokio::time::Instant::now();
+                    while self.retries.front().is_some_and(|r| r.0 <= now) {
+                        let (_, seq, m) = self.retries.pop_front().expect("a due retry");
+                        if let Err(end) = self.handle(seq, m).await {
+                            return end;
+                        }
                     }
                 }
                 ev = events.poll(), if room => match ev {
@@ -312,6 +333,14 @@ impl Connection<'_> {
                 },
             }
         }
+    }
+
+    /// Holds a message whose delivery failed, unacknowledged, and hands it to the pipeline
+    /// again after a backoff: MQTT has no negative acknowledgement, and the broker would
+    /// redeliver only on a new connection (at the cost of resending the whole session).
+    fn retry_later(&mut self, seq: Option<u64>, message: Message) {
+        let at = tokio::time::Instant::now() + self.retry_backoff.next_delay();
+        self.retries.push_back((at, seq, message));
     }
 
     /// Marks a message as done: its PUBACK may go once every earlier one went.
@@ -419,7 +448,9 @@ impl Connection<'_> {
             }
             Err(IngestError::Dispatch(e)) => {
                 if message.needs_ack() {
-                    return Err(End::Redeliver(format!("{e:?}")));
+                    tracing::warn!(source = %cx.name(), error = ?e, "sink unavailable; the message will be retried");
+                    self.retry_later(seq, message);
+                    return Ok(());
                 }
                 tracing::warn!(source = %cx.name(), error = ?e, "QoS 0 message dropped: sink unavailable");
                 return Ok(());
@@ -437,7 +468,7 @@ impl Connection<'_> {
                     true
                 }
                 Outcome::Failed(f) => {
-                    tracing::warn!(source = %stats.name, topic = %topic, error = %f, "delivery failed; the message will be redelivered");
+                    tracing::warn!(source = %stats.name, topic = %topic, error = %f, "delivery failed; the message will be retried");
                     false
                 }
             };
