@@ -462,9 +462,14 @@ async fn twenty_reloads_under_load_lose_nothing() {
         presented_certificate(&tls_config, ports.https).await,
         leaf_of(&d, 1)
     );
+    // Traffic flows in each generation: wait for this many more acknowledged events.
+    let acknowledged = || tally.sent.lock().unwrap().len();
+    let flow = async |n: usize| {
+        let target = acknowledged() + n;
+        wait_for("events to flow", async || acknowledged() >= target).await;
+    };
     for i in 0..RELOADS {
-        // Let traffic flow in this generation for a moment.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        flow(200).await;
         let mut next = shape;
         match i % 5 {
             0 => next.to_a = !next.to_a,
@@ -542,7 +547,7 @@ async fn twenty_reloads_under_load_lose_nothing() {
             );
         }
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    flow(200).await;
     stop.store(true, Ordering::SeqCst);
     for task in load {
         task.await.unwrap();
@@ -565,10 +570,6 @@ async fn twenty_reloads_under_load_lose_nothing() {
     let mqtt: Vec<(String, u64)> = mqtt_published.lock().unwrap().clone();
     let mut written: HashMap<String, Vec<&str>> = HashMap::new();
     let files = [("a", "a.jsonl"), ("b", "b1.jsonl"), ("b", "b2.jsonl")];
-    let contents: Vec<(&str, Vec<String>)> = files
-        .iter()
-        .map(|(sink, f)| (*sink, ids_in(&d.join(f))))
-        .collect();
     // MQTT events arrive at their own pace: wait until all are written.
     let want_mqtt: HashSet<&str> = mqtt.iter().map(|(id, _)| id.as_str()).collect();
     wait_for("every MQTT event written", async || {
@@ -576,14 +577,10 @@ async fn twenty_reloads_under_load_lose_nothing() {
         want_mqtt.iter().all(|id| seen.contains(*id))
     })
     .await;
-    let contents: Vec<(&str, Vec<String>)> = if want_mqtt.is_empty() {
-        contents
-    } else {
-        files
-            .iter()
-            .map(|(sink, f)| (*sink, ids_in(&d.join(f))))
-            .collect()
-    };
+    let contents: Vec<(&str, Vec<String>)> = files
+        .iter()
+        .map(|(sink, f)| (*sink, ids_in(&d.join(f))))
+        .collect();
     for (sink, ids) in &contents {
         for id in ids {
             written.entry(id.clone()).or_default().push(sink);

@@ -45,13 +45,7 @@ pub async fn start(config: &AmqpSourceConfig, cx: SourceContext) -> Result<(), S
     config
         .check()
         .map_err(|(key, message)| config_error(format!("{}: {message}", key.join("."))))?;
-    let normalizer = match &config.normalize {
-        Some(n) => Some(
-            Normalizer::compile(n)
-                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
-        ),
-        None => None,
-    };
+    let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     cx.set_ready(false);
     let consumer = Consumer {
         config: config.clone(),

@@ -72,13 +72,7 @@ fn prepare(config: &HttpSourceConfig, cx: &SourceContext) -> Result<Prepared, So
         source_name: cx.name().to_owned(),
         message,
     };
-    let normalizer = match &config.normalize {
-        Some(n) => Some(
-            Normalizer::compile(n)
-                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
-        ),
-        None => None,
-    };
+    let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     let state = SourceState {
         config: config.clone(),
         generation: cx.generation.clone(),

@@ -183,26 +183,14 @@ impl Running {
     }
 }
 
-/// Checks what starting `config` could refuse, without starting it: templates and, with
-/// `bind`, the listener's address (the bound listener is kept for [`start`]).
+/// With `bind`, binds a listening source's address ahead of [`start`] (which takes the bound
+/// listener), so a taken port refuses a reload before anything changed. Templates, TLS material
+/// and the rest were checked with the config.
 pub async fn check(
     name: &str,
     config: &SourceConfig,
     bind: bool,
 ) -> Result<Option<TcpListener>, SourceError> {
-    let normalize = match config {
-        SourceConfig::Http(c) => c.normalize.as_ref(),
-        SourceConfig::Websocket(c) => c.normalize.as_ref(),
-        SourceConfig::Amqp(c) => c.normalize.as_ref(),
-        SourceConfig::Mqtt(c) => c.normalize.as_ref(),
-        SourceConfig::Nats(c) => c.normalize.as_ref(),
-    };
-    if let Some(n) = normalize {
-        Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
-            source_name: name.to_owned(),
-            message: format!("normalize.{key}: {message}"),
-        })?;
-    }
     let listen = match config {
         SourceConfig::Http(c) if bind => Some(c.listen),
         SourceConfig::Websocket(c) if bind => Some(c.listen),
@@ -262,4 +250,19 @@ pub async fn start(
         addr,
         live,
     })
+}
+
+/// Compiles a source's `normalize` template, if it has one.
+pub(crate) fn normalizer(
+    source_name: &str,
+    normalize: Option<&crate::normalize::NormalizeConfig>,
+) -> Result<Option<Normalizer>, SourceError> {
+    normalize
+        .map(|n| {
+            Normalizer::compile(n).map_err(|(key, message)| SourceError::Config {
+                source_name: source_name.to_owned(),
+                message: format!("normalize.{key}: {message}"),
+            })
+        })
+        .transpose()
 }

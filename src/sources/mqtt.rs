@@ -51,12 +51,7 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
     let keyed = |(key, m): (Vec<String>, String)| err(format!("{}: {m}", key.join(".")));
     let password = crate::config::mqtt_password(config.password.as_ref()).map_err(keyed)?;
     let tls = crate::config::mqtt_client_tls(&config.url, config.tls.as_ref()).map_err(keyed)?;
-    let normalizer = match &config.normalize {
-        Some(n) => {
-            Some(Normalizer::compile(n).map_err(|(key, m)| err(format!("normalize.{key}: {m}")))?)
-        }
-        None => None,
-    };
+    let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     let filters = config
         .topics
         .iter()
@@ -135,8 +130,8 @@ impl Source {
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
         let mut backoff = Backoff::reconnect();
         let mut connection = 0u64;
-        // While deliveries keep failing, the backoff grows across reconnects instead of
-        // starting over at each subscription: a sink outage costs few redeliveries.
+        // After a connection dropped for redelivery, the backoff keeps growing across
+        // reconnects until a delivery succeeds, instead of starting over at the subscription.
         let mut after_failure = false;
         loop {
             connection += 1;
@@ -159,11 +154,9 @@ impl Source {
                 retries: VecDeque::new(),
                 retry_backoff: Backoff::reconnect(),
                 after_failure,
-                delivered_any: false,
             };
             let end = conn.run(&mut events, &mut settled_rx, &mut backoff).await;
-            after_failure =
-                matches!(end, End::Redeliver(_)) || (after_failure && !conn.delivered_any);
+            after_failure = matches!(end, End::Redeliver(_));
             self.cx.set_ready(false);
             self.cx.stats.connections.set(0);
             match end {
@@ -217,10 +210,8 @@ struct Connection<'a> {
     /// Messages whose delivery failed, with when to try again, in that order.
     retries: VecDeque<(tokio::time::Instant, Option<u64>, Message)>,
     retry_backoff: Backoff,
-    /// The previous connection ended because a delivery failed, and none succeeded since.
+    /// The previous connection ended to have the broker redeliver.
     after_failure: bool,
-    /// A delivery succeeded on this connection.
-    delivered_any: bool,
 }
 
 impl Connection<'_> {
@@ -267,10 +258,7 @@ impl Connection<'_> {
                     if s.delivered {
                         self.settle(s.seq, s.message);
                         self.retry_backoff.reset();
-                        if !self.delivered_any {
-                            self.delivered_any = true;
-                            backoff.reset();
-                        }
+                        backoff.reset();
                     } else if s.message.needs_ack() {
                         self.retry_later(s.seq, s.message);
                     }

@@ -40,13 +40,7 @@ pub async fn start(config: &NatsSourceConfig, cx: SourceContext) -> Result<(), S
     config
         .check()
         .map_err(|(key, message)| config_error(format!("{}: {message}", key.join("."))))?;
-    let normalizer = match &config.normalize {
-        Some(n) => Some(
-            Normalizer::compile(n)
-                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
-        ),
-        None => None,
-    };
+    let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     let source = Arc::new(Source {
         config: config.clone(),
         normalizer,

@@ -103,13 +103,7 @@ fn prepare(
         source_name: cx.name().to_owned(),
         message,
     };
-    let normalizer = match &config.normalize {
-        Some(n) => Some(
-            Normalizer::compile(n)
-                .map_err(|(key, message)| config_error(format!("normalize.{key}: {message}")))?,
-        ),
-        None => None,
-    };
+    let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     let tls = (config.tls.as_ref())
         .map(|t| crate::tls::server_config(t, &[b"http/1.1"]))
         .transpose()
