@@ -7,10 +7,9 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{Broker, TestGateway};
 use ferry::security::secret::Secret;
 use ferry::security::signing::{SignConfig, SignScheme, SIGNATURE_ATTRIBUTE};
 use ferry::tls::ClientTlsConfig;
@@ -57,20 +56,6 @@ impl Certs {
     }
 }
 
-/// A broker process of this test; killed when dropped, also when the test fails.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,34 +65,6 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
-    fn spawn(program: &str, args: &[String], port: u16, dir: tempfile::TempDir) -> Broker {
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
-        let mut broker = Broker {
-            child,
-            port,
-            _dir: dir,
-        };
-        // The port accepting connections is the signal that the broker is up.
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("{program} exited: {status}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{program} did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
     /// nats-server with TLS on a random port, requiring client certificates.
     fn nats(certs: &Certs) -> Broker {
         let port = free_port();

@@ -592,97 +592,55 @@ async fn stream_messages(port: u16, s: &str) -> Option<u64> {
     Some(stream.info().await.ok()?.state.messages)
 }
 
-/// A private `nats-server -js` on a fixed port with its own store, killed on drop.
-struct NatsServer {
-    child: std::process::Child,
-    port: u16,
-    store: tempfile::TempDir,
-}
+/// A private `nats-server -js` on a fixed port with its own store.
+struct NatsServer(common::Broker);
 
 impl NatsServer {
     fn start(port: u16, store: tempfile::TempDir) -> NatsServer {
-        let child = std::process::Command::new("/usr/sbin/nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("/usr/sbin/nats-server is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        NatsServer { child, port, store }
+        let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]
+            .into_iter()
+            .map(String::from)
+            .chain([store.path().display().to_string()])
+            .collect::<Vec<_>>();
+        NatsServer(common::Broker::spawn(
+            "/usr/sbin/nats-server",
+            &args,
+            port,
+            store,
+        ))
     }
 
-    /// Stops the server and starts it again on the same port and store.
+    fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port and store.
     fn restart(mut self) -> NatsServer {
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.0.child.id().to_string()])
             .status();
-        let _ = self.child.wait();
-        let (port, store) = (
-            self.port,
-            std::mem::replace(&mut self.store, tempfile::tempdir().unwrap()),
-        );
-        NatsServer::start(port, store)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.wait();
+        let store = std::mem::replace(&mut self.0.dir, tempfile::tempdir().unwrap());
+        NatsServer::start(self.0.port, store)
     }
 }
 
 /// A private Mosquitto on a random port whose per-client queue does not drop (the shared one
 /// keeps at most 1000 QoS 1 messages for a client that falls behind and drops the rest while
 /// acknowledging them to their publisher: the broker's loss, which would hide Ferry's).
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    async fn start() -> Mosquitto {
-        let port = common::closed_port().await.port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("/usr/sbin/mosquitto is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn private_mosquitto() -> common::Broker {
+    let port = common::closed_port().await.port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n"
+        ),
+    )
+    .unwrap();
+    let args = vec!["-c".to_owned(), conf.display().to_string()];
+    common::Broker::spawn("/usr/sbin/mosquitto", &args, port, dir)
 }
 
 /// NATS (JetStream) restarted in the middle of an MQTT → JetStream stream: nothing Ferry
@@ -698,7 +656,7 @@ async fn nats_restart_mid_stream_loses_nothing_acknowledged() {
 
     let port = common::closed_port().await.port();
     let nats = NatsServer::start(port, tempfile::tempdir().unwrap());
-    let mosquitto = Mosquitto::start().await;
+    let mosquitto = private_mosquitto().await;
     let mqtt_port = mosquitto.port;
     let s = uuid::Uuid::now_v7().simple().to_string();
     let gw = TestGateway::start(&format!(
@@ -791,12 +749,12 @@ to = ["stream"]
     let in_stream = |port: u16| stream_messages(port, &s);
     // Restart NATS once a quarter of the events are in the stream.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while in_stream(nats.port).await.unwrap_or(0) < (N / 4) as u64 {
+    while in_stream(nats.port()).await.unwrap_or(0) < (N / 4) as u64 {
         assert!(Instant::now() < deadline, "events did not reach the stream");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let nats = nats.restart();
-    let at_restart = in_stream(nats.port).await.unwrap_or(0);
+    let at_restart = in_stream(nats.port()).await.unwrap_or(0);
     publisher.await.expect("publisher");
     // Mosquitto acknowledged every publish; Ferry acknowledges its deliveries to Mosquitto only
     // once the stream confirmed them, so everything ends up in the stream.
@@ -815,7 +773,7 @@ to = ["stream"]
             "only {messages} of {N} events reached the stream after the restart"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        messages = in_stream(nats.port).await.unwrap_or(0);
+        messages = in_stream(nats.port()).await.unwrap_or(0);
     }
     eprintln!("{at_restart} of {N} in the stream when NATS restarted; {messages} after");
     assert_eq!(

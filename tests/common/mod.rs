@@ -353,3 +353,46 @@ pub async fn stalled_endpoint() -> SocketAddr {
     });
     addr
 }
+
+/// A private broker process of one test (nats-server, mosquitto) on its own port, with its
+/// files in `dir`; killed when dropped, also when the test fails.
+pub struct Broker {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts `program` and waits until it accepts connections on `port` (the signal that it
+    /// is up).
+    pub fn spawn(program: &str, args: &[String], port: u16, dir: tempfile::TempDir) -> Broker {
+        use std::process::{Command, Stdio};
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
+        let mut broker = Broker { child, port, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("{program} exited: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
