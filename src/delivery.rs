@@ -165,6 +165,7 @@ pub fn decide(
         event,
         metadata: delivery.envelope.metadata.clone(),
         routes: None,
+        span: delivery.envelope.span.clone(),
     };
     Decision::DeadLetter(Delivery::dead_letter(Arc::new(envelope)))
 }

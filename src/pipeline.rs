@@ -22,6 +22,9 @@ pub struct Envelope {
     pub metadata: Arc<TransportMetadata>,
     /// Routes the sender's policy allows; `None` means every route.
     pub routes: Option<Arc<[String]>>,
+    /// The event's `event` span (debug level): its id, type, source and routes. What sinks log
+    /// about the event is logged inside it. Disabled, and free, unless debug logging is on.
+    pub span: tracing::Span,
 }
 
 impl Envelope {
@@ -30,6 +33,7 @@ impl Envelope {
             event,
             metadata: metadata.into(),
             routes: None,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -136,6 +140,7 @@ impl Generation {
                         metadata: &e.metadata,
                     },
                     e.routes.as_deref(),
+                    !e.span.is_disabled(),
                 )
             })
             .collect()
@@ -250,9 +255,14 @@ pub async fn ingest_with(
     let mut envelopes = envelopes;
     for e in &mut envelopes {
         crate::trace::ensure(&mut e.event, &e.metadata);
-        tracing::debug!(source = %stats.name, event.id = e.event.id(), event.type = e.event.ty(), event.source = e.event.source(), "event received");
+        e.span = event_span(&stats.name, &e.event);
     }
     let mut sets = generation.route(&stats.name, &envelopes);
+    for (e, set) in envelopes.iter().zip(&sets) {
+        if !e.span.is_disabled() {
+            record_routes(&e.span, set);
+        }
+    }
     if let Some(index) = sets.iter().position(SinkSet::is_unrouted) {
         if unrouted == Unrouted::Reject {
             return Err(IngestError::Unrouted { index });
@@ -275,4 +285,33 @@ pub async fn ingest_with(
         inner: waiter,
         dedup_keys,
     })
+}
+
+/// The span of one event's journey through Ferry, at debug level so it costs nothing
+/// unless debug logging is on (`RUST_LOG=ferry=debug` or `[log] level`). `route` is filled in
+/// once the router has chosen.
+fn event_span(source: &str, event: &CloudEvent) -> tracing::Span {
+    tracing::debug_span!(
+        "event",
+        source = source,
+        event.id = event.id(),
+        event.type = event.ty(),
+        event.source = event.source(),
+        route = tracing::field::Empty,
+    )
+}
+
+/// Records the routes an event matched on its span, and logs the routing decision in it.
+fn record_routes(span: &tracing::Span, set: &SinkSet) {
+    let routes = set.route_names().join(",");
+    span.record("route", routes.as_str());
+    span.in_scope(|| {
+        if set.is_unrouted() {
+            tracing::debug!("event received: no route matched");
+        } else if set.is_empty() {
+            tracing::debug!("event received: dropped as a repeat");
+        } else {
+            tracing::debug!(sinks = set.len(), "event received and routed");
+        }
+    });
 }

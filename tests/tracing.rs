@@ -1,11 +1,12 @@
 //! A trace started by an HTTP client's `traceparent` arrives with the same trace id on AMQP,
-//! MQTT 5 and NATS messages.
+//! MQTT 5 and NATS messages; with debug logging, each event's log lines sit in an `event`
+//! span that names its id, type, source and routes.
 
 mod common;
 
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{FerryProcess, Receiver, TestGateway};
 use futures_util::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -169,4 +170,144 @@ to = ["amqp", "mqtt", "nats"]
         .unwrap();
     let event = ferry_nats::decode(message.headers.as_ref(), message.payload.clone()).unwrap();
     assert_eq!(traceparent_of(&event), TRACE, "NATS");
+}
+
+/// The JSON log lines of the `event` span whose `event.id` is `id`.
+fn span_lines(ferry: &FerryProcess, id: &str) -> Vec<serde_json::Value> {
+    ferry
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["span"]["name"] == "event" && v["span"]["event.id"] == id)
+        .collect()
+}
+
+#[tokio::test]
+async fn debug_logs_carry_a_span_per_event_with_its_routes() {
+    let partner = Receiver::start().await;
+    partner.set_status(400);
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::start(
+        dir.path(),
+        &format!(
+            r#"
+[log]
+level = "info,ferry=debug"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.archive]
+type = "file"
+path = "archive.jsonl"
+
+[sinks.partner]
+type = "http"
+url = "http://{}/events"
+dead_letter = "dlq"
+
+[sinks.dlq]
+type = "file"
+path = "dead-letters.jsonl"
+
+[routes.orders]
+from = ["web"]
+to = ["archive"]
+filters = [{{ prefix = {{ type = "com.example.order." }} }}]
+
+[routes.partners]
+from = ["web"]
+to = ["partner"]
+filters = [{{ exact = {{ type = "com.example.order.created" }} }}]
+"#,
+            partner.addr
+        ),
+    );
+    let client = reqwest::Client::new();
+    for (id, ty) in [
+        ("span-1", "com.example.order.created"),
+        ("span-2", "com.example.order.paid"),
+    ] {
+        let status = client
+            .post(ferry.url("web", "/events"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/shop")
+            .header("ce-type", ty)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202, "{id}");
+    }
+
+    // The sinks log before they confirm, so the lines are written before the 202; the
+    // thread that reads Ferry's stderr may still be behind.
+    let wanted = [
+        "event received and routed",
+        "delivered",
+        "delivery failed",
+        "sent to the dead-letter sink",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let lines = span_lines(&ferry, "span-1");
+        let messages: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l["fields"]["message"].as_str())
+            .collect();
+        let delivered = messages.iter().filter(|m| **m == "delivered").count();
+        if wanted.iter().all(|w| messages.contains(w)) && delivered == 2 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "span lines of span-1 incomplete: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for line in &created {
+        let span = &line["span"];
+        assert_eq!(span["event.type"], "com.example.order.created", "{line}");
+        assert_eq!(span["event.source"], "/shop", "{line}");
+        assert_eq!(span["source"], "web", "{line}");
+        assert_eq!(span["route"], "orders,partners", "{line}");
+    }
+    let sinks: Vec<&str> = created
+        .iter()
+        .filter(|l| l["fields"]["message"] == "delivered")
+        .filter_map(|l| l["fields"]["sink"].as_str())
+        .collect();
+    assert!(
+        sinks.contains(&"archive") && sinks.contains(&"dlq"),
+        "{created:#?}"
+    );
+
+    let paid = loop {
+        let lines = span_lines(&ferry, "span-2");
+        if lines.iter().any(|l| l["fields"]["message"] == "delivered") {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "span-2 not delivered: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        paid.iter().all(|l| l["span"]["route"] == "orders"),
+        "{paid:#?}"
+    );
+    assert!(
+        paid.iter()
+            .all(|l| l["fields"]["message"] != "delivery failed"),
+        "{paid:#?}"
+    );
 }

@@ -50,6 +50,8 @@ pub struct SinkSet {
     pub deduplicated: bool,
     /// Keys to remember once the event is acknowledged, for deduplicating routes.
     pub dedup_keys: Vec<(Arc<DedupWindow>, u64)>,
+    /// The routes that matched, when the caller asked for their names (for tracing).
+    routes: Vec<Arc<str>>,
 }
 
 impl SinkSet {
@@ -62,6 +64,14 @@ impl SinkSet {
     }
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.sinks.iter().copied()
+    }
+    /// How many sinks.
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+    /// The names of the routes that matched, if [`RouteTable::select`] was asked for them.
+    pub fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| &**r).collect()
     }
     fn insert(&mut self, sink: usize) {
         if !self.sinks.contains(&sink) {
@@ -137,11 +147,13 @@ impl RouteTable {
     }
 
     /// The sinks an event from `source` goes to, taking only the `allowed` routes if given.
+    /// With `names`, the set also lists the routes that matched.
     pub fn select(
         &self,
         source: &str,
         subject: Subject<'_>,
         allowed: Option<&[String]>,
+        names: bool,
     ) -> SinkSet {
         let mut set = SinkSet::default();
         let Some(routes) = self.by_source.get(source) else {
@@ -155,6 +167,9 @@ impl RouteTable {
             match route.filter.matches(subject) {
                 Ok(true) => {
                     route.matched.inc();
+                    if names {
+                        set.routes.push(Arc::clone(&route.name));
+                    }
                     if let Some(window) = &route.dedup {
                         let key = window.key(subject.event.source(), subject.event.id());
                         if window.contains(key) {

@@ -92,9 +92,19 @@ impl SinkQueue {
     }
 }
 
-/// Per-sink counters, cached so the hot path does no label lookups.
+/// Per-sink counters, cached so the hot path does no label lookups. Cloning is one
+/// reference count: delivery tasks each hold a clone.
 #[derive(Clone)]
-pub struct SinkStats {
+pub struct SinkStats(Arc<SinkStatsInner>);
+
+impl std::ops::Deref for SinkStats {
+    type Target = SinkStatsInner;
+    fn deref(&self) -> &SinkStatsInner {
+        &self.0
+    }
+}
+
+pub struct SinkStatsInner {
     name: Arc<str>,
     metrics: Metrics,
     delivered: Counter,
@@ -124,7 +134,7 @@ impl SinkStats {
         let circuit_open = metrics.circuit_open.get_or_create(&labels).clone();
         circuit_open.set(0);
         cx.readiness.remove(&circuit_key(name));
-        SinkStats {
+        SinkStats(Arc::new(SinkStatsInner {
             name: Arc::clone(name),
             metrics: metrics.clone(),
             delivered: metrics.delivered.get_or_create(&labels).clone(),
@@ -138,11 +148,14 @@ impl SinkStats {
             retry: config.retry().cloned(),
             own_queue,
             dead_letter,
-        }
+        }))
     }
 
     pub fn confirm(&self, delivery: Delivery) {
         self.delivered.inc();
+        delivery.envelope.span.in_scope(
+            || tracing::debug!(sink = %self.name, attempt = delivery.attempt + 1, "delivered"),
+        );
         self.breaker_moved(self.breaker.as_ref().and_then(|b| b.success()));
         delivery.ack.confirm();
     }
@@ -202,7 +215,9 @@ impl SinkStats {
             };
             self.breaker_moved(moved);
         }
-        tracing::warn!(sink = %self.name, event.id = delivery.envelope.event.id(), error = %message, "delivery failed");
+        delivery.envelope.span.in_scope(|| {
+            tracing::warn!(sink = %self.name, event.id = delivery.envelope.event.id(), attempt = delivery.attempt + 1, error = %message, "delivery failed");
+        });
         self.metrics
             .delivery_failures
             .get_or_create(&SinkFailureLabels {
@@ -243,6 +258,9 @@ impl SinkStats {
                     return;
                 };
                 self.retried.inc();
+                delivery.envelope.span.in_scope(|| {
+                    tracing::debug!(sink = %self.name, delay_ms = delay.as_millis() as u64, "retry scheduled");
+                });
                 let mut delivery = delivery;
                 delivery.attempt += 1;
                 tokio::spawn(async move {
@@ -263,6 +281,9 @@ impl SinkStats {
                     return;
                 };
                 self.dead_lettered.inc();
+                delivery.envelope.span.in_scope(|| {
+                    tracing::debug!(sink = %self.name, reason = %message, "sent to the dead-letter sink");
+                });
                 let dead = pending.with_ack(delivery.ack);
                 tokio::spawn(async move {
                     if let Err(mpsc::error::SendError(d)) = queue.send(dead).await {
