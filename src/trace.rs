@@ -9,7 +9,6 @@
 //! (same trace, new span id).
 
 use ferry_core::{CloudEvent, ExtensionValue, TransportMetadata};
-use rand::Rng as _;
 
 /// Makes sure the event carries a trace context.
 pub fn ensure(event: &mut CloudEvent, metadata: &TransportMetadata) {
@@ -35,7 +34,7 @@ pub fn next_hop(traceparent: &str) -> Option<String> {
         return None;
     }
     let (trace, flags) = (&traceparent[3..35], &traceparent[53..55]);
-    Some(format!("00-{trace}-{}-{flags}", hex_id::<8>()))
+    Some(format!("00-{trace}-{:016x}-{flags}", nonzero::<u64>()))
 }
 
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, ids not all zero.
@@ -57,16 +56,20 @@ pub fn is_valid(t: &str) -> bool {
 }
 
 fn new_traceparent() -> String {
-    format!("00-{}-{}-01", hex_id::<16>(), hex_id::<8>())
+    format!("00-{:032x}-{:016x}-01", nonzero::<u128>(), nonzero::<u64>())
 }
 
-fn hex_id<const N: usize>() -> String {
-    let mut bytes = [0u8; N];
-    rand::rng().fill(&mut bytes[..]);
-    if bytes.iter().all(|b| *b == 0) {
-        bytes[N - 1] = 1;
+/// A random id that is not all zeros (the W3C spec makes zero invalid).
+fn nonzero<T: PartialEq + From<u8>>() -> T
+where
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
+    let id: T = rand::random();
+    if id == T::from(0) {
+        T::from(1)
+    } else {
+        id
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
