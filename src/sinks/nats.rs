@@ -22,6 +22,8 @@ use crate::template::{self, Template};
 struct Target {
     name: Arc<str>,
     subject: Template,
+    /// The subject when the template has no placeholders: cloning it is a reference count.
+    literal_subject: Option<async_nats::Subject>,
     mode: ferry_nats::Mode,
     timeout: Duration,
     signer: Option<Signer>,
@@ -152,6 +154,7 @@ pub fn start(
         .map_err(|(key, message)| err(format!("{}: {message}", key.join("."))))?;
     let target = Arc::new(Target {
         name: Arc::clone(name),
+        literal_subject: subject.as_literal().map(async_nats::Subject::from),
         subject,
         mode: match config.mode {
             ContentMode::Binary => ferry_nats::Mode::Binary,
@@ -323,15 +326,18 @@ async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkS
         .as_ref()
         .map(|s| s.sign_event(&delivery.envelope.event));
     let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
-    let subject = match target
-        .subject
-        .render(|n| template::event_attribute(event, n))
-    {
-        Ok(s) => s,
-        Err(missing) => {
-            let message = format!("subject template: the event has no `{missing}` attribute");
-            return stats.fail(delivery, FailureKind::Permanent, message);
-        }
+    let subject = match &target.literal_subject {
+        Some(s) => s.clone(),
+        None => match target
+            .subject
+            .render(|n| template::event_attribute(event, n))
+        {
+            Ok(s) => async_nats::Subject::from(s),
+            Err(missing) => {
+                let message = format!("subject template: the event has no `{missing}` attribute");
+                return stats.fail(delivery, FailureKind::Permanent, message);
+            }
+        },
     };
     let (mut headers, payload) = ferry_nats::encode(event, target.mode);
     let result = match &link.confirmation {
@@ -367,7 +373,7 @@ async fn publish_core(
     client: &async_nats::Client,
     rounds: &FlushRounds,
     timeout: Duration,
-    subject: String,
+    subject: async_nats::Subject,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
 ) -> PublishResult {
@@ -398,7 +404,7 @@ async fn publish_core(
 /// JetStream: confirmed by the stream's PubAck (a duplicate `Nats-Msg-Id` is acknowledged too).
 async fn publish_jetstream(
     js: &jetstream::Context,
-    subject: String,
+    subject: async_nats::Subject,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
 ) -> PublishResult {

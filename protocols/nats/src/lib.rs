@@ -260,29 +260,38 @@ pub fn encode(event: &CloudEvent, mode: Mode) -> (HeaderMap, Bytes) {
 
 /// The `ce-` headers of a binary-mode message (`datacontenttype` included).
 pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    use async_nats::header::HeaderName;
     // Names are `ce-` + [a-z0-9] and values percent-encoded to printable ASCII: both valid.
-    let mut put = |name: &str, value: &str| {
-        headers.insert(format!("ce-{name}"), encode_value(value).into_owned());
+    // The core attributes' names are static: no allocation for them.
+    let mut headers = HeaderMap::new();
+    let mut put = |name: HeaderName, value: &str| {
+        headers.insert(name, encode_value(value).into_owned());
     };
-    put("specversion", event.specversion());
-    put("id", event.id());
-    put("source", event.source());
-    put("type", event.ty());
+    put(
+        HeaderName::from_static("ce-specversion"),
+        event.specversion(),
+    );
+    put(HeaderName::from_static("ce-id"), event.id());
+    put(HeaderName::from_static("ce-source"), event.source());
+    put(HeaderName::from_static("ce-type"), event.ty());
     if let Some(ct) = event.effective_content_type() {
-        put("datacontenttype", ct);
+        put(HeaderName::from_static("ce-datacontenttype"), ct);
     }
     if let Some(v) = event.dataschema() {
-        put("dataschema", v);
+        put(HeaderName::from_static("ce-dataschema"), v);
     }
     if let Some(v) = event.subject() {
-        put("subject", v);
+        put(HeaderName::from_static("ce-subject"), v);
     }
     if let Some(v) = event.time() {
-        put("time", v.as_str());
+        put(HeaderName::from_static("ce-time"), v.as_str());
     }
     for (name, value) in event.extensions() {
-        put(name, &value.to_canonical_string());
+        let value = match value.as_ref() {
+            ferry_core::AttributeRef::Str(s) => encode_value(s).into_owned(),
+            other => encode_value(&other.to_canonical_string()).into_owned(),
+        };
+        headers.insert(format!("ce-{name}"), value);
     }
     headers
 }
