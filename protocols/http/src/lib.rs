@@ -16,6 +16,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 pub use header::{decode_value, encode_value};
 
+/// The header whose presence makes a message a binary-mode CloudEvent.
+const SPECVERSION_HEADER: HeaderName = HeaderName::from_static("ce-specversion");
+
 /// How an event is laid out in an HTTP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -80,16 +83,24 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
         return Ok(ContentMode::Binary);
     };
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    let lower = essence.to_ascii_lowercase();
-    if lower.starts_with("application/cloudevents-batch") {
-        return if lower == json::BATCH_MEDIA_TYPE {
+    // Compared in place: lower-casing a copy would cost an allocation per message.
+    let starts_with = |prefix: &str| {
+        essence
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    if starts_with("application/cloudevents-batch") {
+        return if essence.eq_ignore_ascii_case(json::BATCH_MEDIA_TYPE) {
             Ok(ContentMode::Batch)
         } else {
             Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
         };
     }
-    if lower.starts_with("application/cloudevents") {
-        return if lower == json::MEDIA_TYPE || lower == "application/cloudevents" {
+    if starts_with("application/cloudevents") {
+        return if essence.eq_ignore_ascii_case(json::MEDIA_TYPE)
+            || essence.eq_ignore_ascii_case("application/cloudevents")
+        {
             Ok(ContentMode::Structured)
         } else {
             Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
@@ -100,12 +111,12 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
 
 /// Whether the headers look like a binary-mode CloudEvent (`ce-specversion` present).
 pub fn is_binary_event(headers: &HeaderMap) -> bool {
-    headers.contains_key("ce-specversion")
+    headers.contains_key(&SPECVERSION_HEADER)
 }
 
 /// Decodes an HTTP message in any of the three modes.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Message, DecodeError> {
-    let content_type = header_str(headers, CONTENT_TYPE.as_str())?;
+    let content_type = header_str(headers, &CONTENT_TYPE)?;
     match content_mode(content_type)? {
         ContentMode::Structured => {
             json::decode(&body)
@@ -167,7 +178,7 @@ pub fn binary_attributes(headers: &HeaderMap) -> Result<EventBuilder, DecodeErro
         })?;
         builder.attribute(attribute, value);
     }
-    if let Some(ct) = header_str(headers, CONTENT_TYPE.as_str())? {
+    if let Some(ct) = header_str(headers, &CONTENT_TYPE)? {
         builder.attribute("datacontenttype", ct.to_owned());
     }
     Ok(builder)
@@ -216,7 +227,7 @@ pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8 + event.extensions().len());
     // Every event is 1.0 on the way out, so this value never needs encoding or a copy.
     headers.append(
-        const { HeaderName::from_static("ce-specversion") },
+        SPECVERSION_HEADER,
         const { HeaderValue::from_static(ferry_core::event::SPECVERSION) },
     );
     let mut put = |name: HeaderName, value: &str| {
@@ -301,11 +312,14 @@ fn header_for(attribute: &str) -> String {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, DecodeError> {
+fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, DecodeError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| DecodeError::Invalid {
-            header: Some(name.to_owned()),
+            header: Some(name.as_str().to_owned()),
             error: EventError::malformed("header value is not visible ASCII"),
         }),
     }

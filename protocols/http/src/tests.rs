@@ -45,6 +45,20 @@ fn mode_detection() {
         ),
         (Some("application/cloudevents+avro"), Err(())),
         (Some("application/cloudevents-batch+avro"), Err(())),
+        (Some("Application/CloudEvents"), Ok(ContentMode::Structured)),
+        (
+            Some(" application/cloudevents+json ; x=y"),
+            Ok(ContentMode::Structured),
+        ),
+        (Some("application/cloudevents-batch"), Err(())),
+        (Some("application/cloudeventsx"), Err(())),
+        (Some("application/cloud"), Ok(ContentMode::Binary)),
+        (Some("application/cloudevents-batch+jsonx"), Err(())),
+        (
+            Some("\u{e9}pplication/cloudevents"),
+            Ok(ContentMode::Binary),
+        ),
+        (Some(""), Ok(ContentMode::Binary)),
     ];
     for (ct, want) in cases {
         let got = content_mode(*ct);
@@ -56,6 +70,13 @@ fn mode_detection() {
             ),
         }
     }
+    // The error quotes the media type as written.
+    assert_eq!(
+        content_mode(Some("Application/CloudEvents+Avro; v=1")),
+        Err(DecodeError::UnsupportedMediaType(
+            "Application/CloudEvents+Avro".into()
+        ))
+    );
 }
 
 #[test]
