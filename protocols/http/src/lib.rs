@@ -82,7 +82,7 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
     let Some(ct) = content_type else {
         return Ok(ContentMode::Binary);
     };
-    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let essence = ferry_core::validate::media_type_essence(ct);
     // Compared in place: lower-casing a copy would cost an allocation per message.
     let starts_with = |prefix: &str| {
         essence
