@@ -420,23 +420,29 @@ impl EventBuilder {
     /// Core attribute names fill their slots; others become String extensions.
     /// `name` must already be lowercase. A repeated attribute is reported by [`Self::build`].
     pub fn attribute(&mut self, name: &str, value: String) {
-        if self.has(name) {
-            self.duplicate.get_or_insert_with(|| name.to_owned());
-        }
-        match name {
-            "specversion" => self.specversion = Some(value),
-            "id" => self.id = Some(value),
-            "source" => self.source = Some(value),
-            "type" => self.ty = Some(value),
-            "datacontenttype" => self.datacontenttype = Some(value),
-            "dataschema" | "schemaurl" => self.dataschema = Some(value),
-            "subject" => self.subject = Some(value),
-            "time" => self.time = Some(value),
-            "datacontentencoding" => self.legacy_encoding = Some(value),
+        // One match routes the value; the slot's previous content tells whether it repeats.
+        let slot = match name {
+            "specversion" => &mut self.specversion,
+            "id" => &mut self.id,
+            "source" => &mut self.source,
+            "type" => &mut self.ty,
+            "datacontenttype" => &mut self.datacontenttype,
+            "dataschema" | "schemaurl" => &mut self.dataschema,
+            "subject" => &mut self.subject,
+            "time" => &mut self.time,
+            "datacontentencoding" => &mut self.legacy_encoding,
             _ => {
-                self.extensions
+                let previous = self
+                    .extensions
                     .insert(name.to_owned(), ExtensionValue::String(value));
+                if previous.is_some() {
+                    self.duplicate.get_or_insert_with(|| name.to_owned());
+                }
+                return;
             }
+        };
+        if slot.replace(value).is_some() {
+            self.duplicate.get_or_insert_with(|| name.to_owned());
         }
     }
 

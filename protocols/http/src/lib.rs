@@ -7,12 +7,17 @@
 
 mod header;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use ferry_core::json::{self, BatchError};
-use ferry_core::{CloudEvent, Data, EventBuilder, EventError, TransportMetadata};
+use ferry_core::{AttributeRef, CloudEvent, Data, EventBuilder, EventError, TransportMetadata};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 pub use header::{decode_value, encode_value};
+
+/// The header whose presence makes a message a binary-mode CloudEvent.
+const SPECVERSION_HEADER: HeaderName = HeaderName::from_static("ce-specversion");
 
 /// How an event is laid out in an HTTP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,17 +82,25 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
     let Some(ct) = content_type else {
         return Ok(ContentMode::Binary);
     };
-    let essence = ct.split(';').next().unwrap_or_default().trim();
-    let lower = essence.to_ascii_lowercase();
-    if lower.starts_with("application/cloudevents-batch") {
-        return if lower == json::BATCH_MEDIA_TYPE {
+    let essence = ferry_core::validate::media_type_essence(ct);
+    // Compared in place: lower-casing a copy would cost an allocation per message.
+    let starts_with = |prefix: &str| {
+        essence
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    if starts_with("application/cloudevents-batch") {
+        return if essence.eq_ignore_ascii_case(json::BATCH_MEDIA_TYPE) {
             Ok(ContentMode::Batch)
         } else {
             Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
         };
     }
-    if lower.starts_with("application/cloudevents") {
-        return if lower == json::MEDIA_TYPE || lower == "application/cloudevents" {
+    if starts_with("application/cloudevents") {
+        return if essence.eq_ignore_ascii_case(json::MEDIA_TYPE)
+            || essence.eq_ignore_ascii_case("application/cloudevents")
+        {
             Ok(ContentMode::Structured)
         } else {
             Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
@@ -98,12 +111,12 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
 
 /// Whether the headers look like a binary-mode CloudEvent (`ce-specversion` present).
 pub fn is_binary_event(headers: &HeaderMap) -> bool {
-    headers.contains_key("ce-specversion")
+    headers.contains_key(&SPECVERSION_HEADER)
 }
 
 /// Decodes an HTTP message in any of the three modes.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Message, DecodeError> {
-    let content_type = header_str(headers, CONTENT_TYPE.as_str())?;
+    let content_type = header_str(headers, &CONTENT_TYPE)?;
     match content_mode(content_type)? {
         ContentMode::Structured => {
             json::decode(&body)
@@ -165,7 +178,7 @@ pub fn binary_attributes(headers: &HeaderMap) -> Result<EventBuilder, DecodeErro
         })?;
         builder.attribute(attribute, value);
     }
-    if let Some(ct) = header_str(headers, CONTENT_TYPE.as_str())? {
+    if let Some(ct) = header_str(headers, &CONTENT_TYPE)? {
         builder.attribute("datacontenttype", ct.to_owned());
     }
     Ok(builder)
@@ -212,30 +225,39 @@ pub fn encode(event: &CloudEvent, mode: Mode) -> (HeaderMap, Bytes) {
 /// The headers of a binary-mode message: `ce-` headers plus `Content-Type`.
 pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8 + event.extensions().len());
-    let mut put = |name: &str, value: &str| {
-        // Names are [a-z0-9] and values percent-encoded to printable ASCII: both always valid.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
-            HeaderValue::from_str(&encode_value(value)),
-        ) {
-            headers.append(n, v);
+    // Every event is 1.0 on the way out, so this value never needs encoding or a copy.
+    headers.append(
+        SPECVERSION_HEADER,
+        const { HeaderValue::from_static(ferry_core::event::SPECVERSION) },
+    );
+    let mut put = |name: HeaderName, value: &str| {
+        if let Some(v) = header_value(value) {
+            headers.append(name, v);
         }
     };
-    put("specversion", event.specversion());
-    put("id", event.id());
-    put("source", event.source());
-    put("type", event.ty());
+    put(const { HeaderName::from_static("ce-id") }, event.id());
+    put(
+        const { HeaderName::from_static("ce-source") },
+        event.source(),
+    );
+    put(const { HeaderName::from_static("ce-type") }, event.ty());
     if let Some(v) = event.dataschema() {
-        put("dataschema", v);
+        put(const { HeaderName::from_static("ce-dataschema") }, v);
     }
     if let Some(v) = event.subject() {
-        put("subject", v);
+        put(const { HeaderName::from_static("ce-subject") }, v);
     }
     if let Some(v) = event.time() {
-        put("time", v.as_str());
+        put(const { HeaderName::from_static("ce-time") }, v.as_str());
     }
     for (name, value) in event.extensions() {
-        put(name, &value.to_canonical_string());
+        let Some(name) = extension_header_name(name) else {
+            continue;
+        };
+        match value.as_ref() {
+            AttributeRef::Str(s) => put(name, s),
+            other => put(name, &other.to_canonical_string()),
+        }
     }
     if let Some(ct) = event.effective_content_type() {
         if let Ok(v) = HeaderValue::from_str(ct) {
@@ -243,6 +265,32 @@ pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
         }
     }
     headers
+}
+
+/// The `ce-` header for an extension attribute.
+///
+/// Names are `[a-z0-9]` (checked when the event was built), so the header name is always valid;
+/// short names are assembled on the stack to spare an allocation besides the name's own.
+fn extension_header_name(name: &str) -> Option<HeaderName> {
+    const PREFIX: &[u8] = b"ce-";
+    let mut buf = [0u8; 64];
+    let len = PREFIX.len() + name.len();
+    if len <= buf.len() {
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        buf[PREFIX.len()..len].copy_from_slice(name.as_bytes());
+        HeaderName::from_bytes(&buf[..len]).ok()
+    } else {
+        HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok()
+    }
+}
+
+/// A percent-encoded header value. Encoded values are printable ASCII, so this only fails for
+/// values no event can hold.
+fn header_value(value: &str) -> Option<HeaderValue> {
+    match encode_value(value) {
+        Cow::Borrowed(v) => HeaderValue::from_str(v).ok(),
+        Cow::Owned(v) => HeaderValue::try_from(v).ok(),
+    }
 }
 
 /// Encodes a batch (only for receivers that asked for one).
@@ -264,11 +312,14 @@ fn header_for(attribute: &str) -> String {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, DecodeError> {
+fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, DecodeError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| DecodeError::Invalid {
-            header: Some(name.to_owned()),
+            header: Some(name.as_str().to_owned()),
             error: EventError::malformed("header value is not visible ASCII"),
         }),
     }

@@ -45,6 +45,20 @@ fn mode_detection() {
         ),
         (Some("application/cloudevents+avro"), Err(())),
         (Some("application/cloudevents-batch+avro"), Err(())),
+        (Some("Application/CloudEvents"), Ok(ContentMode::Structured)),
+        (
+            Some(" application/cloudevents+json ; x=y"),
+            Ok(ContentMode::Structured),
+        ),
+        (Some("application/cloudevents-batch"), Err(())),
+        (Some("application/cloudeventsx"), Err(())),
+        (Some("application/cloud"), Ok(ContentMode::Binary)),
+        (Some("application/cloudevents-batch+jsonx"), Err(())),
+        (
+            Some("\u{e9}pplication/cloudevents"),
+            Ok(ContentMode::Binary),
+        ),
+        (Some(""), Ok(ContentMode::Binary)),
     ];
     for (ct, want) in cases {
         let got = content_mode(*ct);
@@ -56,6 +70,13 @@ fn mode_detection() {
             ),
         }
     }
+    // The error quotes the media type as written.
+    assert_eq!(
+        content_mode(Some("Application/CloudEvents+Avro; v=1")),
+        Err(DecodeError::UnsupportedMediaType(
+            "Application/CloudEvents+Avro".into()
+        ))
+    );
 }
 
 #[test]
@@ -195,6 +216,58 @@ fn encode_both_modes_round_trip() {
 
     let (h, body) = encode_batch([&e, &j]);
     assert!(matches!(decode(&h, body).unwrap(), Message::Batch(v) if v.len() == 2));
+}
+
+#[test]
+fn binary_encode_writes_every_header_in_order() {
+    let h = headers(&[
+        ("ce-specversion", "1.0"),
+        ("ce-id", "id 1"),
+        ("ce-source", "https://example.com/src"),
+        ("ce-type", "com.example.t"),
+        ("ce-dataschema", "https://example.com/s.json"),
+        ("ce-subject", "Euro%20%E2%82%AC"),
+        ("ce-time", "2020-01-01T00:00:00+02:00"),
+        ("ce-zeta", "\"100%25\""),
+        ("ce-alpha", "a"),
+        ("content-type", "text/plain"),
+    ]);
+    let mut e = single(decode(&h, Bytes::from_static(b"hi")).unwrap());
+    e.set_extension("num", ExtensionValue::Integer(-7)).unwrap();
+    e.set_extension("flag", ExtensionValue::Boolean(true))
+        .unwrap();
+    e.set_extension(
+        "bin",
+        ExtensionValue::Binary(Bytes::from_static(&[0, 159, 146])),
+    )
+    .unwrap();
+    let long = "x".repeat(70);
+    e.set_extension(&long, ExtensionValue::String("long name".into()))
+        .unwrap();
+    let (out, body) = encode(&e, Mode::Binary);
+    let got: Vec<(&str, &str)> = out
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
+    let long_header = format!("ce-{long}");
+    let want = vec![
+        ("ce-specversion", "1.0"),
+        ("ce-id", "id%201"),
+        ("ce-source", "https://example.com/src"),
+        ("ce-type", "com.example.t"),
+        ("ce-dataschema", "https://example.com/s.json"),
+        ("ce-subject", "Euro%20%E2%82%AC"),
+        ("ce-time", "2020-01-01T00:00:00+02:00"),
+        ("ce-alpha", "a"),
+        ("ce-bin", "AJ+S"),
+        ("ce-flag", "true"),
+        ("ce-num", "-7"),
+        (long_header.as_str(), "long%20name"),
+        ("ce-zeta", "100%25"),
+        ("content-type", "text/plain"),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(&body[..], b"hi");
 }
 
 // --- conformance vectors (ferry-conformance: protocols/conformance/data) ---------------------
