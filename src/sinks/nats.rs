@@ -1,7 +1,7 @@
 //! `nats` sink: publishes each event to a subject rendered from its attributes, on core NATS
-//! (confirmed once flushed to the server, one flush shared by the publishes waiting for it) or
-//! JetStream (confirmed by the stream's PubAck, with `Nats-Msg-Id` set so the stream drops a
-//! retried duplicate).
+//! (confirmed once flushed to the server: the sink publishes what is queued, up to `in_flight`
+//! events, then one flush confirms them all) or JetStream (confirmed by the stream's PubAck,
+//! with `Nats-Msg-Id` set so the stream drops a retried duplicate).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ferry_core::FailureKind;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::{SinkContext, SinkError, SinkStats};
@@ -27,114 +27,16 @@ struct Target {
     mode: ferry_nats::Mode,
     timeout: Duration,
     signer: Option<Signer>,
+    /// Publishes go to JetStream (and carry `Nats-Msg-Id`).
+    jetstream: bool,
 }
 
-/// A live connection and what the delivery tasks need from it.
+/// A live connection and how publishes on it are confirmed.
 #[derive(Clone)]
 struct Link {
     client: async_nats::Client,
-    confirmation: Confirmation,
-}
-
-/// How a publish on the link is confirmed.
-#[derive(Clone)]
-enum Confirmation {
-    /// Core NATS: by the next flush round that starts after the publish returned.
-    Flush(FlushRounds),
-    /// JetStream: by the stream's PubAck.
-    PubAck(Arc<jetstream::Context>),
-}
-
-/// Group commit for core publishes: a delivery publishes, then waits for the next flush
-/// round; one task runs one `flush()` for every delivery that registered since the previous
-/// round and tells each of them the outcome. A flush is a round trip through the client's
-/// connection task, so sharing it is what lets many publishes be in flight at once.
-#[derive(Clone)]
-struct FlushRounds {
-    /// Bounded by the sink's `in_flight`: a delivery holds at most one place, and waits for
-    /// room (within its timeout) if deliveries that gave up still hold theirs.
-    waiters: mpsc::Sender<FlushWaiter>,
-    /// Incremented on every disconnect: a publish whose flush straddles one is not confirmed
-    /// (the bytes may have died in the socket).
-    disconnects: Arc<AtomicU64>,
-}
-
-struct FlushWaiter {
-    /// `disconnects` read before the publish.
-    epoch: u64,
-    flushed: oneshot::Sender<Result<(), String>>,
-}
-
-impl FlushRounds {
-    fn start(
-        client: async_nats::Client,
-        disconnects: Arc<AtomicU64>,
-        in_flight: usize,
-        timeout: Duration,
-        tracker: &TaskTracker,
-    ) -> FlushRounds {
-        let (waiters, rx) = mpsc::channel(in_flight);
-        tracker.spawn(run_flush_rounds(
-            client,
-            Arc::clone(&disconnects),
-            rx,
-            in_flight,
-            timeout,
-        ));
-        FlushRounds {
-            waiters,
-            disconnects,
-        }
-    }
-
-    fn epoch(&self) -> u64 {
-        self.disconnects.load(Ordering::SeqCst)
-    }
-
-    /// Waits for a flush that starts after this call and completes with no disconnect since
-    /// `epoch`. Every failure is retryable.
-    async fn flushed(&self, epoch: u64) -> Result<(), String> {
-        let (flushed, outcome) = oneshot::channel();
-        self.waiters
-            .send(FlushWaiter { epoch, flushed })
-            .await
-            .map_err(|_| "the sink is closing".to_string())?;
-        outcome
-            .await
-            .map_err(|_| "the sink is closing".to_string())?
-    }
-}
-
-/// Runs until every `FlushRounds` handle is gone. A round holds at most `in_flight` waiters;
-/// its flush is bounded by the sink's timeout so a stuck flush cannot hold later rounds back
-/// indefinitely.
-async fn run_flush_rounds(
-    client: async_nats::Client,
-    disconnects: Arc<AtomicU64>,
-    mut rx: mpsc::Receiver<FlushWaiter>,
-    in_flight: usize,
-    timeout: Duration,
-) {
-    let mut round = Vec::with_capacity(in_flight);
-    while rx.recv_many(&mut round, in_flight).await > 0 {
-        // Every waiter in the round registered after its publish returned, and the publish
-        // command is queued before this flush in the client's connection task.
-        let failure = match tokio::time::timeout(timeout, client.flush()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("flush failed: {e}")),
-            Err(_) => Some(format!("not flushed within {} ms", timeout.as_millis())),
-        };
-        let epoch = disconnects.load(Ordering::SeqCst);
-        for waiter in round.drain(..) {
-            let outcome = match &failure {
-                Some(message) => Err(message.clone()),
-                None if waiter.epoch == epoch => Ok(()),
-                None => Err("the connection dropped before the flush completed".into()),
-            };
-            // A delivery that timed out no longer listens.
-            let _ = waiter.flushed.send(outcome);
-        }
-    }
+    /// `None` for core NATS: confirmed by a flush (see [`deliver_core`]).
+    jetstream: Option<Arc<jetstream::Context>>,
 }
 
 pub fn start(
@@ -167,6 +69,7 @@ pub fn start(
             .map(SignConfig::signer)
             .transpose()
             .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
+        jetstream: config.jetstream,
     });
     cx.set_ready(name, false);
     cx.tracker
@@ -215,30 +118,36 @@ async fn run(
     };
     let permits = Arc::new(Semaphore::new(config.in_flight));
     let tracker = TaskTracker::new();
-    loop {
+    let mut batch = Vec::with_capacity(config.in_flight);
+    'deliveries: loop {
         // While disconnected, deliveries wait in the bounded queue (sources push back).
         if connected.wait_for(|up| *up).await.is_err() {
             break;
         }
-        let delivery = match held.take() {
-            Some(d) => d,
-            None => match rx.recv().await {
-                Some(d) => d,
-                None => break,
-            },
+        match held.take() {
+            Some(d) => batch.push(d),
+            None => {
+                if rx.recv_many(&mut batch, config.in_flight).await == 0 {
+                    break;
+                }
+            }
+        }
+        let Some(js) = &link.jetstream else {
+            deliver_core(&target, &link.client, &disconnects, &mut batch, &stats).await;
+            continue;
         };
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let target = Arc::clone(&target);
-        let stats = stats.clone();
-        let link = link.clone();
-        tracker.spawn(async move {
-            stats.in_flight.inc();
-            deliver(&target, &link, delivery, &stats).await;
-            stats.in_flight.dec();
-            drop(permit);
-        });
+        for delivery in batch.drain(..) {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break 'deliveries;
+            };
+            let (target, stats, js) = (Arc::clone(&target), stats.clone(), Arc::clone(js));
+            tracker.spawn(async move {
+                stats.in_flight.inc();
+                deliver_jetstream(&target, &js, delivery, &stats).await;
+                stats.in_flight.dec();
+                drop(permit);
+            });
+        }
     }
     tracker.close();
     tracker.wait().await;
@@ -288,7 +197,7 @@ async fn connect(
         .connect(config.url.as_str())
         .await
         .map_err(|e| e.to_string())?;
-    let confirmation = if config.jetstream {
+    let jetstream = if config.jetstream {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(config.timeout_ms));
         if let Some(stream) = &config.stream {
@@ -301,26 +210,21 @@ async fn connect(
             .await
             .map_err(|e| format!("cannot declare stream `{}`: {e}", stream.name))?;
         }
-        Confirmation::PubAck(Arc::new(js))
+        Some(Arc::new(js))
     } else {
-        Confirmation::Flush(FlushRounds::start(
-            client.clone(),
-            Arc::clone(disconnects),
-            config.in_flight,
-            Duration::from_millis(config.timeout_ms),
-            &cx.tracker,
-        ))
+        None
     };
     tracing::info!(sink = %name, url = %config.url, jetstream = config.jetstream, "NATS sink connected");
     connected.send_replace(true);
     cx.set_ready(name, true);
-    Ok(Link {
-        client,
-        confirmation,
-    })
+    Ok(Link { client, jetstream })
 }
 
-async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkStats) {
+/// The subject, headers and payload of a delivery, or why it can never be published.
+fn message(
+    target: &Target,
+    delivery: &Delivery,
+) -> Result<(async_nats::Subject, async_nats::HeaderMap, bytes::Bytes), String> {
     let signed = target
         .signer
         .as_ref()
@@ -328,76 +232,104 @@ async fn deliver(target: &Target, link: &Link, delivery: Delivery, stats: &SinkS
     let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
     let subject = match &target.literal_subject {
         Some(s) => s.clone(),
-        None => match target
+        None => target
             .subject
             .render(|n| template::event_attribute(event, n))
-        {
-            Ok(s) => async_nats::Subject::from(s),
-            Err(missing) => {
-                let message = format!("subject template: the event has no `{missing}` attribute");
-                return stats.fail(delivery, FailureKind::Permanent, message);
-            }
-        },
+            .map(async_nats::Subject::from)
+            .map_err(|missing| {
+                format!("subject template: the event has no `{missing}` attribute")
+            })?,
     };
     let (mut headers, payload) = ferry_nats::encode(event, target.mode);
-    let result = match &link.confirmation {
-        Confirmation::PubAck(js) => {
-            headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
-            publish_jetstream(js, subject.clone(), headers, payload).await
-        }
-        Confirmation::Flush(rounds) => {
-            publish_core(
-                &link.client,
-                rounds,
-                target.timeout,
-                subject.clone(),
-                headers,
-                payload,
-            )
-            .await
-        }
-    };
-    match result {
-        Ok(()) => stats.confirm(delivery),
-        Err((kind, message)) => {
-            stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"))
-        }
+    if target.jetstream {
+        headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
     }
+    Ok((subject, headers, payload))
 }
 
 type PublishResult = Result<(), (FailureKind, String)>;
 
-/// Core NATS has no acknowledgement: the publish counts as confirmed once a flush that started
-/// after it returned reached the server's socket without a disconnect in between.
-async fn publish_core(
+/// Core NATS has no acknowledgement: the publishes of a batch count as confirmed once a flush
+/// that started after them reached the server's socket with no disconnect since before the
+/// first. One flush (a round trip through the client's connection task) covers the batch.
+async fn deliver_core(
+    target: &Target,
     client: &async_nats::Client,
-    rounds: &FlushRounds,
-    timeout: Duration,
-    subject: async_nats::Subject,
-    headers: async_nats::HeaderMap,
-    payload: bytes::Bytes,
-) -> PublishResult {
+    disconnects: &AtomicU64,
+    batch: &mut Vec<Delivery>,
+    stats: &SinkStats,
+) {
     use async_nats::client::PublishErrorKind;
-    let epoch = rounds.epoch();
-    client
-        .publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| {
-            let kind = match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject => {
-                    FailureKind::Permanent
-                }
-                PublishErrorKind::Send => FailureKind::Retryable,
-            };
-            (kind, e.to_string())
-        })?;
-    match tokio::time::timeout(timeout, rounds.flushed(epoch)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err((FailureKind::Retryable, message)),
-        Err(_) => Err((
-            FailureKind::Retryable,
-            format!("not flushed within {} ms", timeout.as_millis()),
-        )),
+    let epoch = disconnects.load(Ordering::SeqCst);
+    // One deadline for the batch: a publish that is ready at once arms no timer.
+    let deadline = tokio::time::Instant::now() + target.timeout;
+    let timed_out = || format!("not flushed within {} ms", target.timeout.as_millis());
+    stats.in_flight.set(batch.len() as i64);
+    let mut published = Vec::with_capacity(batch.len());
+    for delivery in batch.drain(..) {
+        let (subject, headers, payload) = match message(target, &delivery) {
+            Ok(m) => m,
+            Err(message) => {
+                stats.fail(delivery, FailureKind::Permanent, message);
+                continue;
+            }
+        };
+        let publish = client.publish_with_headers(subject.clone(), headers, payload);
+        let failure = match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(())) => {
+                published.push((delivery, subject));
+                continue;
+            }
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject => {
+                        FailureKind::Permanent
+                    }
+                    PublishErrorKind::Send => FailureKind::Retryable,
+                };
+                (kind, e.to_string())
+            }
+            Err(_) => (FailureKind::Retryable, timed_out()),
+        };
+        let (kind, message) = failure;
+        stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"));
+    }
+    if !published.is_empty() {
+        let failure = match tokio::time::timeout_at(deadline, client.flush()).await {
+            Ok(Ok(())) if disconnects.load(Ordering::SeqCst) == epoch => None,
+            Ok(Ok(())) => Some("the connection dropped before the flush completed".to_owned()),
+            Ok(Err(e)) => Some(format!("flush failed: {e}")),
+            Err(_) => Some(timed_out()),
+        };
+        for (delivery, subject) in published {
+            match &failure {
+                None => stats.confirm(delivery),
+                Some(message) => stats.fail(
+                    delivery,
+                    FailureKind::Retryable,
+                    format!("publish to `{subject}`: {message}"),
+                ),
+            }
+        }
+    }
+    stats.in_flight.set(0);
+}
+
+async fn deliver_jetstream(
+    target: &Target,
+    js: &jetstream::Context,
+    delivery: Delivery,
+    stats: &SinkStats,
+) {
+    let (subject, headers, payload) = match message(target, &delivery) {
+        Ok(m) => m,
+        Err(message) => return stats.fail(delivery, FailureKind::Permanent, message),
+    };
+    match publish_jetstream(js, subject.clone(), headers, payload).await {
+        Ok(()) => stats.confirm(delivery),
+        Err((kind, message)) => {
+            stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"))
+        }
     }
 }
 
