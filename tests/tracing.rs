@@ -172,16 +172,32 @@ to = ["amqp", "mqtt", "nats"]
     assert_eq!(traceparent_of(&event), TRACE, "NATS");
 }
 
-/// The JSON log lines of the `event` span whose `event.id` is `id`.
-fn span_lines(ferry: &FerryProcess, id: &str) -> Vec<serde_json::Value> {
-    ferry
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["span"]["name"] == "event" && v["span"]["event.id"] == id)
-        .collect()
+/// The JSON log lines of the `event` span whose `event.id` is `id`, once `complete` says they
+/// are all there. The sinks log before they confirm, so the lines are written before the 202;
+/// the thread that reads Ferry's stderr may still be behind.
+async fn span_lines(
+    ferry: &FerryProcess,
+    id: &str,
+    complete: impl Fn(&[&str]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = (ferry.log.lock().unwrap().iter())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["span"]["name"] == "event" && v["span"]["event.id"] == id)
+            .collect();
+        let messages: Vec<&str> = (lines.iter())
+            .filter_map(|l| l["fields"]["message"].as_str())
+            .collect();
+        if complete(&messages) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the span lines of {id} are incomplete: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -248,31 +264,18 @@ filters = [{{ exact = {{ type = "com.example.order.created" }} }}]
         assert_eq!(status, 202, "{id}");
     }
 
-    // The sinks log before they confirm, so the lines are written before the 202; the
-    // thread that reads Ferry's stderr may still be behind.
-    let wanted = [
-        "event received and routed",
-        "delivered",
-        "delivery failed",
-        "sent to the dead-letter sink",
-    ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let created = loop {
-        let lines = span_lines(&ferry, "span-1");
-        let messages: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l["fields"]["message"].as_str())
-            .collect();
+    let created = span_lines(&ferry, "span-1", |messages| {
         let delivered = messages.iter().filter(|m| **m == "delivered").count();
-        if wanted.iter().all(|w| messages.contains(w)) && delivered == 2 {
-            break lines;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "span lines of span-1 incomplete: {lines:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        delivered == 2
+            && [
+                "event received and routed",
+                "delivery failed",
+                "sent to the dead-letter sink",
+            ]
+            .iter()
+            .all(|want| messages.contains(want))
+    })
+    .await;
     for line in &created {
         let span = &line["span"];
         assert_eq!(span["event.type"], "com.example.order.created", "{line}");
@@ -290,17 +293,7 @@ filters = [{{ exact = {{ type = "com.example.order.created" }} }}]
         "{created:#?}"
     );
 
-    let paid = loop {
-        let lines = span_lines(&ferry, "span-2");
-        if lines.iter().any(|l| l["fields"]["message"] == "delivered") {
-            break lines;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "span-2 not delivered: {lines:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let paid = span_lines(&ferry, "span-2", |messages| messages.contains(&"delivered")).await;
     assert!(
         paid.iter().all(|l| l["span"]["route"] == "orders"),
         "{paid:#?}"
