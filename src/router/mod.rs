@@ -50,7 +50,8 @@ pub struct SinkSet {
     pub deduplicated: bool,
     /// Keys to remember once the event is acknowledged, for deduplicating routes.
     pub dedup_keys: Vec<(Arc<DedupWindow>, u64)>,
-    /// The routes that matched, when the caller asked for their names (for tracing).
+    /// The routes that matched and sent the event on (not those that dropped it as a repeat),
+    /// when the caller asked for their names (for tracing).
     routes: Vec<Arc<str>>,
 }
 
@@ -167,9 +168,6 @@ impl RouteTable {
             match route.filter.matches(subject) {
                 Ok(true) => {
                     route.matched.inc();
-                    if names {
-                        set.routes.push(Arc::clone(&route.name));
-                    }
                     if let Some(window) = &route.dedup {
                         let key = window.key(subject.event.source(), subject.event.id());
                         if window.contains(key) {
@@ -178,6 +176,9 @@ impl RouteTable {
                             continue;
                         }
                         set.dedup_keys.push((Arc::clone(window), key));
+                    }
+                    if names {
+                        set.routes.push(Arc::clone(&route.name));
                     }
                     for &sink in &route.sinks {
                         set.insert(sink);

@@ -104,6 +104,7 @@ impl std::ops::Deref for SinkStats {
     }
 }
 
+/// What a [`SinkStats`] holds.
 pub struct SinkStatsInner {
     name: Arc<str>,
     metrics: Metrics,

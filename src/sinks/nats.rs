@@ -27,8 +27,6 @@ struct Target {
     mode: ferry_nats::Mode,
     timeout: Duration,
     signer: Option<Signer>,
-    /// Publishes go to JetStream (and carry `Nats-Msg-Id`).
-    jetstream: bool,
 }
 
 /// A live connection and how publishes on it are confirmed.
@@ -69,7 +67,6 @@ pub fn start(
             .map(SignConfig::signer)
             .transpose()
             .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
-        jetstream: config.jetstream,
     });
     cx.set_ready(name, false);
     cx.tracker
@@ -127,7 +124,13 @@ async fn run(
         match held.take() {
             Some(d) => batch.push(d),
             None => {
-                if rx.recv_many(&mut batch, config.in_flight).await == 0 {
+                // JetStream takes no more than it can start publishing now, so the rest stay
+                // in the queue (and in its metrics) meanwhile.
+                let limit = match link.jetstream {
+                    None => config.in_flight,
+                    Some(_) => permits.available_permits().max(1),
+                };
+                if rx.recv_many(&mut batch, limit).await == 0 {
                     break;
                 }
             }
@@ -137,6 +140,7 @@ async fn run(
             continue;
         };
         for delivery in batch.drain(..) {
+            // The semaphore is never closed: acquiring cannot fail.
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 break 'deliveries;
             };
@@ -220,10 +224,12 @@ async fn connect(
     Ok(Link { client, jetstream })
 }
 
-/// The subject, headers and payload of a delivery, or why it can never be published.
-fn message(
+/// The subject, headers and payload of a delivery (with `Nats-Msg-Id` for JetStream), or why
+/// it can never be published.
+fn outbound(
     target: &Target,
     delivery: &Delivery,
+    jetstream: bool,
 ) -> Result<(async_nats::Subject, async_nats::HeaderMap, bytes::Bytes), String> {
     let signed = target
         .signer
@@ -241,7 +247,7 @@ fn message(
             })?,
     };
     let (mut headers, payload) = ferry_nats::encode(event, target.mode);
-    if target.jetstream {
+    if jetstream {
         headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
     }
     Ok((subject, headers, payload))
@@ -266,8 +272,14 @@ async fn deliver_core(
     let timed_out = || format!("not flushed within {} ms", target.timeout.as_millis());
     stats.in_flight.set(batch.len() as i64);
     let mut published = Vec::with_capacity(batch.len());
+    let mut expired = false;
     for delivery in batch.drain(..) {
-        let (subject, headers, payload) = match message(target, &delivery) {
+        if expired {
+            // Past the deadline the flush cannot succeed: publishing would only make duplicates.
+            stats.fail(delivery, FailureKind::Retryable, timed_out());
+            continue;
+        }
+        let (subject, headers, payload) = match outbound(target, &delivery, false) {
             Ok(m) => m,
             Err(message) => {
                 stats.fail(delivery, FailureKind::Permanent, message);
@@ -275,7 +287,7 @@ async fn deliver_core(
             }
         };
         let publish = client.publish_with_headers(subject.clone(), headers, payload);
-        let failure = match tokio::time::timeout_at(deadline, publish).await {
+        let (kind, message) = match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(())) => {
                 published.push((delivery, subject));
                 continue;
@@ -289,9 +301,11 @@ async fn deliver_core(
                 };
                 (kind, e.to_string())
             }
-            Err(_) => (FailureKind::Retryable, timed_out()),
+            Err(_) => {
+                expired = true;
+                (FailureKind::Retryable, timed_out())
+            }
         };
-        let (kind, message) = failure;
         stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"));
     }
     if !published.is_empty() {
@@ -321,7 +335,7 @@ async fn deliver_jetstream(
     delivery: Delivery,
     stats: &SinkStats,
 ) {
-    let (subject, headers, payload) = match message(target, &delivery) {
+    let (subject, headers, payload) = match outbound(target, &delivery, true) {
         Ok(m) => m,
         Err(message) => return stats.fail(delivery, FailureKind::Permanent, message),
     };

@@ -219,6 +219,8 @@ impl FerryProcess {
             .args(["run", "--log-format", "json", "--config"])
             .arg(&path)
             .current_dir(dir)
+            // The config's `[log] level` decides, whatever the test runner's environment says.
+            .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn ferry");

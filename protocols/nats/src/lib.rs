@@ -9,10 +9,15 @@
 //! value is percent-encoded exactly as in the HTTP binding. Header names are case-insensitive
 //! (NATS ADR-4): they are lowercased when read.
 
+use std::borrow::Cow;
+
+use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use ferry_core::json;
-use ferry_core::{CloudEvent, Data, EventBuilder, EventError, EventErrorKind, TransportMetadata};
+use ferry_core::{
+    AttributeRef, CloudEvent, Data, EventBuilder, EventError, EventErrorKind, TransportMetadata,
+};
 
 pub use ferry_http::{decode_value, encode_value};
 
@@ -260,7 +265,6 @@ pub fn encode(event: &CloudEvent, mode: Mode) -> (HeaderMap, Bytes) {
 
 /// The `ce-` headers of a binary-mode message (`datacontenttype` included).
 pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
-    use async_nats::header::HeaderName;
     // Names are `ce-` + [a-z0-9] and values percent-encoded to printable ASCII: both valid.
     // The core attributes' names are static: no allocation for them.
     let mut headers = HeaderMap::new();
@@ -287,11 +291,11 @@ pub fn encode_binary_headers(event: &CloudEvent) -> HeaderMap {
         put(HeaderName::from_static("ce-time"), v.as_str());
     }
     for (name, value) in event.extensions() {
-        let value = match value.as_ref() {
-            ferry_core::AttributeRef::Str(s) => encode_value(s).into_owned(),
-            other => encode_value(&other.to_canonical_string()).into_owned(),
+        let text = match value.as_ref() {
+            AttributeRef::Str(s) => Cow::Borrowed(s),
+            other => Cow::Owned(other.to_canonical_string()),
         };
-        headers.insert(format!("ce-{name}"), value);
+        headers.insert(format!("ce-{name}"), encode_value(&text).into_owned());
     }
     headers
 }
