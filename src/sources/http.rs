@@ -140,11 +140,7 @@ fn is_raw(headers: &HeaderMap) -> bool {
     let ce_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/cloudevents")
-        });
+        .is_some_and(|ct| ferry_core::json::format(ct) != ferry_core::json::Format::None);
     !ce_type && !ferry_http::is_binary_event(headers)
 }
 
@@ -326,6 +322,7 @@ async fn deliver(
         }
         _ => ferry_http::decode(headers, bytes).map_err(|e| (Problem::from(e), 1))?,
     };
+    let is_batch = matches!(message, ferry_http::Message::Batch(_));
     let mut envelopes: Vec<Envelope> = match message {
         ferry_http::Message::Event(event) => vec![Envelope::new(event, metadata)],
         ferry_http::Message::Batch(events) => {
@@ -341,13 +338,6 @@ async fn deliver(
         .security
         .rate_limit(principal, peer.map(|p| p.addr.ip()), n as u32)
         .map_err(|wait| (Problem::rate_limited(wait), n))?;
-    let is_batch = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.to_ascii_lowercase()
-                .starts_with("application/cloudevents-batch")
-        });
     let generation = state.generation.load_full();
     state
         .security

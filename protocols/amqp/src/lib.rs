@@ -92,15 +92,13 @@ pub fn is_structured(content_type: Option<&str>) -> Result<bool, DecodeError> {
     let Some(ct) = content_type else {
         return Ok(false);
     };
-    let essence = ct.split(';').next().unwrap_or_default().trim();
-    let lower = essence.to_ascii_lowercase();
-    if !lower.starts_with("application/cloudevents") {
-        return Ok(false);
-    }
-    if lower == json::MEDIA_TYPE || lower == "application/cloudevents" {
-        Ok(true)
-    } else {
-        Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
+    match json::format(ct) {
+        json::Format::None => Ok(false),
+        json::Format::Structured => Ok(true),
+        // A batch is not one message's event: unsupported here, like any other format.
+        json::Format::Batch | json::Format::Unsupported => Err(DecodeError::UnsupportedMediaType(
+            ferry_core::validate::media_type_essence(ct).to_owned(),
+        )),
     }
 }
 
@@ -117,12 +115,8 @@ pub fn attribute_name(header: &str) -> Option<String> {
 /// Whether the message looks like a CloudEvent: structured content type, or a binary-mode
 /// `specversion` header. Messages that are not can be normalized instead.
 pub fn is_cloudevent(properties: &BasicProperties) -> bool {
-    let structured = properties.content_type().as_ref().is_some_and(|ct| {
-        ct.as_str()
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/cloudevents")
-    });
+    let structured = (properties.content_type().as_ref())
+        .is_some_and(|ct| json::format(ct.as_str()) != json::Format::None);
     structured
         || headers(properties)
             .any(|(name, _)| attribute_name(name).is_some_and(|a| a == "specversion"))

@@ -26,6 +26,48 @@ pub const MEDIA_TYPE: &str = "application/cloudevents+json";
 /// Media type of a batch in the JSON format.
 pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
 
+/// What a message's content type says about its CloudEvents format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Not a CloudEvents media type: binary mode, or not a CloudEvent at all.
+    None,
+    /// `application/cloudevents+json` (or the bare `application/cloudevents`): one event.
+    Structured,
+    /// `application/cloudevents-batch+json`: a batch.
+    Batch,
+    /// Another CloudEvents format, such as `application/cloudevents+avro`.
+    Unsupported,
+}
+
+/// Reads the CloudEvents format from a content type: case-insensitive, parameters ignored,
+/// compared in place (no copy per message). Every binding decides its mode with it.
+pub fn format(content_type: &str) -> Format {
+    let essence = crate::validate::media_type_essence(content_type);
+    let starts_with = |prefix: &str| {
+        essence
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    if starts_with("application/cloudevents-batch") {
+        if essence.eq_ignore_ascii_case(BATCH_MEDIA_TYPE) {
+            Format::Batch
+        } else {
+            Format::Unsupported
+        }
+    } else if starts_with("application/cloudevents") {
+        if essence.eq_ignore_ascii_case(MEDIA_TYPE)
+            || essence.eq_ignore_ascii_case("application/cloudevents")
+        {
+            Format::Structured
+        } else {
+            Format::Unsupported
+        }
+    } else {
+        Format::None
+    }
+}
+
 /// Decodes one JSON-format event.
 pub fn decode(bytes: &[u8]) -> Result<CloudEvent, EventError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);

@@ -82,31 +82,14 @@ pub fn content_mode(content_type: Option<&str>) -> Result<ContentMode, DecodeErr
     let Some(ct) = content_type else {
         return Ok(ContentMode::Binary);
     };
-    let essence = ferry_core::validate::media_type_essence(ct);
-    // Compared in place: lower-casing a copy would cost an allocation per message.
-    let starts_with = |prefix: &str| {
-        essence
-            .as_bytes()
-            .get(..prefix.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
-    };
-    if starts_with("application/cloudevents-batch") {
-        return if essence.eq_ignore_ascii_case(json::BATCH_MEDIA_TYPE) {
-            Ok(ContentMode::Batch)
-        } else {
-            Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
-        };
+    match json::format(ct) {
+        json::Format::None => Ok(ContentMode::Binary),
+        json::Format::Structured => Ok(ContentMode::Structured),
+        json::Format::Batch => Ok(ContentMode::Batch),
+        json::Format::Unsupported => Err(DecodeError::UnsupportedMediaType(
+            ferry_core::validate::media_type_essence(ct).to_owned(),
+        )),
     }
-    if starts_with("application/cloudevents") {
-        return if essence.eq_ignore_ascii_case(json::MEDIA_TYPE)
-            || essence.eq_ignore_ascii_case("application/cloudevents")
-        {
-            Ok(ContentMode::Structured)
-        } else {
-            Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
-        };
-    }
-    Ok(ContentMode::Binary)
 }
 
 /// Whether the headers look like a binary-mode CloudEvent (`ce-specversion` present).

@@ -64,18 +64,14 @@ pub fn decode_v5(
 ) -> Result<CloudEvent, DecodeError> {
     let content_type = properties.and_then(|p| p.content_type.as_deref());
     if let Some(ct) = content_type {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence.starts_with("application/cloudevents") {
-            return if essence == json::MEDIA_TYPE || essence == "application/cloudevents" {
-                decode_structured(&payload)
-            } else {
-                Err(DecodeError::UnsupportedFormat(essence))
-            };
+        match json::format(ct) {
+            json::Format::None => {}
+            json::Format::Structured => return decode_structured(&payload),
+            json::Format::Batch | json::Format::Unsupported => {
+                return Err(DecodeError::UnsupportedFormat(
+                    ferry_core::validate::media_type_essence(ct).to_owned(),
+                ))
+            }
         }
     }
     let user_properties = properties.map_or(&[][..], |p| &p.user_properties[..]);

@@ -107,14 +107,14 @@ pub fn layout(headers: Option<&HeaderMap>) -> Result<Layout, DecodeError> {
         return Ok(Layout::Unknown);
     };
     if let Some(ct) = header(headers, CONTENT_TYPE) {
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        let lower = essence.to_ascii_lowercase();
-        if lower.starts_with("application/cloudevents") {
-            return if lower == json::MEDIA_TYPE || lower == "application/cloudevents" {
-                Ok(Layout::Structured)
-            } else {
-                Err(DecodeError::UnsupportedMediaType(essence.to_owned()))
-            };
+        match json::format(ct) {
+            json::Format::None => {}
+            json::Format::Structured => return Ok(Layout::Structured),
+            json::Format::Batch | json::Format::Unsupported => {
+                return Err(DecodeError::UnsupportedMediaType(
+                    ferry_core::validate::media_type_essence(ct).to_owned(),
+                ))
+            }
         }
     }
     if header(headers, "ce-specversion").is_some() {

@@ -220,3 +220,24 @@ fn batches() {
     assert_eq!(e.error.attribute.as_deref(), Some("id"));
     assert_eq!(decode_batch(b"{}").unwrap_err().index, None);
 }
+
+#[test]
+fn formats_from_content_types() {
+    for (content_type, want) in [
+        ("application/cloudevents+json", Format::Structured),
+        (
+            "Application/CloudEvents+JSON; charset=utf-8",
+            Format::Structured,
+        ),
+        ("application/cloudevents", Format::Structured),
+        (" application/cloudevents-batch+json ;x=1", Format::Batch),
+        ("application/cloudevents+avro", Format::Unsupported),
+        ("application/cloudevents-batch+avro", Format::Unsupported),
+        ("application/cloudeventsx", Format::Unsupported),
+        ("application/json", Format::None),
+        ("text/plain; charset=application/cloudevents", Format::None),
+        ("", Format::None),
+    ] {
+        assert_eq!(format(content_type), want, "{content_type:?}");
+    }
+}
