@@ -180,24 +180,19 @@ async fn span_lines(
     id: &str,
     complete: impl Fn(&[&str]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<serde_json::Value> = (ferry.log.lock().unwrap().iter())
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["span"]["name"] == "event" && v["span"]["event.id"] == id)
-            .collect();
-        let messages: Vec<&str> = (lines.iter())
-            .filter_map(|l| l["fields"]["message"].as_str())
-            .collect();
-        if complete(&messages) {
-            return lines;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the span lines of {id} are incomplete: {lines:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the span lines of {id}");
+    ferry
+        .wait_log(&what, Duration::from_secs(10), |log| {
+            let lines: Vec<serde_json::Value> = (log.iter())
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["span"]["name"] == "event" && v["span"]["event.id"] == id)
+                .collect();
+            let messages: Vec<&str> = (lines.iter())
+                .filter_map(|l| l["fields"]["message"].as_str())
+                .collect();
+            complete(&messages).then_some(lines)
+        })
+        .await
 }
 
 #[tokio::test]

@@ -205,6 +205,8 @@ pub struct FerryProcess {
     pub admin: String,
     /// Every log line so far (stderr is read by a thread until the process ends).
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Woken each time a log line arrives.
+    log_grew: Arc<tokio::sync::Notify>,
 }
 
 impl FerryProcess {
@@ -226,12 +228,15 @@ impl FerryProcess {
             .expect("spawn ferry");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_grew = Arc::new(tokio::sync::Notify::new());
+        let grew = Arc::clone(&log_grew);
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line.clone());
+                grew.notify_waiters();
                 let _ = tx.send(line);
             }
         });
@@ -240,6 +245,7 @@ impl FerryProcess {
             addrs: Default::default(),
             admin: String::new(),
             log,
+            log_grew,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -270,6 +276,32 @@ impl FerryProcess {
 
     pub fn url(&self, source: &str, path: &str) -> String {
         format!("http://{}{path}", self.addrs[source])
+    }
+
+    /// Waits until `found` finds what it looks for in the log lines so far, at most `timeout`;
+    /// woken by each new line.
+    pub async fn wait_log<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut found: impl FnMut(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a line that arrives in between still wakes us.
+            let grew = self.log_grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if let Some(t) = found(&self.log.lock().unwrap()) {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                panic!(
+                    "timed out waiting for {what} in the log:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                );
+            }
+        }
     }
 
     pub fn admin(&self, path: &str) -> String {
