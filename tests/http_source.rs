@@ -661,3 +661,31 @@ async fn third_party_webhooks_are_normalized_by_a_template() {
     assert_eq!(resp.status(), 202);
     assert_eq!(gw.lines("events.jsonl")[1]["id"], "ce-1");
 }
+
+/// C1: a media type with a multi-byte character among its last bytes once panicked the
+/// connection task; every such request now gets an answer.
+#[tokio::test]
+async fn c1_multibyte_media_types_get_an_answer() {
+    let gw = TestGateway::start(BASIC).await;
+    let url = gw.url("web", "/events");
+    for (i, ct) in [
+        "application/j\u{FFFF}son",
+        "application/x+j\u{e9}on",
+        "text/\u{e9}xml",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = json!({"specversion": "1.0", "id": format!("c1-{i}"), "source": "/s",
+            "type": "t", "datacontenttype": ct, "data": "x"});
+        let resp = client()
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{ct:?}: no answer: {e}"));
+        let status = resp.status().as_u16();
+        assert!(status == 202 || status == 400, "{ct:?}: {status}");
+    }
+}

@@ -150,8 +150,14 @@ pub fn is_json_media_type(media_type: &str) -> bool {
     let Some((_, subtype)) = essence.split_once('/') else {
         return false;
     };
-    subtype.eq_ignore_ascii_case("json")
-        || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+    subtype.eq_ignore_ascii_case("json") || ends_with_ignore_ascii_case(subtype, "+json")
+}
+
+/// Whether `s` ends with the ASCII `suffix`, in any case, and has something before it.
+/// Compares bytes: input text is never sliced at an offset that may split a character.
+fn ends_with_ignore_ascii_case(s: &str, suffix: &str) -> bool {
+    let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
+    s.len() > suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// Whether a media type denotes text that the JSON format can carry as a `data` string:
@@ -163,7 +169,7 @@ pub fn is_text_media_type(media_type: &str) -> bool {
     };
     top.eq_ignore_ascii_case("text")
         || subtype.eq_ignore_ascii_case("xml")
-        || (subtype.len() > 4 && subtype[subtype.len() - 4..].eq_ignore_ascii_case("+xml"))
+        || ends_with_ignore_ascii_case(subtype, "+xml")
         || subtype.eq_ignore_ascii_case("javascript")
         || subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
 }
@@ -238,5 +244,31 @@ mod tests {
         assert!(is_text_media_type("text/plain; charset=us-ascii"));
         assert!(is_text_media_type("application/xml"));
         assert!(!is_text_media_type("application/octet-stream"));
+    }
+
+    /// C1: a multi-byte character at any position of a media type is an answer, never a
+    /// panic (the suffix checks once sliced the subtype by bytes).
+    #[test]
+    fn c1_multibyte_media_types_never_panic() {
+        for base in [
+            "application/vnd.x+json",
+            "application/json",
+            "text/x+xml",
+            "a/b",
+        ] {
+            for c in ['\u{e9}', '\u{FFFF}', '\u{1F30E}'] {
+                for at in 0..=base.len() {
+                    let mut s = base.to_owned();
+                    s.insert(at, c);
+                    let _ = is_json_media_type(&s);
+                    let _ = is_text_media_type(&s);
+                    let _ = media_type("datacontenttype", &s);
+                    let _ = crate::json::format(&s);
+                }
+            }
+        }
+        assert!(!is_json_media_type("application/j\u{FFFF}son"));
+        assert!(!is_text_media_type("application/\u{e9}xml"));
+        assert!(is_json_media_type("application/\u{e9}+json"));
     }
 }
