@@ -1,12 +1,21 @@
 //! Redaction of config text for the admin API: secrets never leave the process.
 //!
 //! The text shown is the file as written, before `${VAR}` interpolation, so secrets taken from
-//! the environment appear as their references. Literal values of secret-looking keys
-//! (`secret`, `secrets`, `password`, `token`, …) and passwords inside URLs are replaced by
-//! `[redacted]`.
+//! the environment appear as their references. Redaction works on the parsed TOML tree, not
+//! on lines: every value whose key names a secret (`secret`, `secrets`, `password`, `token`,
+//! `*_secret`, `*_token`, …), every value under a `headers` table, the password (or a bare
+//! token) in a URL's userinfo and the values of a URL's query are replaced by `[redacted]`,
+//! whatever the layout (multi-line arrays, inline or standard tables, quoted keys, multi-line
+//! strings). Text that does not parse as TOML before interpolation is not shown at all.
 
-/// Keys whose values are secret.
-const SECRET_KEYS: [&str; 7] = [
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+
+const REDACTED: &str = "[redacted]";
+
+/// Keys whose values are secret, and the suffixes that make a key secret.
+const SECRET_KEYS: [&str; 8] = [
     "secret",
     "secrets",
     "password",
@@ -14,149 +23,212 @@ const SECRET_KEYS: [&str; 7] = [
     "bearer_token",
     "passphrase",
     "api_key",
+    "apikey",
 ];
+const SECRET_SUFFIXES: [&str; 6] = [
+    "_secret",
+    "_secrets",
+    "_password",
+    "_token",
+    "_passphrase",
+    "_api_key",
+];
+/// Tables whose every value is secret (HTTP headers carry API keys).
+const SECRET_TABLES: [&str; 1] = ["headers"];
 
-/// Redacts secret values line by line.
+/// The config text with every secret value replaced.
 pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        out.push_str(&redact_line(line));
-        out.push('\n');
+    let Ok(root) = DeTable::parse(text) else {
+        return "# not shown: the file does not parse as TOML before interpolation\n".into();
+    };
+    let mut edits = Vec::new();
+    table(root.get_ref(), false, &mut edits);
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut out = text.to_owned();
+    let mut last = usize::MAX;
+    for (range, replacement) in edits {
+        // Nested edits (a secret table inside a secret table) apply once, outermost wins.
+        if range.end > last {
+            continue;
+        }
+        last = range.start;
+        out.replace_range(range, &replacement);
     }
     out
 }
 
-fn redact_line(line: &str) -> String {
-    let mut line = redact_url_passwords(line);
-    // `key = value` and inline tables `{ key = value, … }`: redact values of secret keys.
-    for key in SECRET_KEYS {
-        let mut search = 0;
-        while let Some(found) = find_key(&line[search..], key) {
-            let at = search + found;
-            let after = &line[at + key.len()..];
-            let Some(eq) = after.find('=') else { break };
-            let value_start = at + key.len() + eq + 1;
-            let value_end = value_end(&line, value_start);
-            line.replace_range(value_start..value_end, " \"[redacted]\"");
-            search = value_start + " \"[redacted]\"".len();
-        }
-    }
-    line
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&key.as_str()) || SECRET_SUFFIXES.iter().any(|s| key.ends_with(s))
 }
 
-/// Finds `key` as a whole word followed by optional spaces and `=`.
-fn find_key(s: &str, key: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = s[from..].find(key) {
-        let at = from + i;
-        let before_ok = at == 0
-            || !s.as_bytes()[at - 1].is_ascii_alphanumeric() && s.as_bytes()[at - 1] != b'_';
-        let rest = s[at + key.len()..].trim_start();
-        if before_ok && rest.starts_with('=') && !rest.starts_with("==") {
-            return Some(at);
-        }
-        from = at + key.len();
-    }
-    None
-}
-
-/// The end of a TOML value starting at `start`: a string, an array, or up to `,`/`}`/`#`.
-fn value_end(line: &str, start: usize) -> usize {
-    let bytes = line.as_bytes();
-    let mut i = start;
-    while i < bytes.len() && bytes[i] == b' ' {
-        i += 1;
-    }
-    let mut depth = 0i32;
-    let mut quote: Option<u8> = None;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(q) => {
-                if b == b'\\' && q == b'"' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                    if depth == 0 {
-                        return i + 1;
-                    }
+fn table(t: &DeTable<'_>, secret: bool, edits: &mut Vec<(Range<usize>, String)>) {
+    for (key, value) in t {
+        let key = key.get_ref().as_ref();
+        let secret = secret || is_secret_key(key);
+        let table_secret = secret || SECRET_TABLES.contains(&key.to_ascii_lowercase().as_str());
+        match value.get_ref() {
+            DeValue::Table(inner) => table(inner, table_secret, edits),
+            DeValue::Array(items) if !table_secret => {
+                for item in items {
+                    self::value(item, false, edits);
                 }
             }
-            None => match b {
-                b'"' | b'\'' => quote = Some(b),
-                b'[' => depth += 1,
-                b']' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return i + 1;
-                    }
-                }
-                b',' | b'}' | b'#' if depth == 0 => return i,
-                _ => {}
-            },
+            _ => self::value(value, table_secret, edits),
         }
-        i += 1;
     }
-    bytes.len()
 }
 
-/// `scheme://user:password@host` → `scheme://user:[redacted]@host`.
-fn redact_url_passwords(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let authority_end = tail
-            .find(['/', '"', '\'', ' ', '?', '#'])
-            .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon + 1]);
-                out.push_str("[redacted]");
-                out.push_str(&authority[at..]);
+fn value(v: &toml::Spanned<DeValue<'_>>, secret: bool, edits: &mut Vec<(Range<usize>, String)>) {
+    match v.get_ref() {
+        _ if secret => edits.push((v.span(), quoted(REDACTED))),
+        DeValue::String(s) => {
+            if let Some(redacted) = redact_url(s) {
+                edits.push((v.span(), quoted(&redacted)));
             }
-            _ => out.push_str(authority),
         }
-        rest = &tail[authority_end..];
+        DeValue::Array(items) => items.iter().for_each(|i| value(i, false, edits)),
+        DeValue::Table(t) => table(t, false, edits),
+        _ => {}
     }
-    out.push_str(rest);
-    out
+}
+
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A URL with its password (or bare token) and its query values redacted; `None` when the
+/// string holds nothing to redact. A value that is wholly a `${VAR}` reference is kept.
+pub fn redact_url(s: &str) -> Option<String> {
+    let scheme_end = s.find("://")? + 3;
+    let (head, tail) = s.split_at(scheme_end);
+    let authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
+    let (authority, rest) = tail.split_at(authority_end);
+    let mut out = String::with_capacity(s.len());
+    out.push_str(head);
+    let mut changed = false;
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, pw)) if !is_reference(pw) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(REDACTED);
+                    changed = true;
+                }
+                // `nats://token@host`: a lone userinfo is a credential too.
+                None if !is_reference(userinfo) => {
+                    out.push_str(REDACTED);
+                    changed = true;
+                }
+                _ => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let (path, query_fragment) = match rest.find('?') {
+        Some(q) => rest.split_at(q),
+        None => (rest, ""),
+    };
+    out.push_str(path);
+    if let Some(query) = query_fragment.strip_prefix('?') {
+        let (query, fragment) = match query.find('#') {
+            Some(f) => query.split_at(f),
+            None => (query, ""),
+        };
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, v)) if !is_reference(v) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                    changed = true;
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out.push_str(fragment);
+    }
+    changed.then_some(out)
+}
+
+fn is_reference(s: &str) -> bool {
+    s.starts_with("${") && s.ends_with('}') && !s[2..s.len() - 1].contains('}')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// S8: layouts that line-by-line redaction missed: multi-line arrays, header tables,
+    /// quoted keys, query-string tokens, multi-line strings, token-only URLs.
     #[test]
-    fn table() {
-        for (input, want) in [
-            (
-                r#"url = "amqp://guest:guest@127.0.0.1:5672/%2f""#,
-                r#"url = "amqp://guest:[redacted]@127.0.0.1:5672/%2f""#,
-            ),
-            (
-                r#"url = "nats://127.0.0.1:4222""#,
-                r#"url = "nats://127.0.0.1:4222""#,
-            ),
-            (r#"password = "hunter2""#, r#"password = "[redacted]""#),
-            (
-                r#"hmac = { scheme = "github", secrets = ["abc", "def"], tolerance_secs = 300 }"#,
-                r#"hmac = { scheme = "github", secrets = "[redacted]", tolerance_secs = 300 }"#,
-            ),
-            (
-                r#"hmac = { secrets = ["${PARTNER_A_SECRET}"] }"#,
-                r#"hmac = { secrets = "[redacted]" }"#,
-            ),
-            (
-                r#"token = 'x' # comment"#,
-                r#"token = "[redacted]" # comment"#,
-            ),
-            (r#"tokens_seen = 5"#, r#"tokens_seen = 5"#),
-            (r#"path = "/events""#, r#"path = "/events""#),
+    fn s8_redaction_covers_every_layout() {
+        let text = r#"
+[sources.web.auth]
+hmac = { scheme = "github", secrets = [
+  "s3cr3t-one",
+  "s3cr3t-two",
+] }
+
+[sinks.p]
+type = "http"
+url = "https://partner/x?sig=zzz&plain=1"
+headers = { Authorization = "Bearer abc123", X-Api-Key = "k3y" }
+"password" = "pw"
+client_secret = """
+multi
+line-secret"""
+
+[sinks.q]
+url = "nats://t0ken@127.0.0.1:4222"
+
+[sinks.q.headers]
+X-Partner-Key = "hdr-key"
+
+[sinks.r]
+url = "amqp://guest:guest-pw@127.0.0.1:5672/%2f"
+user_url = "amqp://${AMQP_USER}:${AMQP_PASSWORD}@rabbitmq:5672/%2f"
+tokens_seen = 5
+path = "/events"
+"#;
+        let out = redact(text);
+        for leaked in [
+            "s3cr3t-one",
+            "s3cr3t-two",
+            "abc123",
+            "k3y",
+            "\"pw\"",
+            "zzz",
+            "line-secret",
+            "t0ken",
+            "hdr-key",
+            "guest-pw",
         ] {
-            assert_eq!(redact_line(input), want, "{input}");
+            assert!(!out.contains(leaked), "{leaked} leaked:\n{out}");
         }
+        // What is not secret stays, and the result is still TOML.
+        for kept in [
+            "tokens_seen = 5",
+            "path = \"/events\"",
+            "https://partner/x",
+            "${AMQP_PASSWORD}",
+            "127.0.0.1:5672",
+        ] {
+            assert!(out.contains(kept), "{kept} missing:\n{out}");
+        }
+        toml::de::DeTable::parse(&out).expect("redacted text parses");
+    }
+
+    #[test]
+    fn text_that_does_not_parse_is_not_shown() {
+        let out = redact("password = \"unterminated\npassword2 = \"x\"");
+        assert!(!out.contains("unterminated"), "{out}");
     }
 }
