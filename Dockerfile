@@ -15,10 +15,13 @@ COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
 COPY config/ferry.toml /etc/ferry/ferry.toml
 WORKDIR /var/lib/ferry
 USER ferry
-# The default config reads these; inside a container, listen on every interface.
+# The default config reads these; inside a container, listen on every interface. The admin
+# API stays on loopback unless a token is given: run with
+#   -e FERRY_ADMIN_LISTEN=0.0.0.0:9090 -e FERRY_ADMIN_TOKEN=<secret>
+# to reach it from outside (Ferry refuses a non-loopback admin listener without a token).
 ENV FERRY_HTTP_LISTEN=0.0.0.0:8080 \
     FERRY_WS_LISTEN=0.0.0.0:8090 \
-    FERRY_ADMIN_LISTEN=0.0.0.0:9090
+    FERRY_ADMIN_LISTEN=127.0.0.1:9090
 EXPOSE 8080 8090 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
     CMD ["ferry", "probe", "http://127.0.0.1:9090/healthz"]

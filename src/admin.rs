@@ -1,10 +1,18 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/-/config`, `/-/routes` and
+//! `POST /-/reload`.
+//!
+//! With `[admin] token` set, every endpoint but the two probes needs
+//! `Authorization: Bearer <token>` (compared in constant time; the token is read from the
+//! running config, so a reload rotates it). Without one, the listener must be on loopback
+//! (the config check refuses anything else), and a reload that a browser sends from another
+//! site (a request with an `Origin` header) is refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -77,15 +85,75 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/-/config", get(config))
         .route("/-/routes", get(routes))
-        .route("/-/reload", axum::routing::post(reload))
-        .with_state(AdminState {
-            registry,
-            readiness,
-            view,
-        });
+        .route("/-/reload", axum::routing::post(reload));
+    let state = AdminState {
+        registry,
+        readiness,
+        view,
+    };
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state);
     let tls = Arc::new(arc_swap::ArcSwapOption::empty());
     tracker.spawn(crate::listener::serve(listener, tls, app, shutdown, None));
     Ok(addr)
+}
+
+/// The token check in front of every endpoint but the probes.
+async fn authorize(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(req).await;
+    }
+    let config = s.view.config.load();
+    let token = config.admin.as_ref().and_then(|a| a.token());
+    match token {
+        Some(token) => {
+            let base = config
+                .origin
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            let Ok(expected) = token.resolve(base) else {
+                tracing::error!("the admin token cannot be read; refusing admin requests");
+                return crate::problem::Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the admin token cannot be read",
+                )
+                .into_response();
+            };
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match given {
+                Some(given)
+                    if crate::keyed::tokens_equal(given.as_bytes(), expected.as_bytes()) => {}
+                Some(_) => return unauthorized("the admin token is not valid"),
+                None => return unauthorized("the admin API needs `Authorization: Bearer <token>`"),
+            }
+        }
+        None if req.method() == http::Method::POST
+            && req.headers().contains_key(header::ORIGIN) =>
+        {
+            return crate::problem::Problem::new(
+                StatusCode::FORBIDDEN,
+                "a cross-origin request may not change the gateway; set `[admin] token`",
+            )
+            .into_response();
+        }
+        None => {}
+    }
+    next.run(req).await
+}
+
+fn unauthorized(detail: &str) -> Response {
+    crate::problem::Problem::new(StatusCode::UNAUTHORIZED, detail).into_response()
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

@@ -20,7 +20,8 @@
 //! - [`normalize`], [`template`]: building events from messages that are not CloudEvents,
 //!   and sink addresses from event attributes.
 //! - [`problem`]: HTTP errors as `application/problem+json`.
-//! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics.
+//! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics; [`keyed`]: digests
+//!   and token comparisons under a per-process key.
 //! - [`gateway`]: starts the components in order and shuts them down gracefully.
 //! - [`reload`], [`watch`]: config reloads (validate, then swap) and their file trigger.
 
@@ -30,6 +31,7 @@ pub mod certs;
 pub mod config;
 pub mod delivery;
 pub mod gateway;
+pub mod keyed;
 pub mod listener;
 pub mod metrics;
 pub mod normalize;

@@ -217,7 +217,17 @@ fn running_config(admin: &str) -> Result<Config, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(async { reqwest::get(&url).await?.json().await })
+        .block_on(async {
+            let mut req = reqwest::Client::new().get(&url);
+            // The admin API's token, when it has one.
+            if let Some(token) = std::env::var("FERRY_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+            {
+                req = req.bearer_auth(token);
+            }
+            req.send().await?.error_for_status()?.json().await
+        })
         .map_err(|e: reqwest::Error| e.to_string())?;
     let text = body["config"].as_str().ok_or("no config in the answer")?;
     Config::from_str_at(text, Path::new(&url), &|name| std::env::var(name).ok())

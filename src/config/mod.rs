@@ -68,7 +68,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
     pub path: std::path::PathBuf,
-    /// SHA-256 of the text after interpolation, hex.
+    /// HMAC-SHA256 of the text after interpolation and of the files it references, under a
+    /// per-process random key ([`crate::keyed`]), hex: it tells two configs apart within this
+    /// process and says nothing about their secrets.
     pub hash: String,
     /// The text as written (before interpolation, so `${SECRET}` stays a reference), with
     /// secret-looking values redacted.
@@ -82,6 +84,17 @@ pub struct Origin {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token that every endpoint but `/healthz` and `/readyz` requires; `${ENV}` or
+    /// `file:<path>`. Required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<crate::security::secret::Secret>,
+}
+
+impl AdminConfig {
+    /// The token, if one is set (an empty value, such as an unset `${VAR:-}`, is none).
+    pub fn token(&self) -> Option<&crate::security::secret::Secret> {
+        self.token.as_ref().filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -522,14 +535,16 @@ impl Config {
             path: path.to_owned(),
             // Over the text and the files it references, so a renewed certificate shows.
             hash: {
-                use sha2::Digest as _;
-                let mut h = sha2::Sha256::new();
-                h.update(text.as_bytes());
-                for f in &files {
-                    h.update(f.as_os_str().as_encoded_bytes());
-                    h.update(std::fs::read(f).unwrap_or_default());
+                let contents: Vec<Vec<u8>> = files
+                    .iter()
+                    .map(|f| std::fs::read(f).unwrap_or_default())
+                    .collect();
+                let mut parts: Vec<&[u8]> = vec![text.as_bytes()];
+                for (f, content) in files.iter().zip(&contents) {
+                    parts.push(f.as_os_str().as_encoded_bytes());
+                    parts.push(content);
                 }
-                hex::encode(h.finalize())
+                hex::encode(crate::keyed::digest(parts))
             },
             redacted: redact::redact(raw),
             files,
@@ -542,6 +557,16 @@ impl Config {
         let mut listeners: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
         if let Some(admin) = &self.admin {
             listeners.insert(admin.listen, vec!["admin".into(), "listen".into()]);
+            if !admin.listen.ip().is_loopback() && admin.token().is_none() {
+                return Err((
+                    vec!["admin".into(), "token".into()],
+                    format!(
+                        "the admin listener {} is not on loopback: set a token \
+                         (`token = \"${{FERRY_ADMIN_TOKEN}}\"`) or listen on 127.0.0.1",
+                        admin.listen
+                    ),
+                ));
+            }
         }
         for (name, source) in &self.sources {
             check_name(&["sources", name])?;
