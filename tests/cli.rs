@@ -133,3 +133,98 @@ fn run_serves_and_exits_zero_on_sigterm() {
         "{rest:?}"
     );
 }
+
+/// S10: `ferry check` refuses policies that could never apply: an unknown principal kind, a
+/// misspelt HMAC source, an unknown route, a pattern that can never match, each with file,
+/// line and key.
+#[test]
+fn s10_check_refuses_policies_that_can_never_apply() {
+    let base = r#"
+[sources.webhooks]
+type = "http"
+listen = "127.0.0.1:0"
+auth = { hmac = { scheme = "github", secrets = ["0123456789abcdef0123456789abcdef"] } }
+
+[sources.partners]
+type = "http"
+listen = "127.0.0.1:0"
+auth = { jwt = { secrets = ["0123456789abcdef0123456789abcdef"], issuer = "me" } }
+
+[sinks.archive]
+type = "file"
+path = "events.jsonl"
+
+[routes.orders]
+from = ["webhooks", "partners"]
+to = ["archive"]
+
+[[policies]]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policies.toml");
+    let check = |policy: &str| {
+        std::fs::write(&path, format!("{base}{policy}\n")).unwrap();
+        let out = Command::new(FERRY)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stderr) = check("principal = \"jwt:partner-a\"\nallow_routes = [\"orders\"]");
+    assert_eq!(code, Some(0), "{stderr}");
+    for (policy, line, key, says) in [
+        (
+            "principal = \"JWT:partner-a\"",
+            21,
+            "policies.0.principal",
+            "unknown principal kind",
+        ),
+        (
+            "principal = \"jwt: partner-a\"",
+            21,
+            "policies.0.principal",
+            "white space",
+        ),
+        (
+            "principal = \"hmac:webhook\"",
+            21,
+            "policies.0.principal",
+            "no source named `webhook`",
+        ),
+        (
+            "principal = \"mtls:client\"",
+            21,
+            "policies.0.principal",
+            "no source accepts",
+        ),
+        (
+            "principal = \"jwt:partner-a\"\nallow_routes = [\"order\"]",
+            22,
+            "policies.0.allow_routes.0",
+            "unknown route `order`",
+        ),
+        (
+            "principal = \"jwt:partner-a\"\nallow_types = [\"\"]",
+            22,
+            "policies.0.allow_types.0",
+            "never match",
+        ),
+        (
+            "principal = \"jwt:partner-a\"\nallow_sources = [\"/partner a/*\"]",
+            22,
+            "policies.0.allow_sources.0",
+            "never match",
+        ),
+    ] {
+        let (code, stderr) = check(policy);
+        assert_eq!(code, Some(1), "{policy}: {stderr}");
+        let at = format!("{}:{line}:", path.display());
+        assert!(stderr.contains(&at), "{policy}: want {at}: {stderr}");
+        assert!(
+            stderr.contains(&format!("key `{key}`")),
+            "{policy}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{policy}: want {says:?}: {stderr}");
+    }
+}

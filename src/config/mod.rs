@@ -843,6 +843,121 @@ impl Config {
                 })?;
             }
         }
+        self.check_policies()
+    }
+
+    /// Policies that could never apply are refused: a typo in `principal` would leave that
+    /// principal unrestricted, one in `allow_routes` would drop its events.
+    fn check_policies(&self) -> Result<(), (Vec<String>, String)> {
+        use crate::security::principal::Method;
+        let auth = |source: &SourceConfig| match source {
+            SourceConfig::Http(c) => c.auth.clone(),
+            SourceConfig::Websocket(c) => c.auth.clone(),
+            _ => None,
+        };
+        let accepts = |method: Method| {
+            self.sources.values().any(|s| {
+                auth(s).is_some_and(|a| match method {
+                    Method::Mtls => a.mtls,
+                    Method::Jwt => a.jwt.is_some(),
+                    Method::Hmac => a.hmac.is_some(),
+                    Method::None => true,
+                })
+            })
+        };
+        for (i, policy) in self.policies.iter().enumerate() {
+            let key = |k: &str| vec!["policies".to_owned(), i.to_string(), k.to_owned()];
+            let principal = &policy.principal;
+            let Some((kind, id)) = principal.split_once(':') else {
+                return Err((
+                    key("principal"),
+                    format!("`{principal}` is not `<kind>:<identity>` (`jwt:<sub>`, `mtls:<identity>`, `hmac:<source>`, `anonymous:`)"),
+                ));
+            };
+            let method = [Method::Mtls, Method::Jwt, Method::Hmac, Method::None]
+                .into_iter()
+                .find(|m| m.prefix() == kind)
+                .ok_or_else(|| {
+                    (
+                        key("principal"),
+                        format!(
+                            "unknown principal kind `{kind}` (known: mtls, jwt, hmac, anonymous)"
+                        ),
+                    )
+                })?;
+            if id.trim() != id || id.chars().any(char::is_control) {
+                return Err((
+                    key("principal"),
+                    format!("the identity in `{principal}` has white space or control characters around or in it"),
+                ));
+            }
+            match method {
+                Method::None if !id.is_empty() => {
+                    return Err((
+                        key("principal"),
+                        "write the anonymous principal as `anonymous:`".into(),
+                    ))
+                }
+                Method::None => {}
+                _ if id.is_empty() => {
+                    return Err((key("principal"), format!("`{principal}` names no identity")))
+                }
+                Method::Hmac => match self.sources.get(id) {
+                    None => {
+                        return Err((
+                            key("principal"),
+                            format!("no source named `{id}`{}", known(self.sources.keys())),
+                        ))
+                    }
+                    Some(s) if !auth(s).is_some_and(|a| a.hmac.is_some()) => {
+                        return Err((
+                            key("principal"),
+                            format!("source `{id}` does not verify HMAC signatures (`auth.hmac`)"),
+                        ))
+                    }
+                    Some(_) => {}
+                },
+                _ if !accepts(method) => {
+                    return Err((
+                        key("principal"),
+                        format!(
+                        "no source accepts `{kind}` authentication, so `{principal}` never sends"
+                    ),
+                    ))
+                }
+                _ => {}
+            }
+            for (j, route) in policy.allow_routes.iter().enumerate() {
+                if !self.routes.contains_key(route) {
+                    let mut k = key("allow_routes");
+                    k.push(j.to_string());
+                    return Err((
+                        k,
+                        format!("unknown route `{route}`{}", known(self.routes.keys())),
+                    ));
+                }
+            }
+            // `type` is a non-empty string without control characters; `source` a URI
+            // reference, which has no white space either.
+            for (list, name, no_space) in [
+                (&policy.allow_types, "allow_types", false),
+                (&policy.allow_sources, "allow_sources", true),
+            ] {
+                for (j, pattern) in list.iter().enumerate() {
+                    let never = pattern.is_empty()
+                        || pattern.chars().any(char::is_control)
+                        || (no_space && pattern.chars().any(char::is_whitespace));
+                    if never {
+                        let mut k = key(name);
+                        k.push(j.to_string());
+                        return Err((
+                            k,
+                            format!("pattern {pattern:?} can never match an event's attribute"),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
