@@ -98,7 +98,17 @@ pub async fn start(
         ))
         .with_state(state);
     let tls = Arc::new(arc_swap::ArcSwapOption::empty());
-    tracker.spawn(crate::listener::serve(listener, tls, app, shutdown, None));
+    let limits = Arc::new(arc_swap::ArcSwap::from_pointee(
+        crate::listener::Limits::DEFAULT,
+    ));
+    tracker.spawn(crate::listener::serve(
+        listener,
+        tls,
+        limits,
+        app,
+        shutdown,
+        Default::default(),
+    ));
     Ok(addr)
 }
 

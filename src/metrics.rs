@@ -3,6 +3,8 @@
 //! Labels are component names and fixed reason strings only, so cardinality is bounded by
 //! the config: no per-event or per-principal labels.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -65,6 +67,7 @@ pub struct Metrics {
     pub sink_queue_capacity: Family<SinkLabels, Gauge>,
     pub websocket_dropped: Family<SinkLabels, Counter>,
     pub websocket_closed: Family<ClosedLabels, Counter>,
+    pub connections_closed: Family<ClosedLabels, Counter>,
     pub sink_connections: Family<SinkLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
@@ -86,6 +89,22 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// What a listener counts, for the component `source:<name>` or `sink:<name>`.
+    pub fn listener(&self, component: String) -> crate::listener::ListenerStats {
+        let closed = self.connections_closed.clone();
+        crate::listener::ListenerStats {
+            connections: None,
+            closed: Some(Arc::new(move |reason| {
+                closed
+                    .get_or_create(&ClosedLabels {
+                        component: component.clone(),
+                        reason,
+                    })
+                    .clone()
+            })),
+        }
+    }
+
     /// Creates the metrics and registers them.
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {
@@ -103,6 +122,7 @@ impl Metrics {
             sink_queue_capacity: Family::default(),
             websocket_dropped: Family::default(),
             websocket_closed: Family::default(),
+            connections_closed: Family::default(),
             sink_connections: Family::default(),
             reloads: Family::default(),
             config_generation: Gauge::default(),
@@ -187,6 +207,11 @@ impl Metrics {
             "websocket_closed",
             "WebSocket connections closed by Ferry or the client, by reason",
             m.websocket_closed.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections a listener closed: over max_connections, slow request head, idle",
+            m.connections_closed.clone(),
         );
         r.register(
             "sink_connections",

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::{SourceContext, SourceError, SourceStats};
 use crate::config::HttpSourceConfig;
-use crate::listener::{Peer, TlsHandle};
+use crate::listener::{Limits, LimitsHandle, Peer, TlsHandle};
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope, SharedGeneration};
 use crate::problem::Problem;
@@ -42,12 +42,14 @@ struct SourceState {
 pub struct Live {
     state: Arc<ArcSwap<SourceState>>,
     tls: TlsHandle,
+    limits: LimitsHandle,
 }
 
 /// A source's settings, built and checked, ready to swap in.
 pub struct Prepared {
     state: SourceState,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
 }
 
 impl Live {
@@ -63,6 +65,7 @@ impl Live {
     /// Swaps prepared settings in: the next request and the next handshake use them.
     pub fn commit(&self, prepared: Prepared) {
         self.tls.store(prepared.tls);
+        self.limits.store(Arc::new(prepared.limits));
         self.state.store(Arc::new(prepared.state));
     }
 }
@@ -91,7 +94,12 @@ fn prepare(config: &HttpSourceConfig, cx: &SourceContext) -> Result<Prepared, So
         .map(|t| crate::tls::server_config(t, &[b"h2", b"http/1.1"]))
         .transpose()
         .map_err(|e| config_error(format!("tls: {e}")))?;
-    Ok(Prepared { state, tls })
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    Ok(Prepared { state, tls, limits })
 }
 
 /// Binds the listener (unless given one already bound, so address errors surface before
@@ -118,17 +126,20 @@ pub async fn start(
     let live = Live {
         state: Arc::new(ArcSwap::from_pointee(prepared.state)),
         tls: Arc::new(ArcSwapOption::from(prepared.tls)),
+        limits: Arc::new(ArcSwap::from_pointee(prepared.limits)),
     };
     let app = Router::new()
         .fallback(handle)
         .with_state(Arc::clone(&live.state));
-    let connections = Some(cx.stats.connections.clone());
+    let mut stats = cx.stats.metrics.listener(format!("source:{}", cx.name()));
+    stats.connections = Some(cx.stats.connections.clone());
     cx.tracker.spawn(crate::listener::serve(
         listener,
         Arc::clone(&live.tls),
+        Arc::clone(&live.limits),
         app,
         cx.shutdown.clone(),
-        connections,
+        stats,
     ));
     cx.set_ready(true);
     Ok((addr, live))
@@ -159,8 +170,11 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // The settings in force when the request arrived serve all of it.
+    // The settings in force when the request arrived serve all of it: the source's own
+    // (authentication, limits) and the generation's (routes, policies), loaded together so a
+    // reload in the middle of a request never mixes two configs (Q4).
     let state = live.load_full();
+    let generation = state.generation.load_full();
     if uri.path() != state.config.path {
         return not_found().await.into_response();
     }
@@ -169,7 +183,12 @@ async fn handle(
     }
     let started = Instant::now();
     let peer = peer.map(|axum::Extension(p)| p);
-    match accept(&state, peer.as_ref(), method, uri.query(), headers, body).await {
+    let request = Request {
+        state: &state,
+        generation,
+        peer: peer.as_ref(),
+    };
+    match accept(request, method, uri.query(), headers, body).await {
         Ok(n) => {
             state.stats.accepted.inc_by(n);
             state
@@ -222,15 +241,22 @@ fn webhook_handshake(state: &SourceState, headers: &HeaderMap) -> Response {
     response
 }
 
+/// What one request is served with, loaded when it arrived.
+struct Request<'a> {
+    state: &'a SourceState,
+    generation: Arc<pipeline::Generation>,
+    peer: Option<&'a Peer>,
+}
+
 /// Returns the number of events accepted, or the problem and the number of events refused.
 async fn accept(
-    state: &SourceState,
-    peer: Option<&Peer>,
+    request: Request<'_>,
     method: Method,
     query: Option<&str>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<u64, (Problem, u64)> {
+    let (state, peer) = (request.state, request.peer);
     if method != Method::POST {
         let mut p = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -239,12 +265,41 @@ async fn accept(
         p.allow = Some("POST, OPTIONS");
         return Err((p, 1));
     }
-    let _permit = state.requests.acquire().await.map_err(|_| {
-        (
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(1),
-            1,
+    // Credentials that need no body (JWT, mTLS) are checked before the body is read, so an
+    // unauthenticated sender costs no buffering (R4).
+    let early = if state.security.needs_body() {
+        None
+    } else {
+        Some(
+            state
+                .security
+                .authenticate(peer, &headers, query, &[])
+                .map_err(|e| (Problem::unauthenticated(e), 1))?,
         )
-    })?;
+    };
+    let wait = Duration::from_millis(state.config.enqueue_timeout_ms);
+    let _permit = match tokio::time::timeout(wait, state.requests.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => {
+            return Err((
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(1),
+                1,
+            ))
+        }
+        Err(_) => {
+            return Err((
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} requests are in progress (max_concurrent_requests)",
+                        state.config.max_concurrent_requests
+                    ),
+                )
+                .retry_after(1),
+                1,
+            ))
+        }
+    };
     let max = state.config.max_body_bytes;
     let too_large = || {
         let mut p = Problem::new(
@@ -261,10 +316,24 @@ async fn accept(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => {
+    let body_timeout = Duration::from_millis(state.config.body_read_timeout_ms);
+    let read = tokio::time::timeout(body_timeout, Limited::new(body, max).collect()).await;
+    let bytes = match read {
+        Err(_) => {
+            return Err((
+                Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within body_read_timeout_ms ({} ms)",
+                        state.config.body_read_timeout_ms
+                    ),
+                ),
+                1,
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Ok(Err(e)) => {
             return Err((
                 Problem::new(
                     StatusCode::BAD_REQUEST,
@@ -274,11 +343,14 @@ async fn accept(
             ));
         }
     };
-    let authenticated = state
-        .security
-        .authenticate(peer, &headers, query, &bytes)
-        .map_err(|e| (Problem::unauthenticated(e), 1))?;
-    let result = deliver(state, peer, &headers, bytes, &authenticated.principal).await;
+    let authenticated = match early {
+        Some(authenticated) => authenticated,
+        None => state
+            .security
+            .authenticate(peer, &headers, query, &bytes)
+            .map_err(|e| (Problem::unauthenticated(e), 1))?,
+    };
+    let result = deliver(request, &headers, bytes, &authenticated.principal).await;
     if result.is_err() {
         // Not accepted: the sender's retry of this very message must pass the replay check.
         state.security.release(&authenticated);
@@ -288,12 +360,16 @@ async fn accept(
 
 /// Decodes, authorises, routes and waits for the sinks: the part after authentication.
 async fn deliver(
-    state: &SourceState,
-    peer: Option<&Peer>,
+    request: Request<'_>,
     headers: &HeaderMap,
     bytes: bytes::Bytes,
     principal: &Principal,
 ) -> Result<u64, (Problem, u64)> {
+    let Request {
+        state,
+        generation,
+        peer,
+    } = request;
     let mut metadata = ferry_http::metadata(headers);
     metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {
@@ -338,7 +414,6 @@ async fn deliver(
         .security
         .rate_limit(principal, peer.map(|p| p.addr.ip()), n as u32)
         .map_err(|wait| (Problem::rate_limited(wait), n))?;
-    let generation = state.generation.load_full();
     state
         .security
         .authorize(&generation.policies, principal, &mut envelopes)

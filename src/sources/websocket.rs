@@ -153,12 +153,20 @@ pub async fn start(
     let app = Router::new()
         .fallback(upgrade)
         .with_state(Arc::clone(&live.state));
+    // The listener's bounds: sessions count against `max_connections` from the moment
+    // they connect, and a client has the usual time to send its upgrade request.
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        ..crate::listener::Limits::DEFAULT
+    };
     cx.tracker.spawn(crate::listener::serve(
         listener,
         Arc::clone(&live.tls),
+        Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
         app,
         cx.shutdown.clone(),
-        None,
+        cx.stats.metrics.listener(format!("source:{}", cx.name())),
     ));
     cx.set_ready(true);
     Ok((addr, live))
