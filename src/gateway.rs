@@ -57,15 +57,24 @@ impl Gateway {
         let readiness = Readiness::default();
         let shutdown = CancellationToken::new();
         let sink_tracker = TaskTracker::new();
+        // Sinks see the generation that routes to them; it is filled in once they exist.
+        let generation: SharedGeneration =
+            Arc::new(ArcSwap::from_pointee(crate::pipeline::Generation {
+                number: 0,
+                routes: Default::default(),
+                sinks: Vec::new(),
+                policies: Default::default(),
+            }));
         let cx = SinkContext {
             metrics: metrics.clone(),
             tracker: sink_tracker.clone(),
             readiness: readiness.clone(),
+            generation: Arc::clone(&generation),
         };
 
         let sink_set = reload::build_sinks(&config, &reload::RunningSinks::new(), &cx).await?;
         let dedup = crate::router::DedupStore::default();
-        let generation: SharedGeneration = Arc::new(ArcSwap::from_pointee(reload::generation(
+        generation.store(Arc::new(reload::generation(
             1, &config, &sink_set, &metrics, &dedup,
         )?));
         let sink_addrs = sink_set.addrs.clone();

@@ -124,6 +124,13 @@ pub enum DispatchError {
     Overloaded { sink: Arc<str> },
     /// A sink is shutting down.
     Closed { sink: Arc<str> },
+    /// A message has more events for one sink than its queue holds: it could never be
+    /// handed on whole (Q3).
+    TooLarge {
+        sink: Arc<str>,
+        events: usize,
+        capacity: usize,
+    },
 }
 
 impl Generation {
@@ -146,9 +153,10 @@ impl Generation {
             .collect()
     }
 
-    /// Hands every envelope to its sinks, forking `ack` once per delivery. Waits at most
-    /// `enqueue_timeout` for room in a full queue. On error the remaining deliveries are not
-    /// sent; forks already sent resolve normally, and the caller's outcome is a failure.
+    /// Hands every envelope to its sinks, forking `ack` once per delivery. A message is handed
+    /// on whole or not at all: room for all of its deliveries is reserved in every queue
+    /// first, waiting at most `enqueue_timeout` in all, so a refused message left nothing
+    /// behind that its sender's retry would duplicate.
     pub async fn dispatch(
         &self,
         envelopes: Vec<Envelope>,
@@ -156,6 +164,49 @@ impl Generation {
         ack: &AckToken,
         enqueue_timeout: Duration,
     ) -> Result<(), DispatchError> {
+        // (sink index, deliveries): a message reaches few sinks, so a short list.
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
+        for index in sets.iter().flat_map(SinkSet::iter) {
+            match wanted.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, n)) => *n += 1,
+                None => wanted.push((index, 1)),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + enqueue_timeout;
+        let mut permits = Vec::with_capacity(wanted.len());
+        for (index, n) in wanted {
+            let sink = &self.sinks[index];
+            let capacity = sink.tx.max_capacity();
+            if n > capacity {
+                return Err(DispatchError::TooLarge {
+                    sink: Arc::clone(&sink.name),
+                    events: n,
+                    capacity,
+                });
+            }
+            let reserved = match sink.tx.try_reserve_many(n) {
+                Ok(p) => Ok(p),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    match tokio::time::timeout_at(deadline, sink.tx.reserve_many(n)).await {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(_)) => Err(false),
+                        Err(_) => Err(true),
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => Err(false),
+            };
+            match reserved {
+                Ok(p) => permits.push((index, p)),
+                Err(full) => {
+                    let sink = Arc::clone(&sink.name);
+                    return Err(if full {
+                        DispatchError::Overloaded { sink }
+                    } else {
+                        DispatchError::Closed { sink }
+                    });
+                }
+            }
+        }
         for (envelope, set) in envelopes.into_iter().zip(sets) {
             if set.is_empty() {
                 continue;
@@ -165,31 +216,13 @@ impl Generation {
                 let sink = &self.sinks[index];
                 let delivery =
                     Delivery::new(Arc::clone(&envelope), ack.fork(Arc::clone(&sink.name)));
-                let sent = match sink.tx.try_send(delivery) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(d)) => sink
-                        .tx
-                        .send_timeout(d, enqueue_timeout)
-                        .await
-                        .map_err(|e| match e {
-                            mpsc::error::SendTimeoutError::Timeout(d) => (d, true),
-                            mpsc::error::SendTimeoutError::Closed(d) => (d, false),
-                        }),
-                    Err(mpsc::error::TrySendError::Closed(d)) => Err((d, false)),
-                };
-                if let Err((delivery, full)) = sent {
-                    let sink = Arc::clone(&sink.name);
-                    return Err(if full {
-                        delivery
-                            .ack
-                            .fail(FailureKind::Overloaded, "sink queue is full");
-                        DispatchError::Overloaded { sink }
-                    } else {
-                        delivery
-                            .ack
-                            .fail(FailureKind::Abandoned, "sink is shutting down");
-                        DispatchError::Closed { sink }
-                    });
+                // Reserved above: one permit per delivery.
+                if let Some(permit) = permits
+                    .iter_mut()
+                    .find(|(i, _)| *i == index)
+                    .and_then(|(_, p)| p.next())
+                {
+                    permit.send(delivery);
                 }
             }
         }

@@ -97,6 +97,16 @@ impl Problem {
                 format!("sink `{sink}` is shutting down; retry later"),
             )
             .retry_after(1),
+            IngestError::Dispatch(DispatchError::TooLarge {
+                sink,
+                events,
+                capacity,
+            }) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the batch has {events} events for sink `{sink}`, whose queue holds {capacity}: send smaller batches"
+                ),
+            ),
         }
     }
 

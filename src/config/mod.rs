@@ -174,9 +174,22 @@ pub struct HttpSourceConfig {
     /// How long a request waits for room in a full sink queue before answering 503.
     #[serde(default = "defaults::enqueue_timeout_ms")]
     pub enqueue_timeout_ms: u64,
-    /// Most concurrent requests in progress; more wait for a slot.
+    /// Most concurrent requests in progress; more wait for a slot (up to
+    /// `enqueue_timeout_ms`, then 503).
     #[serde(default = "defaults::max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Most open connections; one more is closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long a request head may take, from the connection opening or its first byte.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long reading a request body may take before 408.
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// How long a connection with no request in progress stays open without traffic.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// TLS (and mTLS) for the listener.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -478,6 +491,12 @@ pub(crate) mod defaults {
     pub fn max_connections() -> usize {
         10_000
     }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_read_timeout_ms() -> u64 {
+        30_000
+    }
     pub fn ws_in_flight() -> usize {
         64
     }
@@ -585,11 +604,20 @@ impl Config {
                             "path must start with `/`".into(),
                         ));
                     }
-                    if c.max_body_bytes == 0 || c.max_concurrent_requests == 0 {
-                        return Err((
-                            path_key("sources", name, "max_body_bytes"),
-                            "limits must be greater than 0".into(),
-                        ));
+                    for (key, v) in [
+                        ("max_body_bytes", c.max_body_bytes as u64),
+                        ("max_concurrent_requests", c.max_concurrent_requests as u64),
+                        ("max_connections", c.max_connections as u64),
+                        ("header_read_timeout_ms", c.header_read_timeout_ms),
+                        ("body_read_timeout_ms", c.body_read_timeout_ms),
+                        ("idle_timeout_ms", c.idle_timeout_ms),
+                    ] {
+                        if v == 0 {
+                            return Err((
+                                path_key("sources", name, key),
+                                format!("{key} must be greater than 0"),
+                            ));
+                        }
                     }
                     c.webhook.check().map_err(prefix)?;
                     &c.normalize
@@ -754,6 +782,21 @@ impl Config {
                             "max_connections and ping_interval_ms must be greater than 0".into(),
                         ));
                     }
+                    if let Some(auth) = &c.auth {
+                        if auth.hmac.is_some() {
+                            return Err((
+                                vec!["sinks".into(), name.clone(), "auth".into(), "hmac".into()],
+                                "a subscriber's upgrade request has no body to sign: use jwt or mtls"
+                                    .into(),
+                            ));
+                        }
+                        if auth.mtls && c.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                            return Err((
+                                vec!["sinks".into(), name.clone(), "auth".into(), "mtls".into()],
+                                "mtls needs `tls.client_ca`".into(),
+                            ));
+                        }
+                    }
                 }
                 SinkConfig::File(_) | SinkConfig::Stdout(_) | SinkConfig::Http(_) => {}
             }
@@ -855,14 +898,19 @@ impl Config {
             SourceConfig::Websocket(c) => c.auth.clone(),
             _ => None,
         };
+        // Push-sink subscribers are principals too: policies decide what they receive.
+        let subscribers = self.sinks.values().filter_map(|s| match s {
+            SinkConfig::Websocket(c) => c.auth.clone(),
+            _ => None,
+        });
+        let mut auths: Vec<_> = self.sources.values().filter_map(auth).collect();
+        auths.extend(subscribers);
         let accepts = |method: Method| {
-            self.sources.values().any(|s| {
-                auth(s).is_some_and(|a| match method {
-                    Method::Mtls => a.mtls,
-                    Method::Jwt => a.jwt.is_some(),
-                    Method::Hmac => a.hmac.is_some(),
-                    Method::None => true,
-                })
+            auths.iter().any(|a| match method {
+                Method::Mtls => a.mtls,
+                Method::Jwt => a.jwt.is_some(),
+                Method::Hmac => a.hmac.is_some(),
+                Method::None => true,
             })
         };
         for (i, policy) in self.policies.iter().enumerate() {

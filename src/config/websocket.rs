@@ -94,4 +94,17 @@ pub struct WebSocketSinkConfig {
     /// TLS for the listener.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Authentication of subscribers, as for a source's senders (`mtls`, `jwt`).
+    #[serde(default)]
+    pub auth: Option<crate::security::source::AuthConfig>,
+    /// Refuse subscribers that no policy names.
+    #[serde(default)]
+    pub require_policy: bool,
+    /// Longest `filter` or `cesql` parameter a subscriber may give.
+    #[serde(default = "max_filter_bytes")]
+    pub max_filter_bytes: usize,
+}
+
+fn max_filter_bytes() -> usize {
+    4096
 }

@@ -124,6 +124,21 @@ impl SourceSecurity {
         })
     }
 
+    /// The unix time at which a request's bearer token stops being valid (`exp` plus the
+    /// leeway), if the source takes JWTs and the request carries a valid one. Long-lived
+    /// sessions (WebSocket) end then.
+    pub fn token_expiry(&self, headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
+        let jwt = self.auth.as_ref()?.jwt.as_ref()?;
+        let claims = jwt.verify(&bearer(headers, query)?).ok()?;
+        Some(claims.exp?.saturating_add(jwt.leeway_secs()))
+    }
+
+    /// Whether authentication needs the request body (an HMAC signature over it). When it
+    /// does not, a source authenticates before reading the body.
+    pub fn needs_body(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.hmac.is_some())
+    }
+
     /// Establishes the principal of a request. With `mode = "any"` one valid credential
     /// suffices but every presented credential must be valid (a bad token is never ignored);
     /// with `"all"` every configured method must pass. `query` is the URI query (for

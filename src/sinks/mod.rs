@@ -41,6 +41,8 @@ pub struct SinkContext {
     pub metrics: Metrics,
     pub tracker: TaskTracker,
     pub readiness: Readiness,
+    /// The current generation, for sinks that apply its policies (the push sink).
+    pub generation: crate::pipeline::SharedGeneration,
 }
 
 impl SinkContext {

@@ -11,6 +11,12 @@
 //!
 //! The sink confirms an event once it is queued for every connected subscriber whose filter
 //! matches it (with none connected, at once): a live feed, not a durable one.
+//!
+//! With `tls` the listener speaks TLS (and mTLS with `client_ca`). With `auth`, a subscriber
+//! authenticates at the upgrade like a source's sender (JWT as `Authorization: Bearer` or
+//! `?access_token=`, or a client certificate); `[[policies]]` for its principal decide which
+//! events it receives (`allow_types`, `allow_sources`), and its session ends with 1008 when its
+//! token expires.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,7 +31,7 @@ use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
@@ -34,16 +40,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::config::{SlowClient, WebSocketSinkConfig};
+use crate::listener::Peer;
 use crate::metrics::Metrics;
-use crate::pipeline::Delivery;
+use crate::pipeline::{Delivery, SharedGeneration};
 use crate::problem::Problem;
 use crate::router::{Filter, FilterConfig, Subject};
+use crate::security::principal::Principal;
+use crate::security::source::SourceSecurity;
 
 /// How long a closing connection may take to accept its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Subscriber {
     filter: Option<Filter>,
+    principal: Principal,
+    /// When the subscriber's token stops being valid.
+    expires: Option<tokio::time::Instant>,
     queue: Mutex<VecDeque<Utf8Bytes>>,
     notify: Notify,
     /// Cancelled when the subscriber must be disconnected for being too slow.
@@ -62,6 +74,8 @@ struct Hub {
     stop: CancellationToken,
     /// Connections are tracked so shutdown waits for their close frames.
     tracker: tokio_util::task::TaskTracker,
+    security: SourceSecurity,
+    generation: SharedGeneration,
 }
 
 /// Binds the listener and starts the sink task. Returns the bound address.
@@ -84,6 +98,14 @@ pub async fn start(
         path: config.listen.to_string(),
         source,
     })?;
+    let config_error = |message: String| SinkError::Config {
+        sink: name.to_string(),
+        message,
+    };
+    let security = SourceSecurity::build(name, config.auth.as_ref(), None, config.require_policy)
+        .map_err(config_error)?;
+    let tls = crate::listener::tls_handle(config.tls.as_ref(), &[b"http/1.1"])
+        .map_err(|e| config_error(format!("tls: {e}")))?;
     let labels = Metrics::sink(name);
     let hub = Arc::new(Hub {
         config: config.clone(),
@@ -96,6 +118,8 @@ pub async fn start(
         name: Arc::clone(name),
         stop: CancellationToken::new(),
         tracker: cx.tracker.clone(),
+        security,
+        generation: Arc::clone(&cx.generation),
     });
     let app = Router::new()
         .route(&config.path, any(connect))
@@ -103,16 +127,18 @@ pub async fn start(
             Problem::new(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path")
         })
         .with_state(Arc::clone(&hub));
-    let stop = hub.stop.clone();
-    let sink_name = Arc::clone(name);
-    cx.tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(sink = %sink_name, error = %e, "WebSocket sink listener stopped");
-        }
-    });
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        ..crate::listener::Limits::DEFAULT
+    };
+    cx.tracker.spawn(crate::listener::serve(
+        listener,
+        tls,
+        Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
+        app,
+        hub.stop.clone(),
+        cx.metrics.listener(format!("sink:{name}")),
+    ));
     cx.tracker.spawn(async move {
         while let Some(delivery) = rx.recv().await {
             hub.publish(&delivery);
@@ -134,11 +160,25 @@ impl Hub {
             return;
         };
         let mut text: Option<Utf8Bytes> = None;
+        // Policies apply to authenticated subscribers.
+        let generation = self.config.auth.is_some().then(|| self.generation.load());
+        let event = &delivery.envelope.event;
         for sub in subscribers.values() {
-            let wanted = match &sub.filter {
-                None => true,
-                Some(f) => f.matches(subject).unwrap_or(false),
-            };
+            let allowed = generation.as_ref().is_none_or(|g| {
+                g.policies
+                    .authorize(
+                        &sub.principal,
+                        event.ty(),
+                        event.source(),
+                        self.config.require_policy,
+                    )
+                    .is_ok()
+            });
+            let wanted = allowed
+                && match &sub.filter {
+                    None => true,
+                    Some(f) => f.matches(subject).unwrap_or(false),
+                };
             if !wanted {
                 continue;
             }
@@ -176,9 +216,47 @@ struct ConnectQuery {
 
 async fn connect(
     State(hub): State<Arc<Hub>>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    uri: http::Uri,
     Query(q): Query<ConnectQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let peer = peer.map(|axum::Extension(p)| p);
+    let authenticated = match hub
+        .security
+        .authenticate(peer.as_ref(), &headers, uri.query(), &[])
+    {
+        Ok(a) => a,
+        Err(e) => return Problem::unauthenticated(e).into_response(),
+    };
+    let principal = authenticated.principal;
+    if hub.config.require_policy {
+        let generation = hub.generation.load();
+        if let Err(denied) = generation.policies.authorize(&principal, "", "", true) {
+            if denied.attribute.is_none() {
+                return Problem::new(StatusCode::FORBIDDEN, denied.detail).into_response();
+            }
+        }
+    }
+    let expires = hub.security.token_expiry(&headers, uri.query()).map(|exp| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+    });
+    let max = hub.config.max_filter_bytes;
+    if [&q.filter, &q.cesql]
+        .into_iter()
+        .flatten()
+        .any(|f| f.len() > max)
+    {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("a filter is longer than max_filter_bytes ({max} bytes)"),
+        )
+        .into_response();
+    }
     let filter = match compile_filter(&q) {
         Ok(f) => f,
         Err(detail) => return Problem::new(StatusCode::BAD_REQUEST, detail).into_response(),
@@ -196,7 +274,7 @@ async fn connect(
             let _tracked = tracked;
             let _permit = permit;
             hub.connected.inc();
-            serve(&hub, socket, filter).await;
+            serve(&hub, socket, filter, principal, expires).await;
         })
 }
 
@@ -222,9 +300,17 @@ fn compile_filter(q: &ConnectQuery) -> Result<Option<Filter>, String> {
     })
 }
 
-async fn serve(hub: &Hub, socket: WebSocket, filter: Option<Filter>) {
+async fn serve(
+    hub: &Hub,
+    socket: WebSocket,
+    filter: Option<Filter>,
+    principal: Principal,
+    expires: Option<tokio::time::Instant>,
+) {
     let sub = Arc::new(Subscriber {
         filter,
+        principal,
+        expires,
         queue: Mutex::new(VecDeque::with_capacity(16)),
         notify: Notify::new(),
         kick: CancellationToken::new(),
@@ -248,6 +334,9 @@ async fn serve(hub: &Hub, socket: WebSocket, filter: Option<Filter>) {
         tokio::select! {
             _ = sub.notify.notified() => {}
             _ = sub.kick.cancelled() => break Some((1008, "too slow: send queue full")),
+            _ = sleep_until(sub.expires), if sub.expires.is_some() => {
+                break Some((1008, "token expired"));
+            }
             _ = ping.tick() => {
                 if tx.send(Message::Ping(Bytes::new())).await.is_err() {
                     break None;
@@ -276,6 +365,7 @@ async fn serve(hub: &Hub, socket: WebSocket, filter: Option<Filter>) {
     hub.connected.dec();
     let label = match close {
         None => "client",
+        Some((1008, "token expired")) => "expired",
         Some((1008, _)) => "too_slow",
         Some(_) => "shutdown",
     };
@@ -300,4 +390,11 @@ async fn serve(hub: &Hub, socket: WebSocket, filter: Option<Filter>) {
         .await;
     }
     let _ = tx.close().await;
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

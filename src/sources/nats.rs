@@ -473,5 +473,10 @@ async fn ingest(
         IngestError::Dispatch(DispatchError::Closed { sink }) => {
             (503, "overloaded", format!("sink `{sink}` is shutting down"))
         }
+        IngestError::Dispatch(DispatchError::TooLarge { sink, .. }) => (
+            413,
+            "too_large",
+            format!("too many events for sink `{sink}`"),
+        ),
     })
 }
