@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ferry_core::{AckToken, AckWaiter, CloudEvent, FailureKind, Outcome, TransportMetadata};
+use ferry_core::{AckToken, AckWaiter, CloudEvent, Outcome, TransportMetadata};
 use tokio::sync::mpsc;
 
 use crate::router::{DedupWindow, RouteTable, SinkSet, Subject};

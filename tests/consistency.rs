@@ -3,8 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::TestGateway;
 use ferry::{Config, Gateway};
@@ -60,10 +61,11 @@ async fn q4_a_request_spanning_a_reload_uses_one_configuration() {
     let addr = gw.source_addr("web").unwrap();
     let url = format!("http://{addr}/events");
 
-    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(
         b"POST /events HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: spanning\r\nce-source: /s\r\nce-type: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{",
     )
+    .await
     .unwrap();
     // The one request slot is taken once the slow request is being served: a probe then
     // gets 503, which tells that the slow request loaded its settings.
@@ -91,11 +93,12 @@ async fn q4_a_request_spanning_a_reload_uses_one_configuration() {
     }
     std::fs::write(&file, config(dir.path(), "b")).unwrap();
     gw.reloader().reload_file().await.expect("reload");
-    slow.write_all(b"}").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    slow.write_all(b"}").await.unwrap();
     let mut head = [0u8; 12];
-    slow.read_exact(&mut head).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_exact(&mut head))
+        .await
+        .expect("an answer in time")
+        .unwrap();
     assert_eq!(&head, b"HTTP/1.1 202");
     assert!(ids(&dir.path().join("a.jsonl")).contains(&"spanning".to_owned()));
     assert!(!ids(&dir.path().join("b.jsonl")).contains(&"spanning".to_owned()));

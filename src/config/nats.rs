@@ -19,6 +19,9 @@ pub struct NatsSourceConfig {
     /// Core NATS queue group: instances in one group share the messages.
     #[serde(default)]
     pub queue_group: Option<String>,
+    /// Core NATS: requests are answered only on reply subjects starting with this.
+    #[serde(default = "defaults_nats::reply_prefix")]
+    pub reply_prefix: String,
     /// Consume from a durable JetStream pull consumer instead of a core subscription.
     #[serde(default)]
     pub jetstream: Option<NatsConsumerConfig>,
@@ -111,6 +114,9 @@ pub struct NatsStreamConfig {
 }
 
 mod defaults_nats {
+    pub fn reply_prefix() -> String {
+        "_INBOX.".into()
+    }
     pub fn source_in_flight() -> usize {
         256
     }

@@ -226,7 +226,14 @@ async fn handle_core(
         Ok(e) => e,
         Err((reason, error)) => {
             reject(source, &message.subject, reason, &error);
-            answer(client, reply, 400, Some(&error)).await;
+            answer(
+                client,
+                reply,
+                &source.config.reply_prefix,
+                400,
+                Some(&error),
+            )
+            .await;
             return;
         }
     };
@@ -235,7 +242,14 @@ async fn handle_core(
         Err((status, reason, error)) => {
             tracing::warn!(source = source.name(), subject = %message.subject, reason, error = %error, "NATS message not accepted (core NATS: not redelivered)");
             source.cx.stats.reject(reason, 1);
-            answer(client, reply, status, Some(&error)).await;
+            answer(
+                client,
+                reply,
+                &source.config.reply_prefix,
+                status,
+                Some(&error),
+            )
+            .await;
             return;
         }
     };
@@ -250,13 +264,13 @@ async fn handle_core(
                     .stats
                     .ack_latency
                     .observe(started.elapsed().as_secs_f64());
-                answer(&client, reply, 202, None).await;
+                answer(&client, reply, &source.config.reply_prefix, 202, None).await;
             }
             Outcome::Failed(f) => {
                 let error = format!("delivery to sink `{}` failed: {}", f.sink, f.message);
                 tracing::warn!(source = source.name(), error = %error, "NATS message not delivered (core NATS: not redelivered)");
                 source.cx.stats.reject("delivery_failed", 1);
-                answer(&client, reply, 502, Some(&error)).await;
+                answer(&client, reply, &source.config.reply_prefix, 502, Some(&error)).await;
             }
         }
         drop(permit);
@@ -264,16 +278,23 @@ async fn handle_core(
 }
 
 /// Answers a core NATS request with `Ferry-Status` (HTTP-like: 202, 400, 404, 502, 503) and,
-/// on failure, `Ferry-Error`. Messages without a reply subject get nothing.
+/// on failure, `Ferry-Error`. Messages without a reply subject get nothing, and neither do
+/// reply subjects outside `reply_prefix` (a publisher must not make Ferry publish, with its
+/// own permissions, wherever it names: M8).
 async fn answer(
     client: &async_nats::Client,
     reply: Option<Subject>,
+    reply_prefix: &str,
     status: u16,
     error: Option<&str>,
 ) {
     let Some(reply) = reply else {
         return;
     };
+    if !reply.as_str().starts_with(reply_prefix) {
+        tracing::debug!(reply = %reply, reply_prefix, "reply subject outside reply_prefix; no answer");
+        return;
+    }
     let mut headers = HeaderMap::new();
     headers.insert(STATUS_HEADER, status.to_string());
     if let Some(e) = error {
@@ -386,7 +407,18 @@ async fn handle_jetstream(
     };
     let source = Arc::clone(source);
     tasks.spawn(async move {
-        match waiter.wait().await {
+        // While the sinks work (a full queue, retries), tell the server the message is in
+        // progress every half `ack_wait`, so it is not redelivered as a second copy (Q2).
+        let every = progress_interval(&source);
+        let wait = waiter.wait();
+        tokio::pin!(wait);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut wait => break outcome,
+                () = tokio::time::sleep(every) => settle(&source, &message, AckKind::Progress).await,
+            }
+        };
+        match outcome {
             Outcome::Delivered => {
                 settle(&source, &message, AckKind::Ack).await;
                 source.cx.stats.accepted.inc();
@@ -402,6 +434,16 @@ async fn handle_jetstream(
             }
         }
     });
+}
+
+/// Half the consumer's `ack_wait`.
+fn progress_interval(source: &Source) -> Duration {
+    let secs = source
+        .config
+        .jetstream
+        .as_ref()
+        .map_or(30, |j| j.ack_wait_secs);
+    Duration::from_millis(secs.saturating_mul(500).max(100))
 }
 
 /// Sends an ack, nak or term. If it is lost (connection down), the server redelivers after
