@@ -81,6 +81,7 @@ pub struct Metrics {
     pub spool_events: Family<SinkLabels, Gauge>,
     pub spooled: Family<SinkLabels, Counter>,
     pub replayed: Family<SinkLabels, Counter>,
+    pub spool_quarantined: Family<SinkLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -136,6 +137,7 @@ impl Metrics {
             spool_events: Family::default(),
             spooled: Family::default(),
             replayed: Family::default(),
+            spool_quarantined: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferry");
         r.register(
@@ -277,6 +279,11 @@ impl Metrics {
             "events_replayed",
             "Events delivered from a sink's spool and removed from it",
             m.replayed.clone(),
+        );
+        r.register(
+            "spool_quarantined",
+            "Corrupt records and refused events a sink's spool moved to its quarantine files",
+            m.spool_quarantined.clone(),
         );
         m
     }

@@ -125,6 +125,10 @@ impl Problem {
                 format!("sink `{}` is at capacity; retry later", f.sink),
             )
             .retry_after(1),
+            FailureKind::TooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the event is too large for sink `{}`", f.sink),
+            ),
             _ => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 format!(

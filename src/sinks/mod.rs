@@ -228,6 +228,7 @@ impl SinkStats {
                 kind: match kind {
                     FailureKind::Retryable => "retryable",
                     FailureKind::Permanent => "permanent",
+                    FailureKind::TooLarge => "too_large",
                     FailureKind::Overloaded => "overloaded",
                     FailureKind::Abandoned => "abandoned",
                 },

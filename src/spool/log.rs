@@ -1,25 +1,33 @@
-//! The spool's on-disk log: a lock file, append-only segments of checksummed records, and
-//! a persisted read cursor. Blocking IO: callers run it on the blocking pool.
+//! The spool's on-disk log: a lock file, append-only segments of checksummed records, a
+//! persisted read cursor and a count beside each sealed segment. Blocking IO: callers run it
+//! on the blocking pool.
 //!
 //! ```text
 //! <dir>/LOCK                   held (flock) while a Ferry process uses the directory
 //! <dir>/cursor                 "<segment> <offset>\n": where undelivered records start
 //! <dir>/00000000000000000007.seg
 //!     record = len: u32 LE | crc32(payload): u32 LE | payload (the event, structured JSON)
+//! <dir>/00000000000000000006.count   "<records>\n" in segment 6, written when it was sealed
+//! <dir>/quarantine/, <dir>/rejected.jsonl   see `quarantine`
 //! ```
 //!
 //! A record is acknowledged only after the `fdatasync` of the batch that holds it, so a
-//! record the log ever confirmed is complete on disk. A torn or corrupt tail (a crash in
-//! the middle of a write that was never confirmed) is cut off when the log is opened.
+//! record the log ever confirmed is complete on disk. A failed append is cut off again
+//! before anything else is written. Opening reads only the cursor's segment and the last
+//! one (the counts of the others are in their `.count` files), so it takes the same time
+//! whatever the spool holds. A torn tail of the last segment (a write that was never
+//! confirmed) is moved to the quarantine and cut off; a corrupt record with valid records
+//! after it is kept for the reader, which quarantines it and reads on.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Bytes before each record's payload.
-pub const HEADER: u64 = 8;
-/// Larger records are taken for corruption (events are bounded far below this).
-const MAX_RECORD: u32 = 64 << 20;
+use super::disk::Disk;
+use super::quarantine;
+use super::reader::Reader;
+use super::record::{self, Parsed, HEADER, MAX_RECORD};
 
 /// A place in the log; ordered by segment, then offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -36,10 +44,17 @@ pub struct Opened {
     /// Undelivered records and their size (headers included).
     pub events: u64,
     pub bytes: u64,
+    /// Corrupt tails (acknowledged bytes that no longer check) moved to the quarantine.
+    pub quarantined: u64,
+}
+
+/// The largest event payload a spool of `max_bytes` can take and read back.
+pub fn max_payload(max_bytes: u64) -> u64 {
+    MAX_RECORD.min(max_bytes.saturating_sub(HEADER))
 }
 
 /// Opens (creating if needed) the log in `dir`, taking its lock.
-pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Opened> {
+pub fn open(dir: &Path, segment_bytes: u64, disk: Arc<dyn Disk>) -> io::Result<Opened> {
     fs::create_dir_all(dir)?;
     let lock = OpenOptions::new()
         .create(true)
@@ -56,7 +71,7 @@ pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Opened> {
         }
         Err(fs::TryLockError::Error(e)) => return Err(e),
     }
-    let segments = list(dir)?;
+    let segments = list(dir, "seg")?;
     let first = segments.first().copied().unwrap_or(0);
     let mut cursor = read_cursor(dir)?.unwrap_or(Position {
         segment: first,
@@ -68,13 +83,12 @@ pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Opened> {
             offset: 0,
         };
     }
-    for &s in segments.iter().filter(|&&s| s < cursor.segment) {
-        fs::remove_file(segment_path(dir, s))?;
-    }
-    // Count what is left to deliver; cut a torn tail off the last segment.
+    remove_before(dir, cursor.segment)?;
     let last = segments.last().copied().unwrap_or(cursor.segment);
-    let (mut events, mut bytes) = (0, 0);
+    cut_unconfirmed(dir, last, &*disk)?;
+    let (mut events, mut bytes, mut quarantined) = (0, 0, 0);
     let mut head = cursor;
+    let mut last_records = 0;
     for &s in segments.iter().filter(|&&s| s >= cursor.segment) {
         let path = segment_path(dir, s);
         let from = if s == cursor.segment {
@@ -82,62 +96,94 @@ pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Opened> {
         } else {
             0
         };
-        let scan = scan(&path, from)?;
-        events += scan.events;
-        bytes += scan.bytes;
-        if s == last {
-            if scan.end < scan.len {
-                tracing::warn!(path = %path.display(), at = scan.end, "cutting off a torn record at the end of the spool");
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(scan.end)?;
-                f.sync_all()?;
+        if s != last && s != cursor.segment {
+            if let Some(n) = read_count(dir, s) {
+                events += n;
+                bytes += fs::metadata(&path)?.len();
+                continue;
             }
-            head = Position {
+        }
+        let mut file = disk.open(&path)?;
+        // The last segment from its start: its record count goes into its `.count` later.
+        let scan_from = if s == last { 0 } else { from };
+        let scan = record::scan(&*disk, &mut file, scan_from, from)?;
+        events += scan.events;
+        if s != last {
+            bytes += scan.len.saturating_sub(from);
+            continue;
+        }
+        if let Some(tail) = &scan.tail {
+            let at = Position {
                 segment: s,
                 offset: scan.end,
             };
-        } else if scan.end < scan.len {
-            tracing::error!(path = %path.display(), at = scan.end, "corrupt record in the spool; the rest of this segment is skipped");
+            let kind = if *tail == Parsed::Torn {
+                "torn"
+            } else {
+                quarantined += 1;
+                "corrupt"
+            };
+            match quarantine::span(dir, &path, at, scan.len, kind) {
+                Ok(q) => {
+                    tracing::warn!(path = %path.display(), at = scan.end, bytes = scan.len - scan.end, quarantine = %q.display(), "cutting a {kind} tail off the end of the spool")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), at = scan.end, error = %e, "cutting a {kind} tail off the end of the spool; it could not be copied to the quarantine")
+                }
+            }
+            let f = OpenOptions::new().write(true).open(&path)?;
+            disk.truncate(&f, scan.end)?;
         }
+        bytes += scan.end.saturating_sub(from);
+        last_records = scan.total;
+        head = Position {
+            segment: s,
+            offset: scan.end,
+        };
     }
+    // A cursor past the end (a cut-off tail it had passed) would skip what comes next.
+    let cursor = cursor.min(head);
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(segment_path(dir, head.segment))?;
-    sync_dir(dir)?;
+    disk.sync_dir(dir)?;
     let reader = Reader {
         dir: dir.to_owned(),
+        disk: Arc::clone(&disk),
         pos: cursor,
         file: None,
     };
     Ok(Opened {
         writer: Writer {
             dir: dir.to_owned(),
+            disk,
             file,
             head,
             segment_bytes,
+            records: last_records,
+            dirty: false,
             _lock: lock,
         },
         reader,
         cursor,
         events,
         bytes,
+        quarantined,
     })
-}
-
-/// Frames a payload as one record.
-pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
 }
 
 /// The appending half. Owns the lock.
 pub struct Writer {
     dir: PathBuf,
+    disk: Arc<dyn Disk>,
     file: File,
     head: Position,
     segment_bytes: u64,
+    /// Records in the head segment.
+    records: u64,
+    /// The file may hold bytes past `head` (a failed append that could not be cut off yet).
+    dirty: bool,
     _lock: File,
 }
 
@@ -147,107 +193,96 @@ impl Writer {
         self.head
     }
 
-    /// Appends framed records and syncs them (group commit: one `fdatasync` per batch).
-    /// Returns the new end of the log. On error the partial write is cut off.
-    pub fn append(&mut self, framed: &[u8]) -> io::Result<Position> {
-        if self.head.offset > 0 && self.head.offset + framed.len() as u64 > self.segment_bytes {
-            let next = self.head.segment + 1;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, next))?;
-            sync_dir(&self.dir)?;
-            self.head = Position {
-                segment: next,
-                offset: 0,
-            };
+    /// Appends `records` framed records and syncs them (group commit: one `fdatasync` per
+    /// batch). Returns the new end of the log. On error nothing of the batch stays: the
+    /// partial write is cut off now, or before the next append writes anything.
+    pub fn append(&mut self, framed: &[u8], records: u64) -> io::Result<Position> {
+        if self.dirty {
+            self.clean()?;
         }
+        if self.head.offset > 0 && self.head.offset + framed.len() as u64 > self.segment_bytes {
+            self.roll()?;
+        }
+        self.dirty = true;
         let result = self
-            .file
-            .write_all(framed)
-            .and_then(|()| self.file.sync_data());
+            .disk
+            .write(&mut self.file, framed)
+            .and_then(|()| self.disk.sync(&self.file));
         match result {
             Ok(()) => {
+                self.dirty = false;
                 self.head.offset += framed.len() as u64;
+                self.records += records;
                 Ok(self.head)
             }
             Err(e) => {
-                let _ = self.file.set_len(self.head.offset);
+                if self.clean().is_err() {
+                    // Should Ferry stop before the cut succeeds, the next start cuts there.
+                    if let Err(e) = write_unconfirmed(&self.dir, self.head) {
+                        tracing::error!(error = %e, "cannot record where the spool's confirmed end is");
+                    }
+                }
                 Err(e)
             }
         }
     }
-}
 
-/// One record read back.
-pub struct Record {
-    pub start: Position,
-    pub end: Position,
-    pub payload: Vec<u8>,
-}
-
-/// The reading half: reads records in order up to the writer's confirmed end.
-pub struct Reader {
-    dir: PathBuf,
-    pos: Position,
-    file: Option<BufReader<File>>,
-}
-
-impl Reader {
-    /// Up to `max` records between the read position and `head`.
-    pub fn read(&mut self, head: Position, max: usize) -> io::Result<Vec<Record>> {
-        let mut out = Vec::new();
-        while out.len() < max && self.pos < head {
-            let file = match &mut self.file {
-                Some(f) => f,
-                None => {
-                    let mut f = File::open(segment_path(&self.dir, self.pos.segment))?;
-                    f.seek(SeekFrom::Start(self.pos.offset))?;
-                    self.file.insert(BufReader::with_capacity(64 * 1024, f))
-                }
-            };
-            match read_record(file)? {
-                Some(payload) => {
-                    let start = self.pos;
-                    self.pos.offset += HEADER + payload.len() as u64;
-                    out.push(Record {
-                        start,
-                        end: self.pos,
-                        payload,
-                    });
-                }
-                None if self.pos.segment < head.segment => {
-                    // End of a full segment (or a corrupt tail, logged at open): the next.
-                    self.pos = Position {
-                        segment: self.pos.segment + 1,
-                        offset: 0,
-                    };
-                    self.file = None;
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "unreadable record at {:?} before the end of the log",
-                            self.pos
-                        ),
-                    ))
-                }
-            }
+    /// Cuts the head segment back to the confirmed end.
+    fn clean(&mut self) -> io::Result<()> {
+        self.disk.truncate(&self.file, self.head.offset)?;
+        self.dirty = false;
+        match fs::remove_file(self.dir.join(UNCONFIRMED)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
-        Ok(out)
     }
 
-    /// Where the next record is read from.
-    pub fn position(&self) -> Position {
-        self.pos
+    /// A task running an append died: the file may hold part of it.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
-    /// Skips to `to` (past an unreadable stretch).
-    pub fn skip_to(&mut self, to: Position) {
-        self.pos = to;
-        self.file = None;
+    /// Seals the head segment (its count beside it) and starts the next. The writer's file
+    /// and head change only once the new segment's directory entry is durable.
+    fn roll(&mut self) -> io::Result<()> {
+        if let Err(e) = write_count(&self.dir, self.head.segment, self.records) {
+            // Only the next start is slower: it counts the segment by reading it.
+            tracing::warn!(segment = self.head.segment, error = %e, "cannot write the spool segment's count");
+        }
+        let next = self.head.segment + 1;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, next))?;
+        self.disk.sync_dir(&self.dir)?;
+        self.file = file;
+        self.head = Position {
+            segment: next,
+            offset: 0,
+        };
+        self.records = 0;
+        Ok(())
     }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.dirty {
+            let _ = self.clean();
+        }
+    }
+}
+
+/// Names the confirmed end of the log while bytes past it could not be cut off.
+const UNCONFIRMED: &str = "unconfirmed";
+
+fn write_unconfirmed(dir: &Path, head: Position) -> io::Result<()> {
+    let tmp = dir.join("unconfirmed.tmp");
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{} {}", head.segment, head.offset)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(UNCONFIRMED))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Persists the cursor: written to a temporary file, synced, renamed over the old one.
@@ -257,19 +292,42 @@ pub fn write_cursor(dir: &Path, cursor: Position) -> io::Result<()> {
     writeln!(f, "{} {}", cursor.segment, cursor.offset)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join("cursor"))?;
-    sync_dir(dir)
+    File::open(dir)?.sync_all()
 }
 
-/// Deletes the segments before `segment` (fully delivered).
+/// Deletes the segments before `segment` (fully delivered) and their counts.
 pub fn remove_before(dir: &Path, segment: u64) -> io::Result<()> {
-    for s in list(dir)?.into_iter().filter(|&s| s < segment) {
+    for s in list(dir, "seg")?.into_iter().filter(|&s| s < segment) {
         fs::remove_file(segment_path(dir, s))?;
+    }
+    for s in list(dir, "count")?.into_iter().filter(|&s| s < segment) {
+        fs::remove_file(count_path(dir, s))?;
     }
     Ok(())
 }
 
+/// A failed append that could not be cut off before Ferry stopped: cut it now.
+fn cut_unconfirmed(dir: &Path, last: u64, disk: &dyn Disk) -> io::Result<()> {
+    let Some(end) = read_position(dir, UNCONFIRMED)? else {
+        return Ok(());
+    };
+    let path = segment_path(dir, end.segment);
+    let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if end.segment == last && len > end.offset {
+        let q = quarantine::span(dir, &path, end, len, "unconfirmed")?;
+        tracing::warn!(path = %path.display(), at = end.offset, quarantine = %q.display(), "cutting off an append that failed before Ferry stopped");
+        let f = OpenOptions::new().write(true).open(&path)?;
+        disk.truncate(&f, end.offset)?;
+    }
+    fs::remove_file(dir.join(UNCONFIRMED))
+}
+
 fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
-    let text = match fs::read_to_string(dir.join("cursor")) {
+    read_position(dir, "cursor")
+}
+
+fn read_position(dir: &Path, name: &str) -> io::Result<Option<Position>> {
+    let text = match fs::read_to_string(dir.join(name)) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -279,23 +337,48 @@ fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
         (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the spool's cursor file is not `<segment> <offset>`",
+            format!("the spool's {name} file is not `<segment> <offset>`"),
         )),
     }
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+/// Writes a sealed segment's record count (temporary file, synced, renamed).
+fn write_count(dir: &Path, segment: u64, records: u64) -> io::Result<()> {
+    let path = count_path(dir, segment);
+    let tmp = path.with_extension("count-tmp");
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{records}")?;
+    f.sync_data()?;
+    fs::rename(&tmp, &path)
+}
+
+/// A sealed segment's record count; `None` when missing or unreadable (then it is counted
+/// by reading the segment).
+fn read_count(dir: &Path, segment: u64) -> Option<u64> {
+    fs::read_to_string(count_path(dir, segment))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
 }
 
-/// Segment numbers in the directory, ascending.
-fn list(dir: &Path) -> io::Result<Vec<u64>> {
+fn count_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.count"))
+}
+
+/// Numbers of the `<number>.<ext>` files in the directory, ascending.
+fn list(dir: &Path, ext: &str) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         if let Some(id) = name
             .to_str()
-            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.strip_suffix(ext))
+            .and_then(|n| n.strip_suffix('.'))
             .and_then(|n| n.parse().ok())
         {
             ids.push(id);
@@ -303,154 +386,4 @@ fn list(dir: &Path) -> io::Result<Vec<u64>> {
     }
     ids.sort_unstable();
     Ok(ids)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-struct Scan {
-    events: u64,
-    bytes: u64,
-    /// Where the valid records end.
-    end: u64,
-    len: u64,
-}
-
-fn scan(path: &Path, from: u64) -> io::Result<Scan> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(from))?;
-    let mut r = BufReader::with_capacity(256 * 1024, f);
-    let mut s = Scan {
-        events: 0,
-        bytes: 0,
-        end: from,
-        len,
-    };
-    while let Some(payload) = read_record(&mut r)? {
-        s.events += 1;
-        s.bytes += HEADER + payload.len() as u64;
-        s.end += HEADER + payload.len() as u64;
-    }
-    Ok(s)
-}
-
-/// The next record's payload; `None` at the end or at a torn or corrupt record.
-fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; HEADER as usize];
-    if !read_full(r, &mut header)? {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len > MAX_RECORD {
-        return Ok(None);
-    }
-    let mut payload = vec![0; len as usize];
-    if !read_full(r, &mut payload)? || crc32fast::hash(&payload) != crc {
-        return Ok(None);
-    }
-    Ok(Some(payload))
-}
-
-/// Fills `buf`; false if the data ends first.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => return Ok(false),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn framed(payloads: &[&str]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in payloads {
-            frame(p.as_bytes(), &mut out);
-        }
-        out
-    }
-
-    #[test]
-    fn appends_reads_rolls_and_resumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = open(dir.path(), 30).unwrap();
-        assert_eq!((log.events, log.bytes), (0, 0));
-        log.writer.append(&framed(&["one", "two"])).unwrap();
-        let head = log.writer.append(&framed(&["three"])).unwrap();
-        assert_eq!(head.segment, 1, "a new segment once the first is full");
-        let records = log.reader.read(head, 10).unwrap();
-        let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-        assert_eq!(payloads, [&b"one"[..], b"two", b"three"]);
-        // Deliver the first two; reopen: only the third is left.
-        write_cursor(dir.path(), records[1].end).unwrap();
-        drop(log);
-        let mut log = open(dir.path(), 30).unwrap();
-        assert_eq!(log.events, 1);
-        assert_eq!(log.bytes, HEADER + 5);
-        let head = log.writer.append(&framed(&["four"])).unwrap();
-        let rest: Vec<Vec<u8>> = log
-            .reader
-            .read(head, 10)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.payload)
-            .collect();
-        assert_eq!(rest, [b"three".to_vec(), b"four".to_vec()]);
-        remove_before(dir.path(), 1).unwrap();
-        assert_eq!(list(dir.path()).unwrap(), [1]);
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = open(dir.path(), 1 << 20).unwrap();
-        log.writer.append(&framed(&["whole"])).unwrap();
-        drop(log);
-        // A crash in the middle of the next write: half a record.
-        let path = segment_path(dir.path(), 0);
-        let mut torn = framed(&["never confirmed"]);
-        torn.truncate(10);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&torn).unwrap();
-        drop(f);
-        let mut log = open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(log.events, 1);
-        let head = log.writer.append(&framed(&["after"])).unwrap();
-        let got: Vec<Vec<u8>> = log
-            .reader
-            .read(head, 10)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.payload)
-            .collect();
-        assert_eq!(got, [b"whole".to_vec(), b"after".to_vec()]);
-    }
-
-    #[test]
-    fn a_flipped_bit_fails_the_checksum() {
-        let mut bytes = framed(&["payload"]);
-        assert!(read_record(&mut bytes.as_slice()).unwrap().is_some());
-        bytes[HEADER as usize + 2] ^= 1;
-        assert!(read_record(&mut bytes.as_slice()).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_directory_is_exclusive() {
-        let dir = tempfile::tempdir().unwrap();
-        let _log = open(dir.path(), 1 << 20).unwrap();
-        let err = open(dir.path(), 1 << 20)
-            .err()
-            .expect("second open refused");
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-    }
 }

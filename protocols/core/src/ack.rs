@@ -19,6 +19,8 @@ pub enum FailureKind {
     Retryable,
     /// Retrying will not help: 4xx, unroutable, encoding errors.
     Permanent,
+    /// The event is larger than the sink can ever take: permanent, and HTTP says `413`.
+    TooLarge,
     /// The sink is full and cannot take the event now.
     Overloaded,
     /// The handle was dropped without an answer (shutdown, crash).
