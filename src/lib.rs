@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;
+pub mod redacted_url;
 pub mod reload;
 pub mod router;
 pub mod security;

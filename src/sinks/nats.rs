@@ -218,7 +218,7 @@ async fn connect(
     } else {
         None
     };
-    tracing::info!(sink = %name, url = %config.url, jetstream = config.jetstream, "NATS sink connected");
+    tracing::info!(sink = %name, url = %crate::redacted_url::redacted_url(&config.url), jetstream = config.jetstream, "NATS sink connected");
     connected.send_replace(true);
     cx.set_ready(name, true);
     Ok(Link { client, jetstream })
