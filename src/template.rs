@@ -330,14 +330,16 @@ mod tests {
     #[test]
     fn s11_values_stay_inside_their_level() {
         use TemplateValues::{Escape, Refuse};
-        let cases: &[(
-            &AddressRules,
-            &str,
-            &str,
-            &str,
+        /// Rules, template, placeholder, its value, mode: the address, or the refused character.
+        type Case<'a> = (
+            &'a AddressRules,
+            &'a str,
+            &'a str,
+            &'a str,
             TemplateValues,
-            Result<&str, char>,
-        )] = &[
+            Result<&'a str, char>,
+        );
+        let cases: &[Case] = &[
             (
                 &MQTT_TOPIC,
                 "t/{subject}/in",
