@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;
+pub mod redacted_url;
 pub mod reload;
 pub mod router;
 pub mod security;

@@ -144,7 +144,11 @@ fn check(path: &Path) -> ExitCode {
         let target = match sink {
             SinkConfig::File(c) => c.path.display().to_string(),
             SinkConfig::Stdout(_) => "-".into(),
-            SinkConfig::Http(c) => format!("{} ({:?})", c.url, c.mode).to_lowercase(),
+            SinkConfig::Http(c) => format!(
+                "{} ({})",
+                ferry::redacted_url::redacted_url(&c.url),
+                format!("{:?}", c.mode).to_lowercase()
+            ),
             SinkConfig::Amqp(c) => {
                 format!("exchange {:?} routing key {}", c.exchange, c.routing_key)
             }

@@ -69,6 +69,17 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     }
     section(&mut c, "source", &old.sources, &new.sources);
     section(&mut c, "sink", &old.sinks, &new.sinks);
+    // A sink holds its dead-letter sink's queue: when that sink starts anew, so does its user.
+    for (name, sink) in &new.sinks {
+        let key = format!("sink:{name}");
+        let target_restarts = sink.dead_letter().is_some_and(|d| {
+            let d = format!("sink:{d}");
+            c.changed.contains(&d) || c.added.contains(&d)
+        });
+        if target_restarts && old.sinks.contains_key(name) && !c.changed.contains(&key) {
+            c.changed.push(key);
+        }
+    }
     section(&mut c, "route", &old.routes, &new.routes);
     if old.policies != new.policies {
         c.changed.push("policies".into());
@@ -111,11 +122,18 @@ pub async fn build_sinks(
     };
     let mut order: Vec<(&String, &SinkConfig)> = config.sinks.iter().collect();
     order.sort_by_key(|(_, s)| s.dead_letter().is_some());
+    // Sinks started anew here: a sink whose dead-letter sink is one of them starts anew too,
+    // so that it holds the new dead-letter queue, not the old one.
+    let mut started: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (name, sink) in order {
         let reused = previous
             .get(name)
             .filter(|(old, _)| old == sink)
+            .filter(|_| sink.dead_letter().is_none_or(|d| !started.contains(d)))
             .map(|(_, h)| h.clone());
+        if reused.is_none() {
+            started.insert(name);
+        }
         let handle = match reused {
             Some(h) => h,
             None => {

@@ -228,3 +228,32 @@ to = ["archive"]
         assert!(stderr.contains(says), "{policy}: want {says:?}: {stderr}");
     }
 }
+
+/// S7: `ferry check` shows sink URLs without their credentials or query.
+#[test]
+fn s7_check_never_prints_url_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.toml");
+    std::fs::write(
+        &path,
+        "[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\npath = \"/e\"\n\n\
+         [sinks.p]\ntype = \"http\"\nurl = \"https://user:hunter2@example.com/x?api_key=K3Y\"\n\n\
+         [routes.all]\nfrom = [\"web\"]\nto = [\"p\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(FERRY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("sink     p (http) https://redacted@example.com/x (binary)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter2") && !stdout.contains("K3Y"),
+        "{stdout}"
+    );
+}

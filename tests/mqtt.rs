@@ -724,3 +724,96 @@ to = ["archive"]
     a.gateway.shutdown().await;
     b.gateway.shutdown().await;
 }
+
+/// R1: an event whose packet is over `max_packet_bytes`, or whose topic is over 65535 bytes,
+/// is dead-lettered as permanent before it is published; the connection and the events
+/// published beside it are untouched.
+#[tokio::test]
+async fn r1_oversize_events_are_dead_lettered_without_touching_the_connection() {
+    let s = suffix();
+    let mut peer = Peer::v5(&[&format!("ferry-r1-{s}/#")]).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.out]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+protocol = "5"
+topic = "ferry-r1-{s}/{{subject}}"
+qos = 1
+mode = "structured"
+max_packet_bytes = 200000
+dead_letter = "dlq"
+
+[sinks.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+
+[routes.all]
+from = ["web"]
+to = ["out"]
+"#
+    );
+    let gw = TestGateway::start(&text).await;
+    ready(&gw).await;
+    let url = gw.url("web", "/events");
+    let post = |id: String, subject: String, data: String| {
+        let url = url.clone();
+        async move {
+            let body = serde_json::json!({
+                "specversion": "1.0", "id": id, "source": "/r1", "type": "t",
+                "subject": subject, "data": data,
+            });
+            reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/cloudevents+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut sends = Vec::new();
+    for i in 0..6 {
+        sends.push(post(format!("ok-{i}"), format!("ok-{i}"), "small".into()));
+        if i == 2 {
+            sends.push(post("big".into(), "big".into(), "x".repeat(300_000)));
+            sends.push(post("long".into(), "t".repeat(70_000), "small".into()));
+        }
+    }
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+
+    let mut topics = BTreeSet::new();
+    for _ in 0..6 {
+        topics.insert(topic(&peer.next().await));
+    }
+    let expected: BTreeSet<String> = (0..6).map(|i| format!("ferry-r1-{s}/ok-{i}")).collect();
+    assert_eq!(topics, expected);
+    let dead = gw.lines("dlq.jsonl");
+    let mut ids: Vec<&str> = dead.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["big", "long"],
+        "only the oversize events are dead-lettered"
+    );
+    for line in &dead {
+        assert_eq!(
+            line["deadletterreason"], "permanent",
+            "{}",
+            line["deadlettererror"]
+        );
+        assert_eq!(line["deadletterattempts"], 1);
+    }
+    gw.gateway.shutdown().await;
+}

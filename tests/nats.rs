@@ -558,3 +558,230 @@ async fn queue_group_and_shared_durable_deliver_exactly_once() {
     exactly_once(&gws, N).await;
     js.delete_stream(&stream).await.unwrap();
 }
+
+async fn post_binary(url: &str, id: &str, ty: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/b2")
+        .header("ce-type", ty)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// B2: an event whose `type` makes the JetStream subject invalid fails permanently, at once,
+/// and a sender cannot open the sink's circuit with such events.
+#[tokio::test]
+async fn b2_invalid_jetstream_subject_is_permanent_and_cannot_trip_the_breaker() {
+    let sfx = suffix();
+    let stream = format!("FERRY_B2_{sfx}");
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.js]
+type = "nats"
+url = "{NATS}"
+subject = "b2{sfx}.{{type}}"
+jetstream = true
+stream = {{ name = "{stream}", subjects = ["b2{sfx}.>"] }}
+retry = {{ max_attempts = 3, initial_backoff_ms = 50, max_backoff_ms = 50 }}
+circuit_breaker = {{ failures = 2, probe_interval_ms = 30000 }}
+
+[routes.all]
+from = ["web"]
+to = ["js"]
+"#
+    );
+    let gw = TestGateway::start(&config).await;
+    ready(&gw).await;
+    let url = gw.url("web", "/events");
+    for i in 0..4 {
+        assert_eq!(
+            post_binary(&url, &format!("bad-{i}"), "order created").await,
+            502
+        );
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "ferry_delivery_retries_total{sink=\"js\"}"),
+        0.0,
+        "an invalid subject is never retried"
+    );
+    assert_eq!(post_binary(&url, "good", "com.example.ok").await, 202);
+    let js = jetstream::new(client().await);
+    js.delete_stream(&stream).await.unwrap();
+    gw.gateway.shutdown().await;
+}
+
+/// S7: a secret in a sink URL (password, query) reaches neither the reply to a core NATS
+/// requester nor the dead-lettered copy of an event.
+#[tokio::test]
+async fn s7_sink_url_secrets_reach_neither_replies_nor_dead_letters() {
+    let sfx = suffix();
+    let dead = common::closed_port().await;
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sources.req]
+type = "nats"
+url = "{NATS}"
+subject = "s7{sfx}.>"
+
+[sinks.secret]
+type = "http"
+url = "http://user:hunter2@{dead}/x?api_key=K3Y"
+
+[sinks.secret_dl]
+type = "http"
+url = "http://user:hunter2@{dead}/x?api_key=K3Y"
+dead_letter = "dlq"
+
+[sinks.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+
+[routes.nats]
+from = ["req"]
+to = ["secret"]
+
+[routes.web]
+from = ["web"]
+to = ["secret_dl"]
+"#
+    );
+    let gw = TestGateway::start(&config).await;
+    ready(&gw).await;
+    let nats = client().await;
+    let reply = nats
+        .request(
+            format!("s7{sfx}.x"),
+            Bytes::from_static(
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json","data":{}}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    let headers = reply.headers.expect("reply headers");
+    assert_eq!(headers.get("Ferry-Status").unwrap().as_str(), "502");
+    let error = headers.get("Ferry-Error").unwrap().as_str().to_owned();
+    assert!(error.contains("secret"), "names the sink: {error}");
+    for secret in ["hunter2", "K3Y", "api_key", "127.0.0.1"] {
+        assert!(!error.contains(secret), "{secret} in {error}");
+    }
+
+    assert_eq!(post_binary(&gw.url("web", "/events"), "d1", "t").await, 202);
+    let lines = gw.lines("dlq.jsonl");
+    assert_eq!(lines.len(), 1);
+    let why = lines[0]["deadlettererror"].as_str().unwrap();
+    assert!(why.contains("connection failed"), "{why}");
+    for secret in ["hunter2", "K3Y", "api_key"] {
+        assert!(!why.contains(secret), "{secret} in {why}");
+    }
+    gw.gateway.shutdown().await;
+}
+
+/// S11: an attribute value cannot add subject tokens or wildcards. By default the event is
+/// refused (dead-lettered); `template_values = "escape"` percent-encodes the value instead.
+#[tokio::test]
+async fn s11_attribute_values_cannot_add_subject_tokens() {
+    let sfx = suffix();
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.refuse]
+type = "nats"
+url = "{NATS}"
+subject = "s11{sfx}.r.{{subject}}.inbox"
+dead_letter = "dlq"
+
+[sinks.escape]
+type = "nats"
+url = "{NATS}"
+subject = "s11{sfx}.e.{{subject}}.inbox"
+template_values = "escape"
+
+[sinks.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+
+[routes.all]
+from = ["web"]
+to = ["refuse", "escape"]
+"#
+    );
+    let gw = TestGateway::start(&config).await;
+    ready(&gw).await;
+    let nats = client().await;
+    let mut sub = nats.subscribe(format!("s11{sfx}.>")).await.unwrap();
+    nats.flush().await.unwrap();
+    let post = |id: &'static str, subject: &'static str| {
+        let url = gw.url("web", "/events");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", id)
+                .header("ce-source", "/s11")
+                .header("ce-type", "com.example.t")
+                .header("ce-subject", subject)
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("ok", "tenant-a").await, 202);
+    assert_eq!(post("evil", "tenant-b.x").await, 202);
+    let mut subjects = BTreeSet::new();
+    for _ in 0..3 {
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        subjects.insert(m.subject.to_string());
+    }
+    let expected: BTreeSet<String> = [
+        format!("s11{sfx}.r.tenant-a.inbox"),
+        format!("s11{sfx}.e.tenant-a.inbox"),
+        format!("s11{sfx}.e.tenant-b%2Ex.inbox"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(subjects, expected);
+    let dead = gw.lines("dlq.jsonl");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], "evil");
+    assert_eq!(dead[0]["deadletterreason"], "permanent");
+    let why = dead[0]["deadlettererror"].as_str().unwrap();
+    assert!(why.contains("subject") && why.contains("`.`"), "{why}");
+    gw.gateway.shutdown().await;
+}

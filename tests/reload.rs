@@ -202,3 +202,52 @@ fn check_reports_what_a_reload_would_change() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, "+ sink:extra\n~ route:all\n");
 }
+
+fn dead_letter_config(dir: &Path, dead: std::net::SocketAddr, dlq_file: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.a]
+type = "http"
+url = "http://{dead}/x"
+dead_letter = "dlq"
+
+[sinks.dlq]
+type = "file"
+path = "{dir}/{dlq_file}"
+
+[routes.all]
+from = ["web"]
+to = ["a"]
+"#,
+        dir = dir.display()
+    )
+}
+
+/// R2: a reload that changes a dead-letter sink rewires the unchanged sinks that use it.
+#[tokio::test]
+async fn r2_reloading_a_dead_letter_sink_rewires_its_users() {
+    ferry::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = common::closed_port().await;
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, dead_letter_config(dir.path(), dead, "a.jsonl")).unwrap();
+    let gw = Gateway::start(Config::load(&file).unwrap()).await.unwrap();
+
+    assert_eq!(post(&gw, "t", "1").await, 202);
+    assert_eq!(ids(&dir.path().join("a.jsonl")), ["1"]);
+
+    std::fs::write(&file, dead_letter_config(dir.path(), dead, "b.jsonl")).unwrap();
+    let (status, body) = admin(&gw, reqwest::Method::POST, "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(post(&gw, "t", "2").await, 202);
+    assert_eq!(ids(&dir.path().join("b.jsonl")), ["2"]);
+    assert_eq!(ids(&dir.path().join("a.jsonl")), ["1"]);
+}

@@ -102,6 +102,10 @@ pub struct AmqpSinkConfig {
     /// Routing-key template over event attributes, e.g. `"{type}"` or `"events.{source}"`.
     #[serde(default = "defaults::routing_key")]
     pub routing_key: String,
+    /// What happens to an attribute value that would add a level or a wildcard to the
+    /// address: `"refuse"` (the event fails permanently) or `"escape"` (percent-encoded).
+    #[serde(default)]
+    pub template_values: crate::template::TemplateValues,
     #[serde(default)]
     pub mode: ContentMode,
     #[serde(default = "defaults::queue")]

@@ -70,6 +70,19 @@ impl HttpSinkConfig {
             }
             tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
         }
+        let in_clear = url.scheme() == "http" && !self.allow_insecure && !is_loopback(url);
+        if self.bearer_token.is_some() && in_clear {
+            return Err(err(
+                &["bearer_token"],
+                "a bearer token would travel in clear over http:// to another host: use an https:// URL (or allow_insecure = true)",
+            ));
+        }
+        if self.sign.is_some() && in_clear {
+            return Err(err(
+                &["sign"],
+                "signed requests would travel in clear over http:// to another host: use an https:// URL (or allow_insecure = true)",
+            ));
+        }
         if let Some(token) = &self.bearer_token {
             let value = token.resolve(std::path::Path::new(".")).map_err(|e| {
                 let file = token.file().unwrap_or_default();
@@ -109,6 +122,22 @@ impl HttpSinkConfig {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Whether a URL names this host (`127.0.0.0/8`, `::1`, `localhost`): plain HTTP to it does
+/// not cross a network.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
     }
 }
 
@@ -153,6 +182,50 @@ mod tests {
                 .unwrap();
         let url = reqwest::Url::parse(&plain.url).unwrap();
         assert_eq!(plain.check_outbound(&url).unwrap_err().0, vec!["tls"]);
+    }
+
+    /// M5: a token or signing secret is not sent to a plain `http://` target off this host
+    /// unless the sink says `allow_insecure = true`.
+    #[test]
+    fn m5_credentials_need_https_off_loopback() {
+        let check = |url: &str, extra: &str| {
+            let config: HttpSinkConfig =
+                toml::from_str(&format!("url = \"{url}\"\n{extra}")).unwrap();
+            let parsed = reqwest::Url::parse(&config.url).unwrap();
+            config.check_outbound(&parsed).map_err(|(key, _)| key)
+        };
+        let token = "bearer_token = \"t0k3n\"";
+        let sign = "sign = { scheme = \"hmac-sha256\", secret = \"s3cret\" }";
+        assert_eq!(
+            check("http://example.com/x", token),
+            Err(vec!["bearer_token".to_owned()])
+        );
+        assert_eq!(
+            check("http://10.0.0.7/x", sign),
+            Err(vec!["sign".to_owned()])
+        );
+        for url in [
+            "https://example.com/x",
+            "http://127.0.0.1:9/x",
+            "http://[::1]:9/x",
+            "http://localhost:9/x",
+        ] {
+            assert_eq!(check(url, token), Ok(()), "{url}");
+            assert_eq!(check(url, sign), Ok(()), "{url}");
+        }
+        let insecure = format!("{token}\n{sign}\nallow_insecure = true");
+        assert_eq!(check("http://example.com/x", &insecure), Ok(()));
+        assert_eq!(check("http://example.com/x", ""), Ok(()));
+
+        let text = format!("[sinks.p]\ntype = \"http\"\nurl = \"http://example.com/x\"\n{token}\n");
+        let e =
+            crate::config::Config::from_str_at(&text, std::path::Path::new("t.toml"), &|_| None)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("t.toml:4") && e.contains("sinks.p.bearer_token"),
+            "{e}"
+        );
     }
 
     #[test]

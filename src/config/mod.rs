@@ -413,6 +413,10 @@ pub struct HttpSinkConfig {
     /// delivery.
     #[serde(default)]
     pub origin: Option<String>,
+    /// Sends `bearer_token` and `sign` secrets over a plain `http://` URL to another host
+    /// (refused by default: they would travel in clear).
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// CloudEvents content mode of an outbound message.

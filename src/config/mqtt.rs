@@ -86,6 +86,10 @@ pub struct MqttSinkConfig {
     pub protocol: MqttProtocol,
     /// Topic template over event attributes, e.g. `"ferry/{type}"`.
     pub topic: String,
+    /// What happens to an attribute value that would add a level or a wildcard to the
+    /// address: `"refuse"` (the event fails permanently) or `"escape"` (percent-encoded).
+    #[serde(default)]
+    pub template_values: crate::template::TemplateValues,
     #[serde(default = "defaults::qos")]
     pub qos: u8,
     #[serde(default)]

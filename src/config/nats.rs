@@ -77,6 +77,10 @@ pub struct NatsSinkConfig {
     pub url: String,
     /// Subject template over event attributes, e.g. `"events.{type}"`.
     pub subject: String,
+    /// What happens to an attribute value that would add a level or a wildcard to the
+    /// address: `"refuse"` (the event fails permanently) or `"escape"` (percent-encoded).
+    #[serde(default)]
+    pub template_values: crate::template::TemplateValues,
     /// Publish to JetStream and wait for its acknowledgement.
     #[serde(default)]
     pub jetstream: bool,

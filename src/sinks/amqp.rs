@@ -235,17 +235,19 @@ async fn connect(
 async fn publish(target: &Target, channel: &Channel, delivery: Delivery, stats: &SinkStats) {
     let signed = (target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
     let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
-    let routing_key = match target
-        .routing_key
-        .render(|name| template::event_attribute(event, name))
-    {
+    let rendered = target.routing_key.render_address(
+        &template::AMQP_ROUTING_KEY,
+        target.config.template_values,
+        |name| template::event_attribute(event, name),
+    );
+    let routing_key = match rendered {
         Ok(k) if k.len() <= 255 => k,
         Ok(k) => {
             let message = format!("routing key is {} bytes; AMQP allows 255", k.len());
             return stats.fail(delivery, FailureKind::Permanent, message);
         }
-        Err(missing) => {
-            let message = format!("routing_key: the event has no `{missing}` attribute");
+        Err(e) => {
+            let message = format!("routing_key: {e}");
             return stats.fail(delivery, FailureKind::Permanent, message);
         }
     };

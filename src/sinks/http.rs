@@ -24,6 +24,8 @@ struct Target {
     name: Arc<str>,
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL as messages and logs show it: without credentials or query.
+    shown_url: String,
     mode: ferry_http::Mode,
     headers: http::HeaderMap,
     signer: Option<Signer>,
@@ -87,6 +89,7 @@ pub fn start(
     let target = Arc::new(Target {
         name: Arc::clone(name),
         client,
+        shown_url: crate::redacted_url::redacted(&url),
         url,
         mode: match config.mode {
             ContentMode::Binary => ferry_http::Mode::Binary,
@@ -132,7 +135,13 @@ async fn handshake(target: &Target, origin: &HeaderValue) -> Grant {
         .await;
     let response = match response {
         Ok(r) => r,
-        Err(e) => return Grant::Refused(format!("{} handshake failed: {e}", target.url)),
+        Err(e) => {
+            return Grant::Refused(format!(
+                "{} handshake failed: {}",
+                target.shown_url,
+                e.without_url()
+            ))
+        }
     };
     grant(response.status(), response.headers(), origin)
 }
@@ -181,7 +190,7 @@ async fn run(
         loop {
             match handshake(&target, origin).await {
                 Grant::Granted(rate) => {
-                    tracing::info!(sink = %target.name, url = %target.url, rate_per_minute = ?rate, "web hook handshake granted");
+                    tracing::info!(sink = %target.name, url = %target.shown_url, rate_per_minute = ?rate, "web hook handshake granted");
                     limiter = rate
                         .and_then(NonZeroU32::new)
                         .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
@@ -295,7 +304,7 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
             stats.fail_after(
                 delivery,
                 kind,
-                format!("{} answered {status}", target.url),
+                format!("{} answered {status}", target.shown_url),
                 retry_after,
             );
         }
@@ -310,7 +319,8 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
             stats.fail(
                 delivery,
                 FailureKind::Retryable,
-                format!("{} {what}: {e}", target.url),
+                // reqwest's text names the URL with its query: leave it out.
+                format!("{} {what}: {}", target.shown_url, e.without_url()),
             );
         }
     }

@@ -94,6 +94,20 @@ impl SinkQueue {
     }
 }
 
+/// A sink task ends by dropping its queue. At shutdown or after a reload the queue's senders
+/// are gone first; if they are not, the task died (a panic, a bug) while routes still send to
+/// it, and every event sent to it now fails: the gateway stops being ready and says why.
+impl Drop for SinkQueue {
+    fn drop(&mut self) {
+        if !self.rx.is_closed() {
+            tracing::error!(sink = %self.stats.name, "sink task stopped while routes still send to it; its events fail until a reload replaces it or Ferry restarts");
+            self.stats
+                .readiness
+                .set(&stopped_key(&self.stats.name), false);
+        }
+    }
+}
+
 /// Per-sink counters, cached so the hot path does no label lookups. Cloning is one
 /// reference count: delivery tasks each hold a clone.
 #[derive(Clone)]
@@ -137,6 +151,7 @@ impl SinkStats {
         let circuit_open = metrics.circuit_open.get_or_create(&labels).clone();
         circuit_open.set(0);
         cx.readiness.remove(&circuit_key(name));
+        cx.readiness.remove(&stopped_key(name));
         SinkStats(Arc::new(SinkStatsInner {
             name: Arc::clone(name),
             metrics: metrics.clone(),
@@ -255,20 +270,29 @@ impl SinkStats {
             failure,
         ) {
             Decision::Retry(delay) => {
-                let Some(queue) = self.own_queue.upgrade() else {
+                if self.own_queue.strong_count() == 0 {
                     delivery
                         .ack
                         .fail(FailureKind::Abandoned, "sink closed before the retry");
                     return;
-                };
+                }
                 self.retried.inc();
                 delivery.envelope.span.in_scope(|| {
                     tracing::debug!(sink = %self.name, delay_ms = delay.as_millis() as u64, "retry scheduled");
                 });
                 let mut delivery = delivery;
                 delivery.attempt += 1;
+                // Weak while sleeping: a pending retry does not keep the queue open at
+                // shutdown; a queue closed meanwhile abandons the retry.
+                let queue = self.own_queue.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
+                    let Some(queue) = queue.upgrade() else {
+                        delivery
+                            .ack
+                            .fail(FailureKind::Abandoned, "sink closed before the retry");
+                        return;
+                    };
                     if let Err(mpsc::error::SendError(d)) = queue.send(delivery).await {
                         d.ack
                             .fail(FailureKind::Abandoned, "sink closed before the retry");
@@ -304,6 +328,11 @@ impl SinkStats {
 /// The readiness entry of an open circuit: `/readyz` lists it with the sink's name.
 fn circuit_key(sink: &str) -> String {
     format!("sink:{sink} (circuit open)")
+}
+
+/// The readiness entry of a sink whose task died.
+fn stopped_key(sink: &str) -> String {
+    format!("sink:{sink} (task stopped)")
 }
 
 /// Starts a sink and returns the handle routes send to, and the address it listens on if it
@@ -347,4 +376,80 @@ pub async fn start(
         None => tx,
     };
     Ok((SinkHandle::new(name, config.kind(), tx), addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Envelope;
+
+    fn context() -> SinkContext {
+        SinkContext {
+            metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()),
+            tracker: TaskTracker::new(),
+            readiness: Readiness::default(),
+        }
+    }
+
+    fn sink_queue(config: &str, cx: &SinkContext) -> (mpsc::Sender<Delivery>, SinkQueue) {
+        let config: SinkConfig = toml::from_str(config).unwrap();
+        let name: Arc<str> = Arc::from("s");
+        let (tx, rx) = mpsc::channel(8);
+        let stats = SinkStats::new(&name, &config, cx, tx.downgrade(), None);
+        (tx, SinkQueue { rx, stats })
+    }
+
+    fn delivery() -> (Delivery, ferry_core::AckWaiter) {
+        let (ack, waiter) = ferry_core::AckToken::new();
+        let event = ferry_core::CloudEvent::new("1", "/s", "t").unwrap();
+        let envelope = Arc::new(Envelope::new(event, ferry_core::TransportMetadata::new()));
+        (Delivery::new(envelope, ack), waiter)
+    }
+
+    /// M10: a retry waiting out its backoff does not keep its sink's queue open.
+    #[tokio::test]
+    async fn m10_a_sleeping_retry_does_not_hold_the_queue_open() {
+        let cx = context();
+        let (tx, queue) = sink_queue(
+            "type = \"file\"\npath = \"x\"\nretry = { max_attempts = 3, initial_backoff_ms = 200, max_backoff_ms = 200 }",
+            &cx,
+        );
+        let (d, waiter) = delivery();
+        queue
+            .stats
+            .fail(d, FailureKind::Retryable, "try again".into());
+        drop(tx);
+        assert!(queue.is_closed(), "the retry holds a strong sender");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), waiter.wait()).await {
+            Ok(ferry_core::Outcome::Failed(f)) => assert_eq!(f.kind, FailureKind::Abandoned),
+            Ok(ferry_core::Outcome::Delivered) => panic!("delivered"),
+            Err(_) => panic!("the retry never settled"),
+        }
+    }
+
+    /// M12: a sink task that dies while routes still send to it makes the gateway not ready.
+    #[tokio::test]
+    async fn m12_a_dead_sink_task_makes_the_gateway_not_ready() {
+        let cx = context();
+        let (tx, queue) = sink_queue("type = \"file\"\npath = \"x\"", &cx);
+        cx.set_ready("s", true);
+        drop(queue);
+        assert!(tx.is_closed());
+        assert!(
+            cx.readiness
+                .not_ready()
+                .iter()
+                .any(|c| c.starts_with("sink:s")),
+            "{:?}",
+            cx.readiness.not_ready()
+        );
+
+        // A sink that stops at shutdown (its queue closed first) is not reported.
+        let cx = context();
+        let (tx, queue) = sink_queue("type = \"file\"\npath = \"x\"", &cx);
+        cx.set_ready("s", true);
+        drop(tx);
+        drop(queue);
+        assert!(cx.readiness.not_ready().is_empty());
+    }
 }

@@ -24,12 +24,16 @@ use crate::config::{ContentMode, MqttProtocol, MqttSinkConfig};
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
 use crate::sources::mqtt::client::{self, Client, EventLoop, Options, Wire};
-use crate::template::{self, Template};
+use crate::template::{self, Template, TemplateValues};
+
+/// The longest topic name: its length travels as a `u16`.
+const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
 
 struct Target {
     name: Arc<str>,
     options: Options,
     topic: Template,
+    values: TemplateValues,
     protocol: MqttProtocol,
     mode: ferry_mqtt::Mode,
     qos: u8,
@@ -84,6 +88,7 @@ pub fn start(
             requests: in_flight + 8,
         },
         topic,
+        values: config.template_values,
         protocol: config.protocol,
         mode: match config.mode {
             ContentMode::Binary => ferry_mqtt::Mode::Binary,
@@ -108,22 +113,30 @@ async fn run(target: Target, mut rx: super::SinkQueue, stats: SinkStats, cx: Sin
     let mut backoff = Backoff::reconnect();
     loop {
         let (client, mut events) = client::new(&target.options);
-        let connected = tokio::select! {
+        let broker_max = tokio::select! {
             r = connect(&mut events, target.timeout) => r,
             // Shutdown while the broker is away: queued deliveries are dropped undelivered.
             () = closed(&rx) => return,
         };
-        if let Err(e) = connected {
-            tracing::warn!(sink = %target.name, error = %e, "MQTT connection failed");
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => continue,
-                () = closed(&rx) => return,
+        let broker_max = match broker_max {
+            Ok(max) => max,
+            Err(e) => {
+                tracing::warn!(sink = %target.name, error = %e, "MQTT connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => continue,
+                    () = closed(&rx) => return,
+                }
             }
-        }
+        };
         tracing::info!(sink = %target.name, client_id = %target.options.client_id, "MQTT connected");
         backoff.reset();
         cx.set_ready(&target.name, true);
-        let mut session = Session::new(&target, &stats);
+        // The largest packet either side accepts: a bigger one would fail at encoding (or
+        // make the broker disconnect), taking every delivery in flight with it.
+        let max_packet = broker_max.map_or(target.options.max_packet_bytes, |b| {
+            b.min(target.options.max_packet_bytes)
+        });
+        let mut session = Session::new(&target, &stats, max_packet as usize);
         let result = session.run(&client, &mut events, &mut rx).await;
         cx.set_ready(&target.name, false);
         match result {
@@ -155,11 +168,15 @@ async fn closed(rx: &super::SinkQueue) {
     }
 }
 
-async fn connect(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+/// Waits for the CONNACK; returns the broker's Maximum Packet Size, if it set one.
+async fn connect(events: &mut EventLoop, timeout: Duration) -> Result<Option<u32>, String> {
     tokio::time::timeout(timeout, async {
         loop {
-            if let Wire::ConnAck { .. } = events.poll().await? {
-                return Ok(());
+            if let Wire::ConnAck {
+                max_packet_size, ..
+            } = events.poll().await?
+            {
+                return Ok(max_packet_size);
             }
         }
     })
@@ -171,6 +188,8 @@ async fn connect(events: &mut EventLoop, timeout: Duration) -> Result<(), String
 struct Session<'a> {
     target: &'a Target,
     stats: &'a SinkStats,
+    /// The largest PUBLISH packet this connection may carry, in bytes.
+    max_packet: usize,
     /// Queued publishes not yet written, oldest first, with their deadline.
     unwritten: VecDeque<(Delivery, Instant)>,
     /// Written QoS 1 publishes awaiting their PUBACK, by packet id.
@@ -178,10 +197,11 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(target: &'a Target, stats: &'a SinkStats) -> Self {
+    fn new(target: &'a Target, stats: &'a SinkStats, max_packet: usize) -> Self {
         Session {
             target,
             stats,
+            max_packet,
             unwritten: VecDeque::new(),
             awaiting: HashMap::new(),
         }
@@ -232,31 +252,49 @@ impl<'a> Session<'a> {
     fn publish(&mut self, client: &Client, delivery: Delivery) -> Result<(), String> {
         let signed = (self.target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
         let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
-        let topic = match self
-            .target
+        let t = self.target;
+        let rendered = t
             .topic
-            .render(|n| template::event_attribute(event, n))
-        {
-            Ok(t) if !t.is_empty() && !t.contains(['+', '#', '\0']) => t,
-            Ok(t) => {
+            .render_address(&template::MQTT_TOPIC, t.values, |n| {
+                template::event_attribute(event, n)
+            });
+        let topic = match rendered {
+            Ok(t) if t.len() > MAX_TOPIC_BYTES => {
+                let message = format!(
+                    "the topic is {} bytes; MQTT allows {MAX_TOPIC_BYTES}",
+                    t.len()
+                );
+                self.stats.fail(delivery, FailureKind::Permanent, message);
+                return Ok(());
+            }
+            Ok(t) if t.is_empty() || t.contains(['+', '#', '\0']) => {
                 let message = format!("topic {t:?} is not a valid topic name");
                 self.stats.fail(delivery, FailureKind::Permanent, message);
                 return Ok(());
             }
-            Err(missing) => {
-                let message = format!("topic template placeholder {{{missing}}} has no value");
-                self.stats.fail(delivery, FailureKind::Permanent, message);
+            Ok(t) => t,
+            Err(e) => {
+                self.stats
+                    .fail(delivery, FailureKind::Permanent, format!("topic: {e}"));
                 return Ok(());
             }
         };
-        let (payload, properties): (Bytes, Option<PublishProperties>) = match self.target.protocol {
+        let (payload, properties): (Bytes, Option<PublishProperties>) = match t.protocol {
             MqttProtocol::V5 => {
-                let (payload, p) = ferry_mqtt::encode_v5(event, self.target.mode);
+                let (payload, p) = ferry_mqtt::encode_v5(event, t.mode);
                 (payload, Some(p))
             }
             MqttProtocol::V311 => (ferry_mqtt::encode_v311(event), None),
         };
-        let t = self.target;
+        let size = packet_size(t.protocol, &topic, t.qos, &payload, properties.as_ref());
+        if size > self.max_packet {
+            let message = format!(
+                "the PUBLISH packet would be {size} bytes; this connection takes at most {} (max_packet_bytes, or the broker's Maximum Packet Size)",
+                self.max_packet
+            );
+            self.stats.fail(delivery, FailureKind::Permanent, message);
+            return Ok(());
+        }
         if let Err(e) = client.publish(topic, t.qos, t.retain, payload, properties) {
             self.stats.fail(
                 delivery,
@@ -312,6 +350,48 @@ impl<'a> Session<'a> {
                 format!("MQTT connection lost before PUBACK: {error}"),
             );
         }
+    }
+}
+
+/// The encoded size of a PUBLISH packet, as the client will write it.
+fn packet_size(
+    protocol: MqttProtocol,
+    topic: &str,
+    qos: u8,
+    payload: &Bytes,
+    properties: Option<&PublishProperties>,
+) -> usize {
+    use rumqttc::v5::mqttbytes::{v5::Publish, QoS};
+    match protocol {
+        MqttProtocol::V5 => Publish {
+            qos: if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            // Any id: what matters is that QoS 1 carries one.
+            pkid: 1,
+            payload: payload.clone(),
+            properties: properties.cloned(),
+            ..Publish::default()
+        }
+        .size(),
+        MqttProtocol::V311 => {
+            // Topic (with its length), packet id for QoS 1, payload.
+            let len = 2 + topic.len() + if qos == 0 { 0 } else { 2 } + payload.len();
+            1 + varint_len(len) + len
+        }
+    }
+}
+
+/// Bytes of MQTT's variable-length integer for `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
     }
 }
 

@@ -17,13 +17,14 @@ use crate::backoff::Backoff;
 use crate::config::{ContentMode, NatsSinkConfig};
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
-use crate::template::{self, Template};
+use crate::template::{self, Template, TemplateValues};
 
 struct Target {
     name: Arc<str>,
     subject: Template,
     /// The subject when the template has no placeholders: cloning it is a reference count.
     literal_subject: Option<async_nats::Subject>,
+    values: TemplateValues,
     mode: ferry_nats::Mode,
     timeout: Duration,
     signer: Option<Signer>,
@@ -56,6 +57,7 @@ pub fn start(
         name: Arc::clone(name),
         literal_subject: subject.as_literal().map(async_nats::Subject::from),
         subject,
+        values: config.template_values,
         mode: match config.mode {
             ContentMode::Binary => ferry_nats::Mode::Binary,
             ContentMode::Structured => ferry_nats::Mode::Structured,
@@ -218,7 +220,7 @@ async fn connect(
     } else {
         None
     };
-    tracing::info!(sink = %name, url = %config.url, jetstream = config.jetstream, "NATS sink connected");
+    tracing::info!(sink = %name, url = %crate::redacted_url::redacted_url(&config.url), jetstream = config.jetstream, "NATS sink connected");
     connected.send_replace(true);
     cx.set_ready(name, true);
     Ok(Link { client, jetstream })
@@ -238,19 +240,38 @@ fn outbound(
     let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
     let subject = match &target.literal_subject {
         Some(s) => s.clone(),
-        None => target
-            .subject
-            .render(|n| template::event_attribute(event, n))
-            .map(async_nats::Subject::from)
-            .map_err(|missing| {
-                format!("subject template: the event has no `{missing}` attribute")
-            })?,
+        None => {
+            let subject = target
+                .subject
+                .render_address(&template::NATS_SUBJECT, target.values, |n| {
+                    template::event_attribute(event, n)
+                })
+                .map_err(|e| format!("subject template: {e}"))?;
+            publishable(subject)?
+        }
     };
     let (mut headers, payload) = ferry_nats::encode(event, target.mode);
     if jetstream {
         headers.insert(ferry_nats::MSG_ID, ferry_nats::message_id(event));
     }
     Ok((subject, headers, payload))
+}
+
+/// A rendered subject the server accepts for a publish: tokens split by single dots, no
+/// whitespace, no wildcard token. Anything else can never be published (core NATS refuses it
+/// in the client, JetStream after a round trip): a permanent failure, not a retry.
+fn publishable(subject: String) -> Result<async_nats::Subject, String> {
+    let valid =
+        !subject.chars().any(char::is_control) && !subject.split('.').any(|t| t == "*" || t == ">");
+    let subject = async_nats::Subject::from(subject);
+    if valid && subject.is_valid() {
+        Ok(subject)
+    } else {
+        Err(format!(
+            "subject {:?} is not a valid subject to publish to",
+            subject.as_str()
+        ))
+    }
 }
 
 type PublishResult = Result<(), (FailureKind, String)>;

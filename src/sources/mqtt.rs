@@ -274,7 +274,9 @@ impl Connection<'_> {
                 }
                 ev = events.poll(), if room => match ev {
                     Err(e) => return End::Lost(e),
-                    Ok(Wire::ConnAck { session_present }) => {
+                    Ok(Wire::ConnAck {
+                        session_present, ..
+                    }) => {
                         tracing::info!(source = %cx.name(), client_id = %self.source.options.client_id, session_present, "MQTT connected");
                     }
                     Ok(Wire::SubAck { refused }) => {

@@ -135,7 +135,7 @@ async fn supervise(source: Arc<Source>) {
             () = tokio::time::sleep(delay) => {}
         }
     };
-    tracing::info!(source = source.name(), url = %source.config.url, "NATS source connected");
+    tracing::info!(source = source.name(), url = %crate::redacted_url::redacted_url(&source.config.url), "NATS source connected");
     source.set_state(Some(true), None);
     let tasks = TaskTracker::new();
     backoff.reset();
@@ -270,7 +270,17 @@ async fn handle_core(
                 let error = format!("delivery to sink `{}` failed: {}", f.sink, f.message);
                 tracing::warn!(source = source.name(), error = %error, "NATS message not delivered (core NATS: not redelivered)");
                 source.cx.stats.reject("delivery_failed", 1);
-                answer(&client, reply, &source.config.reply_prefix, 502, Some(&error)).await;
+                // The requester learns which sink failed, never the sink's error text (it
+                // can name internal hosts).
+                let reply_error = format!("delivery to sink `{}` failed", f.sink);
+                answer(
+                    &client,
+                    reply,
+                    &source.config.reply_prefix,
+                    502,
+                    Some(&reply_error),
+                )
+                .await;
             }
         }
         drop(permit);

@@ -59,6 +59,8 @@ pub enum Message {
 pub enum Wire {
     ConnAck {
         session_present: bool,
+        /// The broker's Maximum Packet Size (MQTT 5), if it set one.
+        max_packet_size: Option<u32>,
     },
     Message(Message),
     /// The SUBACK: the filters the broker refused (with its reason), if any.
@@ -134,6 +136,7 @@ impl EventLoop {
                 Ok(match e.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(Packet::ConnAck(c)) => Wire::ConnAck {
                         session_present: c.session_present,
+                        max_packet_size: None,
                     },
                     Event::Incoming(Packet::Publish(p)) => Wire::Message(Message::V311(p)),
                     Event::Incoming(Packet::SubAck(s)) => Wire::SubAck {
@@ -158,6 +161,7 @@ impl EventLoop {
                 Ok(match e.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(Packet::ConnAck(c)) => Wire::ConnAck {
                         session_present: c.session_present,
+                        max_packet_size: c.properties.and_then(|p| p.max_packet_size),
                     },
                     Event::Incoming(Packet::Publish(p)) => Wire::Message(Message::V5(p)),
                     Event::Incoming(Packet::SubAck(s)) => Wire::SubAck {
