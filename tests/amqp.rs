@@ -738,3 +738,180 @@ declare = {{ exchange_type = "topic", durable = false }}
     gw.gateway.shutdown().await;
     cleanup(&ch, &[&queue], &[&exchange]).await;
 }
+
+/// Publishes a binary-mode message with `headers` (name, value) and an optional content type.
+async fn publish_headers(
+    channel: &Channel,
+    queue: &str,
+    headers: Vec<(&str, AMQPValue)>,
+    content_type: Option<&str>,
+    body: &[u8],
+) {
+    let mut h = FieldTable::default();
+    for (k, v) in headers {
+        h.insert(k.into(), v);
+    }
+    let mut props = BasicProperties::default().with_headers(h);
+    if let Some(ct) = content_type {
+        props = props.with_content_type(ct.into());
+    }
+    publish(channel, queue, props, body).await;
+}
+
+fn spring_required(id: &str) -> Vec<(&'static str, AMQPValue)> {
+    vec![
+        ("cloudEvents_specversion", string("1.0")),
+        ("cloudEvents_id", string(id)),
+        ("cloudEvents_source", string("/interop")),
+        ("cloudEvents_type", string("com.example.interop")),
+    ]
+}
+
+// Issue 15 (G1, G3): messages as the Python SDK's AMQP binding (with pika) and the Java SDK's
+// Spring AMQP module write them are accepted.
+#[tokio::test]
+async fn issue15_sdk_and_spring_messages_are_accepted() {
+    let (_conn, ch) = rabbit().await;
+    let queue = unique("ferry.test.inbox");
+    declare_queue(&ch, &queue, FieldTable::default()).await;
+
+    // Python SDK `amqp.to_binary`: `time` as an integer of milliseconds since the epoch
+    // (pika sends it as a 64-bit long); small values arrive as a 32-bit int.
+    let mut h = spring_required("sdk-ms");
+    h.push((
+        "cloudEvents_time",
+        AMQPValue::LongLongInt(1_704_164_645_678),
+    ));
+    publish_headers(&ch, &queue, h, Some("application/json"), br#"{"a":1}"#).await;
+    let mut h = spring_required("sdk-ms-small");
+    h.push(("cloudEvents_time", AMQPValue::LongInt(1_500)));
+    publish_headers(&ch, &queue, h, None, b"").await;
+    // The AMQP 0-9-1 timestamp field type (POSIX seconds), as pika writes a datetime.
+    let mut h = spring_required("amqp-timestamp");
+    h.push(("cloudEvents_time", AMQPValue::Timestamp(1_704_164_645)));
+    publish_headers(&ch, &queue, h, None, b"").await;
+    // Spring: `cloudEvents_datacontenttype` and an equal `content_type` property.
+    let mut h = spring_required("spring-binary");
+    h.push(("cloudEvents_datacontenttype", string("application/json")));
+    publish_headers(&ch, &queue, h, Some("application/json"), br#"{"a":2}"#).await;
+    // Spring: structured mode marked only by the `cloudEvents_datacontenttype` header.
+    publish_headers(
+        &ch,
+        &queue,
+        vec![(
+            "cloudEvents_datacontenttype",
+            string("application/cloudevents+json"),
+        )],
+        None,
+        br#"{"specversion":"1.0","id":"spring-structured","source":"/interop","type":"com.example.interop","data":{"a":3}}"#,
+    )
+    .await;
+
+    let gw = TestGateway::start(&amqp_source_config(&queue, "")).await;
+    eventually(15, "5 events in the file", || async {
+        gw.lines("events.jsonl").len() == 5
+    })
+    .await;
+    let lines = gw.lines("events.jsonl");
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing in {lines:?}"))
+            .clone()
+    };
+    assert_eq!(by_id("sdk-ms")["time"], "2024-01-02T03:04:05.678Z");
+    assert_eq!(by_id("sdk-ms")["data"], json!({"a": 1}));
+    assert_eq!(by_id("sdk-ms-small")["time"], "1970-01-01T00:00:01.5Z");
+    assert_eq!(by_id("amqp-timestamp")["time"], "2024-01-02T03:04:05Z");
+    let spring = by_id("spring-binary");
+    assert_eq!(spring["datacontenttype"], "application/json");
+    assert_eq!(spring["data"], json!({"a": 2}));
+    assert_eq!(by_id("spring-structured")["data"], json!({"a": 3}));
+    gw.gateway.shutdown().await;
+    assert_eq!(ready(&ch, &queue).await, 0);
+    cleanup(&ch, &[&queue], &[]).await;
+}
+
+// B6: a `time` header of a type that cannot be a timestamp is refused, and the reason says
+// what `time` may be (not a remark about CloudEvents Integer).
+#[tokio::test]
+async fn b6_time_of_the_wrong_type_is_refused_naming_time() {
+    let (_conn, ch) = rabbit().await;
+    let queue = unique("ferry.test.inbox");
+    let dlx = unique("ferry.test.dlx");
+    let dlq = unique("ferry.test.dlq");
+    declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
+    declare_queue(&ch, &dlq, FieldTable::default()).await;
+    bind(&ch, &dlq, &dlx, "").await;
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), string(&dlx));
+    declare_queue(&ch, &queue, args).await;
+    let mut h = spring_required("bad-time");
+    h.push(("cloudEvents_time", AMQPValue::Double(1.5)));
+    publish_headers(&ch, &queue, h, None, b"").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = common::FerryProcess::start(dir.path(), &amqp_source_config(&queue, ""));
+    let line = ferry
+        .wait_log("the rejection", Duration::from_secs(15), |lines| {
+            lines
+                .iter()
+                .find(|l| l.contains("message rejected"))
+                .cloned()
+        })
+        .await;
+    assert!(line.contains("cloudEvents_time"), "{line}");
+    assert!(
+        line.contains("must be a string (RFC 3339), an AMQP timestamp or an integer"),
+        "{line}"
+    );
+    assert!(line.contains("\"invalid\""), "{line}");
+    let dead = take(&ch, &dlq, 1).await;
+    assert_eq!(
+        text(header(&dead[0], "cloudEvents_id")).as_deref(),
+        Some("bad-time")
+    );
+    drop(ferry);
+    cleanup(&ch, &[&queue, &dlq], &[&dlx]).await;
+}
+
+// R5: a message over `max_message_bytes` is nacked without requeue (dead-lettered) and
+// counted as too_large; one within the limit passes.
+#[tokio::test]
+async fn r5_oversize_message_is_dead_lettered() {
+    let (_conn, ch) = rabbit().await;
+    let queue = unique("ferry.test.inbox");
+    let dlx = unique("ferry.test.dlx");
+    let dlq = unique("ferry.test.dlq");
+    declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
+    declare_queue(&ch, &dlq, FieldTable::default()).await;
+    bind(&ch, &dlq, &dlx, "").await;
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), string(&dlx));
+    declare_queue(&ch, &queue, args).await;
+    publish_headers(&ch, &queue, spring_required("big"), None, &[b'x'; 2049]).await;
+    publish_headers(&ch, &queue, spring_required("fits"), None, &[b'x'; 2048]).await;
+
+    let gw = TestGateway::start(&amqp_source_config(&queue, "max_message_bytes = 2048")).await;
+    let dead = take(&ch, &dlq, 1).await;
+    assert_eq!(
+        text(header(&dead[0], "cloudEvents_id")).as_deref(),
+        Some("big")
+    );
+    eventually(10, "the small one delivered", || async {
+        gw.lines("events.jsonl").len() == 1
+    })
+    .await;
+    assert_eq!(gw.lines("events.jsonl")[0]["id"], "fits");
+    eventually(5, "too_large counted", || async {
+        metric(
+            &gw.metrics().await,
+            "ferry_events_rejected_total",
+            &["source=\"inbox\"", "reason=\"too_large\""],
+        ) == Some(1.0)
+    })
+    .await;
+    gw.gateway.shutdown().await;
+    cleanup(&ch, &[&queue, &dlq], &[&dlx]).await;
+}

@@ -817,3 +817,243 @@ to = ["out"]
     }
     gw.gateway.shutdown().await;
 }
+
+
+fn event_of_type(id: &str, ty: &str) -> Vec<u8> {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"/test","type":"{ty}","data":{{"n":1}}}}"#
+    )
+    .into_bytes()
+}
+
+async fn rejected(gw: &TestGateway, source: &str, reason: &str, n: usize) {
+    let url = gw.admin("/metrics");
+    let want =
+        format!("ferry_events_rejected_total{{source=\"{source}\",reason=\"{reason}\"}} {n}");
+    eventually(10, &want.clone(), || {
+        let (url, want) = (url.clone(), want.clone());
+        async move {
+            reqwest::get(&url)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains(&want)
+        }
+    })
+    .await;
+}
+
+/// B5: every dead-letter copy carries `ferry-reject-reason`, also when the original had no
+/// properties at all, and a refused QoS 0 message is dead-lettered too.
+#[tokio::test]
+async fn b5_dead_letter_copies_always_carry_the_reason() {
+    let s = suffix();
+    let mut peer = Peer::v5(&[&format!("ferry-test-{s}/dead")]).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.raw]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+topics = ["ferry-test-{s}/in"]
+client_id = "ferry-test-{s}-raw"
+session_expiry_secs = 60
+dead_letter_topic = "ferry-test-{s}/dead"
+
+[sinks.archive]
+type = "file"
+path = "{{dir}}/events.jsonl"
+
+[routes.all]
+from = ["raw"]
+to = ["archive"]
+"#
+    );
+    let gw = TestGateway::start(&text).await;
+    ready(&gw).await;
+    let input = format!("ferry-test-{s}/in");
+    // No properties at all.
+    peer.client
+        .publish(&input, QoS::AtLeastOnce, false, "no properties")
+        .await
+        .unwrap();
+    let dead = peer.next().await;
+    assert_eq!(&dead.payload[..], b"no properties");
+    assert_eq!(
+        user(&dead, "ferry-reject-reason").as_deref(),
+        Some("undecodable")
+    );
+    // QoS 0, with a property to keep.
+    peer.client
+        .publish_with_properties(
+            &input,
+            QoS::AtMostOnce,
+            false,
+            "qos zero",
+            props(Some("text/plain"), &[]),
+        )
+        .await
+        .unwrap();
+    let dead = peer.next().await;
+    assert_eq!(&dead.payload[..], b"qos zero");
+    assert_eq!(content_type(&dead), Some("text/plain"));
+    assert_eq!(
+        user(&dead, "ferry-reject-reason").as_deref(),
+        Some("undecodable")
+    );
+    rejected(&gw, "raw", "undecodable", 2).await;
+    gw.gateway.shutdown().await;
+}
+
+/// R3: a delivery that fails permanently is not retried forever: it is dead-lettered with the
+/// reason `delivery_failed`, acknowledged and counted, so the in-order PUBACK window moves on.
+#[tokio::test]
+async fn r3_permanent_failure_is_dead_lettered_and_acked() {
+    let s = suffix();
+    let mut receiver = Receiver::start().await;
+    receiver.set_status(400);
+    let mut peer = Peer::v5(&[&format!("ferry-test-{s}/dead")]).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.in]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+topics = ["ferry-test-{s}/in"]
+client_id = "ferry-test-{s}-in"
+session_expiry_secs = 60
+dead_letter_topic = "ferry-test-{s}/dead"
+inflight = 1
+
+[sinks.refuses]
+type = "http"
+url = "http://{addr}/hook"
+
+[sinks.archive]
+type = "file"
+path = "{{dir}}/events.jsonl"
+
+[routes.bad]
+from = ["in"]
+to = ["refuses"]
+filters = [{{ exact = {{ type = "com.example.bad" }} }}]
+
+[routes.good]
+from = ["in"]
+to = ["archive"]
+filters = [{{ exact = {{ type = "com.example.good" }} }}]
+"#,
+        addr = receiver.addr
+    );
+    let gw = TestGateway::start(&text).await;
+    ready(&gw).await;
+    let input = format!("ferry-test-{s}/in");
+    peer.publish(
+        &input,
+        event_of_type("bad", "com.example.bad"),
+        props(None, &[]),
+    )
+    .await;
+    let attempt = tokio::time::timeout(Duration::from_secs(10), receiver.rx.recv())
+        .await
+        .expect("the delivery attempt")
+        .unwrap();
+    assert_eq!(attempt.headers.get("ce-id").unwrap(), "bad");
+    let dead = peer.next().await;
+    assert_eq!(
+        user(&dead, "ferry-reject-reason").as_deref(),
+        Some("delivery_failed")
+    );
+    rejected(&gw, "in", "delivery_failed", 1).await;
+    // The window (one message) moved on: the next message is delivered.
+    peer.publish(
+        &input,
+        event_of_type("good", "com.example.good"),
+        props(None, &[]),
+    )
+    .await;
+    let lines = wait_lines(&gw, "events.jsonl", 1).await;
+    assert_eq!(lines[0]["id"], "good");
+    gw.gateway.shutdown().await;
+}
+
+/// Q1: messages settled behind a front that is still being retried wait for their in-order
+/// PUBACK; they count toward what the connection holds, so it stops reading the socket
+/// instead of holding without bound (MQTT 3.1.1 has no Receive Maximum; Mosquitto sends up to
+/// 20 unacknowledged messages, more than this source's limit of 16 with `inflight = 1`).
+#[tokio::test]
+async fn q1_settled_unacked_messages_bound_what_is_read() {
+    let s = suffix();
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let peer = Peer::v5(&[]).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.in]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+protocol = "3.1.1"
+topics = ["ferry-test-{s}/in"]
+client_id = "ferry-test-{s}-in"
+clean_start = false
+inflight = 1
+keep_alive_secs = 60
+
+[sinks.fails]
+type = "http"
+url = "http://{addr}/hook"
+
+[sinks.archive]
+type = "file"
+path = "{{dir}}/events.jsonl"
+
+[routes.bad]
+from = ["in"]
+to = ["fails"]
+filters = [{{ exact = {{ type = "com.example.bad" }} }}]
+
+[routes.good]
+from = ["in"]
+to = ["archive"]
+filters = [{{ exact = {{ type = "com.example.good" }} }}]
+"#,
+        addr = receiver.addr
+    );
+    let gw = TestGateway::start(&text).await;
+    ready(&gw).await;
+    let input = format!("ferry-test-{s}/in");
+    peer.publish(
+        &input,
+        event_of_type("front", "com.example.bad"),
+        props(None, &[]),
+    )
+    .await;
+    for i in 0..19 {
+        peer.publish(
+            &input,
+            event_of_type(&format!("g-{i}"), "com.example.good"),
+            props(None, &[]),
+        )
+        .await;
+    }
+    peer.confirmed(20).await;
+    // 16 windows settle (or wait) behind the front, plus at most the one window in flight;
+    // then the source stops reading.
+    wait_lines(&gw, "events.jsonl", 16).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = gw.lines("events.jsonl").len();
+    assert!(held <= 17, "{held} delivered behind a stuck front");
+    // Once the front is delivered, the backlog is acknowledged and reading resumes.
+    receiver.set_status(200);
+    wait_lines(&gw, "events.jsonl", 19).await;
+    gw.gateway.shutdown().await;
+}

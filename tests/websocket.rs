@@ -492,3 +492,93 @@ async fn idle_connections_are_closed_and_pongs_keep_them_alive() {
         "{metrics}"
     );
 }
+
+/// B3: an invalid event's error acknowledgement names it (`subject`, `data.id`) whenever its
+/// `id` could be read, so a client with several events in flight can tell which one failed.
+#[tokio::test]
+async fn b3_error_acks_name_the_refused_event() {
+    let gw = TestGateway::start(SOURCE).await;
+    let mut ws = connect(&ws_url(&gw, "devices", "/ws"), Some("cloudevents.json"))
+        .await
+        .unwrap();
+    let bad = [
+        json!({"specversion": "1.0", "id": "bad-no-type", "source": "/s"}),
+        json!({"specversion": "1.0", "id": "bad-time", "source": "/s", "type": "t", "time": "noon"}),
+        json!({"specversion": "1.0", "id": "bad-ext", "source": "/s", "type": "t", "big": 2147483648u64}),
+    ];
+    for e in &bad {
+        ws.send(Message::text(e.to_string())).await.unwrap();
+    }
+    for e in &bad {
+        let ack = next_json(&mut ws).await;
+        assert_eq!(ack["data"]["status"], 400, "{ack}");
+        assert_eq!(ack["subject"], e["id"], "{ack}");
+        assert_eq!(ack["data"]["id"], e["id"], "{ack}");
+    }
+    // An id that is not a non-empty string cannot be read: no subject, `data.id` null.
+    ws.send(Message::text(
+        json!({"specversion": "1.0", "id": 7, "source": "/s", "type": "t"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["data"]["status"], 400, "{ack}");
+    assert!(ack.get("subject").is_none(), "{ack}");
+    assert!(ack["data"]["id"].is_null(), "{ack}");
+}
+
+/// B4: a message over `max_message_bytes` sent in continuation frames, each under the limit,
+/// closes with 1009 just as one oversize frame does, and the server then closes the TCP
+/// connection cleanly: a reset (the server dropping the socket with the client's fragments
+/// still unread) makes clients that are still sending lose the close frame (1006).
+#[tokio::test]
+async fn b4_fragmented_oversize_message_closes_with_1009() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    let gw = TestGateway::start(SOURCE).await;
+    let url = ws_url(&gw, "devices", "/ws");
+    let ws = connect(&url, Some("cloudevents.json")).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    // The client goes on sending fragments (1000 bytes each, 1 MiB in all) while it reads:
+    // most of the message is still arriving when the server closes.
+    let sender = tokio::spawn(async move {
+        let chunks = 1024;
+        for i in 0..chunks {
+            let opcode = if i == 0 {
+                OpCode::Data(Data::Text)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            let frame = Frame::message(vec![b'y'; 1000], opcode, i == chunks - 1);
+            if tx.send(Message::Frame(frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut code = None;
+    let end = loop {
+        match tokio::time::timeout(WAIT, rx.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => code = frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    sender.abort();
+    assert_eq!(code, Some(CloseCode::Size), "fragmented oversize message");
+    assert!(
+        end.is_none(),
+        "the connection ended with {end:?}, not a clean close"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            "ferry_websocket_closed_total{component=\"source:devices\",reason=\"too_large\"} 1"
+        ),
+        "{metrics}"
+    );
+}

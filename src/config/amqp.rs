@@ -17,6 +17,10 @@ pub struct AmqpSourceConfig {
     /// Unacknowledged messages in flight (`basic.qos` prefetch count).
     #[serde(default = "defaults::prefetch")]
     pub prefetch: u16,
+    /// Larger message bodies are rejected (nack without requeue: dead-lettered), counted as
+    /// `too_large`.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_message_bytes: usize,
     /// Builds events from messages that are not CloudEvents; without it they are rejected.
     #[serde(default)]
     pub normalize: Option<NormalizeConfig>,
@@ -147,6 +151,9 @@ pub enum HeaderPrefix {
     /// The Knative RabbitMQ binding's prefix.
     #[serde(rename = "ce-")]
     Ce,
+    /// The AMQP 1.0 binding's other separator (Go SDK, Java Proton module).
+    #[serde(rename = "cloudEvents:")]
+    CloudEventsColon,
 }
 
 /// The exchange a sink declares.
@@ -215,6 +222,7 @@ impl HeaderPrefix {
         match self {
             HeaderPrefix::CloudEvents => ferry_amqp::HeaderPrefix::CloudEvents,
             HeaderPrefix::Ce => ferry_amqp::HeaderPrefix::Ce,
+            HeaderPrefix::CloudEventsColon => ferry_amqp::HeaderPrefix::CloudEventsColon,
         }
     }
 }
@@ -241,6 +249,12 @@ impl AmqpSourceConfig {
             return Err((
                 key("prefetch"),
                 "prefetch must be greater than 0 (0 would mean unlimited)".into(),
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err((
+                key("max_message_bytes"),
+                "max_message_bytes must be greater than 0".into(),
             ));
         }
         client_tls(&self.url, self.tls.as_ref())?;
@@ -305,6 +319,13 @@ mode = "binary"
         ))
         .unwrap();
         assert_eq!(ce.header_prefix, HeaderPrefix::Ce);
+        let colon: AmqpSinkConfig =
+            toml::from_str(&format!("{text}header_prefix = \"cloudEvents:\"")).unwrap();
+        assert_eq!(
+            colon.header_prefix.binding().as_str(),
+            "cloudEvents:",
+            "the third prefix"
+        );
         assert!(ce.declare.unwrap().durable);
         let bad: AmqpSinkConfig = toml::from_str(&text.replace("{type}", "{type")).unwrap();
         assert_eq!(bad.check().unwrap_err().0, vec!["routing_key"]);
@@ -322,11 +343,18 @@ declare = { dead_letter_exchange = "dlx", bindings = [{ exchange = "orders", rou
         )
         .unwrap();
         assert_eq!(source.on_failure, OnFailure::DeadLetter);
+        assert_eq!(source.max_message_bytes, 1024 * 1024);
         assert_eq!(source.check(), Ok(()));
         let zero = AmqpSourceConfig {
             prefetch: 0,
             ..source
         };
         assert_eq!(zero.check().unwrap_err().0, vec!["prefetch"]);
+        let zero = AmqpSourceConfig {
+            prefetch: 1,
+            max_message_bytes: 0,
+            ..zero
+        };
+        assert_eq!(zero.check().unwrap_err().0, vec!["max_message_bytes"]);
     }
 }

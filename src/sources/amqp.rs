@@ -4,9 +4,9 @@
 //! - Delivered → `basic.ack`.
 //! - A sink failed → `basic.nack`, requeued after `requeue_delay_ms` or dead-lettered, per
 //!   `on_failure`. A full or closing sink queue always requeues (it is back-pressure).
-//! - Undecodable, invalid or (with `unrouted = "reject"`) unrouted → `basic.nack` with
-//!   `requeue = false`, which RabbitMQ routes to the queue's `x-dead-letter-exchange`; counted
-//!   in `ferry_events_rejected_total`.
+//! - Over `max_message_bytes`, undecodable, invalid or (with `unrouted = "reject"`) unrouted →
+//!   `basic.nack` with `requeue = false`, which RabbitMQ routes to the queue's
+//!   `x-dead-letter-exchange`; counted in `ferry_events_rejected_total`.
 //!
 //! One supervisor task connects with backoff, declares the queue if configured, consumes, and
 //! starts over when the connection or channel drops. Competing consumers on one queue scale
@@ -235,6 +235,13 @@ impl Consumer {
             acker,
             ..
         } = delivery;
+        if data.len() > self.config.max_message_bytes {
+            tracing::warn!(source = %self.cx.name(), reason = "too_large", size = data.len(), limit = self.config.max_message_bytes, "message rejected");
+            self.cx.stats.reject("too_large", 1);
+            drop(data);
+            self.spawn_settle(acker, Settle::Reject);
+            return;
+        }
         let metadata = ferry_amqp::metadata(&properties, exchange.as_str(), routing_key.as_str());
         let decoded = match &self.normalizer {
             Some(n) if !ferry_amqp::is_cloudevent(&properties) => n

@@ -10,13 +10,15 @@
 //! message; one that settles after its connection is gone is not sent (the message comes again
 //! instead).
 //!
-//! A message that is not a CloudEvent (and has no normalize template), or is an invalid one,
-//! is logged, counted and — after being republished to `dead_letter_topic` when one is set —
+//! A message that is not a CloudEvent (and has no normalize template), is an invalid one, or
+//! whose delivery failed permanently (retrying cannot help), is logged, counted and — after
+//! being republished to `dead_letter_topic` when one is set, QoS 0 messages included —
 //! acknowledged, so it cannot block the session.
 //!
 //! The in-flight window is Ferry's own: brokers do not all hold to the Receive Maximum (and
 //! 3.1.1 has none), so messages beyond `inflight` wait in a bounded queue, and the socket is
-//! not read while that queue is full (`WAITING_FACTOR`). PUBACKs go out in the order the
+//! not read while that queue and the settled messages waiting for their in-order PUBACK hold
+//! `WAITING_FACTOR` windows between them. PUBACKs go out in the order the
 //! messages came in, as MQTT requires, whatever order their deliveries settle in; one that
 //! finds the client's request queue full waits its turn and never costs the connection.
 
@@ -25,7 +27,7 @@ pub(crate) mod client;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ferry_core::Outcome;
+use ferry_core::{FailureKind, Outcome};
 use tokio::sync::mpsc;
 
 use self::client::{Client, EventLoop, Message, Options, Wire};
@@ -113,7 +115,16 @@ struct Settled {
     /// The message's place in the PUBACK order (none for QoS 0).
     seq: Option<u64>,
     message: Message,
-    delivered: bool,
+    outcome: Settlement,
+}
+
+/// What a settled message's deliveries came to.
+enum Settlement {
+    Delivered,
+    /// Worth another try (the sink was down, overloaded, timed out).
+    Retry,
+    /// Retrying cannot help (a sink refused the event for good): refuse the message.
+    Refused(String),
 }
 
 /// Why a connection ended.
@@ -149,6 +160,7 @@ impl Source {
                 waiting: VecDeque::new(),
                 acks: VecDeque::new(),
                 acks_base: 0,
+                settled_unacked: 0,
                 dead_unwritten: VecDeque::new(),
                 dead_awaiting: HashMap::new(),
                 retries: VecDeque::new(),
@@ -203,6 +215,9 @@ struct Connection<'a> {
     acks: VecDeque<Option<Message>>,
     /// The sequence number of the front of `acks`.
     acks_base: u64,
+    /// The `Some` entries of `acks`: settled, holding their payload until the PUBACKs before
+    /// them went.
+    settled_unacked: usize,
     /// Rejected messages whose dead-letter copy is queued, oldest first.
     dead_unwritten: VecDeque<(Option<u64>, Message)>,
     /// Rejected messages whose dead-letter copy awaits its PUBACK, by packet id.
@@ -238,8 +253,13 @@ impl Connection<'_> {
             {
                 return End::Shutdown;
             }
-            // The socket is read while there is room to hold what it brings.
-            let room = self.waiting.len() < WAITING_FACTOR * self.window;
+            // The socket is read while there is room to hold what it brings: messages waiting
+            // for the window and settled ones waiting for their turn to be acked count (a
+            // front that is being retried holds back every PUBACK behind it). A dead-letter
+            // publish awaiting its PUBACK needs the socket read to make progress.
+            let room = self.waiting.len() + self.settled_unacked < WAITING_FACTOR * self.window
+                || !self.dead_unwritten.is_empty()
+                || !self.dead_awaiting.is_empty();
             let (retry_due, next_retry) = match self.retries.front() {
                 Some(r) => (true, r.0),
                 None => (false, tokio::time::Instant::now()),
@@ -255,12 +275,21 @@ impl Connection<'_> {
                         continue;
                     }
                     self.in_flight -= 1;
-                    if s.delivered {
-                        self.settle(s.seq, s.message);
-                        self.retry_backoff.reset();
-                        backoff.reset();
-                    } else if s.message.needs_ack() {
-                        self.retry_later(s.seq, s.message);
+                    match s.outcome {
+                        Settlement::Delivered => {
+                            self.settle(s.seq, s.message);
+                            self.retry_backoff.reset();
+                            backoff.reset();
+                        }
+                        Settlement::Retry if s.message.needs_ack() => {
+                            self.retry_later(s.seq, s.message);
+                        }
+                        Settlement::Retry => {}
+                        Settlement::Refused(error) => {
+                            if let Err(end) = self.reject(s.seq, s.message, "delivery_failed", &error) {
+                                return end;
+                            }
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(next_retry), if retry_due && !draining => {
@@ -340,6 +369,9 @@ impl Connection<'_> {
                 .checked_sub(self.acks_base)
                 .and_then(|i| self.acks.get_mut(i as usize))
             {
+                if slot.is_none() {
+                    self.settled_unacked += 1;
+                }
                 *slot = Some(message);
             }
         }
@@ -355,6 +387,7 @@ impl Connection<'_> {
             }
             self.acks.pop_front();
             self.acks_base += 1;
+            self.settled_unacked -= 1;
         }
     }
 
@@ -451,22 +484,25 @@ impl Connection<'_> {
         let stats = cx.stats.clone();
         let connection = self.id;
         cx.tracker.spawn(async move {
-            let delivered = match waiter.wait().await {
+            let outcome = match waiter.wait().await {
                 Outcome::Delivered => {
                     stats.accepted.inc();
                     stats.ack_latency.observe(started.elapsed().as_secs_f64());
-                    true
+                    Settlement::Delivered
+                }
+                Outcome::Failed(f) if f.kind == FailureKind::Permanent => {
+                    Settlement::Refused(f.to_string())
                 }
                 Outcome::Failed(f) => {
                     tracing::warn!(source = %stats.name, topic = %topic, error = %f, "delivery failed; the message will be retried");
-                    false
+                    Settlement::Retry
                 }
             };
             let _ = settled_tx.send(Settled {
                 connection,
                 seq,
                 message,
-                delivered,
+                outcome,
             });
         });
         Ok(())
@@ -483,32 +519,36 @@ impl Connection<'_> {
         let cx = &self.source.cx;
         tracing::warn!(source = %cx.name(), topic = %message.topic(), reason, error, "message rejected");
         cx.stats.reject(reason, 1);
-        match &self.source.config.dead_letter_topic {
-            Some(topic) if message.needs_ack() => {
-                let properties = message.properties().cloned().map(|mut p| {
-                    // Keep what describes the payload; drop what was for this hop only.
-                    p.topic_alias = None;
-                    p.subscription_identifiers.clear();
-                    p.user_properties
-                        .push(("ferry-reject-reason".into(), reason.into()));
-                    p
-                });
-                self.client
-                    .publish(
-                        topic.clone(),
-                        1,
-                        false,
-                        message.payload().clone(),
-                        properties,
-                    )
-                    .map_err(|e| End::Lost(format!("cannot queue dead-letter publish: {e}")))?;
-                self.dead_unwritten.push_back((seq, message));
-                Ok(())
+        let Some(topic) = &self.source.config.dead_letter_topic else {
+            self.settle(seq, message);
+            return Ok(());
+        };
+        // Keep what describes the payload; drop what was for this hop only. (MQTT 3.1.1 has
+        // no properties: the copy goes without them.)
+        let mut properties = message.properties().cloned().unwrap_or_default();
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        properties
+            .user_properties
+            .push(("ferry-reject-reason".into(), reason.into()));
+        let queued = self.client.publish(
+            topic.clone(),
+            1,
+            false,
+            message.payload().clone(),
+            Some(properties),
+        );
+        match queued {
+            Ok(()) => self.dead_unwritten.push_back((seq, message)),
+            Err(e) if message.needs_ack() => {
+                return Err(End::Lost(format!("cannot queue dead-letter publish: {e}")))
             }
-            _ => {
-                self.settle(seq, message);
-                Ok(())
+            // A QoS 0 message was sent at most once: its copy is dropped rather than the
+            // connection when the request queue is full.
+            Err(e) => {
+                tracing::warn!(source = %cx.name(), error = %e, "dead-letter copy of a QoS 0 message dropped");
             }
         }
+        Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! WebSocket source: devices and browsers send one CloudEvent per text message and get an
 //! acknowledgement event back for each once the routed sinks confirmed it.
 //!
-//! The source has its own listener (axum's WebSocket upgrade on tokio-tungstenite). Per
+//! The source has its own listener (an axum route that answers the upgrade itself and runs
+//! tokio-tungstenite on the upgraded connection, so the closing handshake can reach the raw
+//! input). Per
 //! connection, a reader takes messages while fewer than `max_in_flight` are unacknowledged
 //! (then it stops reading: backpressure), and a writer sends acknowledgements and pings. An
 //! invalid event gets an error acknowledgement and the connection stays open; a binary frame on
@@ -14,8 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
@@ -23,8 +24,14 @@ use ferry_core::{CloudEvent, EventError, TransportMetadata};
 use ferry_websocket::{AckData, MessageError, Negotiated};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use super::{SourceContext, SourceError};
 use crate::config::WebSocketSourceConfig;
@@ -48,6 +55,9 @@ const BUFFER: usize = 4096;
 
 /// How long a closing connection may take to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An upgraded client connection.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 struct SourceState {
     config: WebSocketSourceConfig,
@@ -214,9 +224,16 @@ async fn upgrade(
         state.cx.stats.reject("invalid", 1);
         return p.into_response();
     }
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let accept = match handshake(&parts) {
+        Ok(accept) => accept,
+        Err(p) => return p.into_response(),
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded to a WebSocket",
+        )
+        .into_response();
     };
     let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
         state.cx.stats.reject("connection_limit", 1);
@@ -227,21 +244,36 @@ async fn upgrade(
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
     let ip = peer.map(|p| p.addr.ip());
-    let ws = ws
-        .max_message_size(state.config.max_message_bytes)
-        .max_frame_size(state.config.max_message_bytes)
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(state.config.max_message_bytes))
+        .max_frame_size(Some(state.config.max_message_bytes))
         // Small buffers that grow with the traffic: idle devices should cost little memory.
         .read_buffer_size(BUFFER)
         .write_buffer_size(BUFFER);
-    let ws = if mode == Negotiated::Json {
-        ws.protocols([ferry_websocket::SUBPROTOCOL_JSON])
-    } else {
-        ws
-    };
-    let tracked = state.cx.tracker.token();
-    ws.on_upgrade(move |socket| async move {
-        let _tracked = tracked;
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    if mode == Negotiated::Json {
+        response = response.header(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            ferry_websocket::SUBPROTOCOL_JSON,
+        );
+    }
+    let tracker = state.cx.tracker.clone();
+    tracker.spawn(async move {
         let _permit = permit;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(source = %state.cx.name(), error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(limits))
+                .await;
         state.cx.stats.connections.inc();
         Connection {
             state: &state,
@@ -253,7 +285,65 @@ async fn upgrade(
         .run(socket)
         .await;
         state.cx.stats.connections.dec();
-    })
+    });
+    response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Checks an upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Accept`.
+fn handshake(parts: &http::request::Parts) -> Result<String, Problem> {
+    let header = |name: http::HeaderName| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    let refuse = |status: StatusCode, detail: &str, name: &str| {
+        let mut p = Problem::new(status, detail);
+        p.header = Some(name.into());
+        p
+    };
+    if parts.method != http::Method::GET {
+        return Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket upgrade is a GET request",
+        ));
+    }
+    let upgrade = header(http::header::UPGRADE);
+    let connection = header(http::header::CONNECTION);
+    if !upgrade.iter().any(|t| t.eq_ignore_ascii_case("websocket"))
+        || !connection.iter().any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint takes WebSocket upgrades only (Connection: Upgrade, Upgrade: websocket)",
+            "upgrade",
+        ));
+    }
+    if header(http::header::SEC_WEBSOCKET_VERSION) != ["13"] {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version must be 13",
+            "sec-websocket-version",
+        ));
+    }
+    let key = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key is missing",
+                "sec-websocket-key",
+            )
+        })?;
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 struct Connection<'a> {
@@ -273,7 +363,7 @@ enum End {
 }
 
 impl Connection<'_> {
-    async fn run(self, socket: WebSocket) {
+    async fn run(self, socket: Socket) {
         let config = &self.state.config;
         let (mut sink, mut stream) = socket.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(config.max_in_flight + 8);
@@ -295,11 +385,14 @@ impl Connection<'_> {
                 }
             }
             let _ = sink.close().await;
+            sink
         });
 
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
         let idle = Duration::from_millis(config.idle_timeout_ms);
         let shutdown = self.state.cx.shutdown.clone();
+        // A read error ends the frame stream for good (tokio-tungstenite fuses it).
+        let mut read_failed = false;
         let end = loop {
             // At the in-flight limit, stop reading until an acknowledgement went out.
             let permit = tokio::select! {
@@ -316,7 +409,10 @@ impl Connection<'_> {
             let message = match next {
                 Err(_) => break End::Idle,
                 Ok(None) => break End::Client,
-                Ok(Some(Err(e))) => break end_for_error(e),
+                Ok(Some(Err(e))) => {
+                    read_failed = true;
+                    break end_for_error(e);
+                }
                 Ok(Some(Ok(m))) => m,
             };
             let body = match message {
@@ -329,11 +425,11 @@ impl Connection<'_> {
                         "cloudevents.json carries text frames only",
                     );
                 }
-                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 Message::Close(_) => break End::Client,
             };
             let received = Instant::now();
-            match self.decode(body) {
+            match self.decode(body.clone()) {
                 Ok(event) => {
                     let id = event.id().to_owned();
                     let envelope = Envelope::new(event, Arc::clone(&self.metadata));
@@ -346,7 +442,8 @@ impl Connection<'_> {
                         error,
                     });
                     self.state.cx.stats.reject(problem.reason(), 1);
-                    let _ = out_tx.send(self.ack_message(None, &problem)).await;
+                    let id = self.readable_id(&body);
+                    let _ = out_tx.send(self.ack_message(id.as_deref(), &problem)).await;
                 }
             }
         };
@@ -368,22 +465,45 @@ impl Connection<'_> {
         }
         let _ = out_tx
             .send(Message::Close(Some(CloseFrame {
-                code,
+                code: CloseCode::from(code),
                 reason: Utf8Bytes::from_static(reason),
             })))
             .await;
         drop(out_tx);
-        let _ = writer.await;
+        let sink = writer.await;
         // Closing handshake: wait (bounded) for the client's close frame before dropping the
         // socket, so the client reads ours instead of a connection reset.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
+            if !read_failed {
+                loop {
+                    match stream.next().await {
+                        Some(Ok(Message::Close(_))) | None => return,
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => break,
+                    }
                 }
             }
+            // The frame stream ended on an error (an oversized message, typically with more
+            // of it still arriving): read and discard the raw input until the client closes,
+            // so the socket is not closed with unread data, which would reset the connection
+            // and destroy our close frame before the client read it.
+            let Ok(sink) = sink else { return };
+            let Ok(mut socket) = stream.reunite(sink) else {
+                return;
+            };
+            let mut discard = vec![0u8; BUFFER];
+            while matches!(socket.get_mut().read(&mut discard).await, Ok(n) if n > 0) {}
         })
         .await;
+    }
+
+    /// The `id` of a text message that is not a valid event, when it can be read (JSON
+    /// connections only: a raw message has no id of its own).
+    fn readable_id(&self, body: &[u8]) -> Option<String> {
+        if self.mode != Negotiated::Json {
+            return None;
+        }
+        ferry_websocket::event_id(std::str::from_utf8(body).ok()?)
     }
 
     fn decode(&self, body: Bytes) -> Result<CloudEvent, EventError> {
@@ -513,10 +633,9 @@ fn ack_message(source: &str, id: Option<&str>, problem: Option<&Problem>) -> Mes
     }
 }
 
-fn end_for_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-        Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+fn end_for_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Capacity(_) => {
             End::Close(close::TOO_BIG, "message too big")
         }
         _ => End::Client,

@@ -5,12 +5,16 @@
 //! AMQP 1.0 binding with the 0-9-1 gateway notes (docs/amqp.md):
 //!
 //! - Mode detection: a `content-type` property starting with `application/cloudevents`
-//!   (any case) → structured (the JSON format in the body); anything else → binary.
+//!   (any case) → structured (the JSON format in the body); anything else → binary. Without a
+//!   `content-type` property a `<prefix>datacontenttype` header decides, as the Java SDK's
+//!   Spring AMQP module marks structured mode.
 //! - Binary mode: attributes are `headers` entries named `<prefix><attribute>`. [`decode`]
 //!   reads the `cloudEvents_`, `cloudEvents:` and `ce-` prefixes, names compared without
-//!   regard to case, values as canonical strings or native AMQP types; [`encode`] writes one
-//!   [`HeaderPrefix`]. `datacontenttype` travels in the `content-type` property, the data in
-//!   the body, `time` as an RFC 3339 string.
+//!   regard to case, values as canonical strings or native AMQP types (`time` also as an
+//!   integer of milliseconds, the AMQP 1.0 timestamp); [`encode`] writes one [`HeaderPrefix`].
+//!   `datacontenttype` travels in the `content-type` property (a header with the same value
+//!   beside it is the same attribute, not a duplicate), the data in the body, `time` as an
+//!   RFC 3339 string.
 
 mod value;
 
@@ -44,6 +48,10 @@ pub enum HeaderPrefix {
     CloudEvents,
     /// `ce-`: the Knative RabbitMQ binding.
     Ce,
+    /// `cloudEvents:`: the AMQP 1.0 binding's other separator, the only one the Go SDK and the
+    /// Java SDK's Proton module read (AMQP 1.0 consumers of RabbitMQ 4 see 0-9-1 headers as
+    /// application properties).
+    CloudEventsColon,
 }
 
 impl HeaderPrefix {
@@ -51,6 +59,7 @@ impl HeaderPrefix {
         match self {
             HeaderPrefix::CloudEvents => "cloudEvents_",
             HeaderPrefix::Ce => "ce-",
+            HeaderPrefix::CloudEventsColon => "cloudEvents:",
         }
     }
 }
@@ -115,8 +124,8 @@ pub fn attribute_name(header: &str) -> Option<String> {
 /// Whether the message looks like a CloudEvent: structured content type, or a binary-mode
 /// `specversion` header. Messages that are not can be normalized instead.
 pub fn is_cloudevent(properties: &BasicProperties) -> bool {
-    let structured = (properties.content_type().as_ref())
-        .is_some_and(|ct| json::format(ct.as_str()) != json::Format::None);
+    let structured =
+        content_type(properties).is_some_and(|ct| json::format(ct) != json::Format::None);
     structured
         || headers(properties)
             .any(|(name, _)| attribute_name(name).is_some_and(|a| a == "specversion"))
@@ -124,8 +133,7 @@ pub fn is_cloudevent(properties: &BasicProperties) -> bool {
 
 /// Decodes a message in either mode.
 pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, DecodeError> {
-    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
-    if is_structured(content_type)? {
+    if is_structured(content_type(properties))? {
         return json::decode(body).map_err(|error| DecodeError::Invalid {
             header: None,
             error,
@@ -139,6 +147,8 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, D
 pub fn decode_binary(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, DecodeError> {
     let mut builder = EventBuilder::new();
     let mut names: Vec<(String, &str)> = Vec::new();
+    // A `datacontenttype` header, to tell an equal `content-type` property from a duplicate.
+    let mut header_content_type: Option<String> = None;
     for (header, value) in headers(properties) {
         let Some(attribute) = attribute_name(header) else {
             continue;
@@ -150,25 +160,39 @@ pub fn decode_binary(properties: &BasicProperties, body: &[u8]) -> Result<CloudE
         if attribute != "datacontenttype" {
             ferry_core::validate::extension_name(&attribute).map_err(invalid)?;
         }
-        let decoded = value::decode(value)
-            .map_err(|m| invalid(EventError::new(&attribute, EventErrorKind::Malformed, m)))?;
-        match decoded {
-            value::HeaderValue::Canonical(s) => builder.attribute(&attribute, s),
-            value::HeaderValue::Typed(v) if is_core(&attribute) => {
-                // Core attributes are strings (or, for `time`, a timestamp): only a native
-                // timestamp converts; an integer `id` is a type error.
-                match v {
-                    ferry_core::ExtensionValue::Timestamp(t) if attribute == "time" => {
-                        builder.attribute(&attribute, t.as_str().to_owned())
-                    }
-                    _ => {
-                        return Err(invalid(EventError::new(
-                            &attribute,
-                            EventErrorKind::Invalid,
-                            "must be a string",
-                        )))
-                    }
+        let wrong_type =
+            |m: String| invalid(EventError::new(&attribute, EventErrorKind::Invalid, m));
+        let decoded = if attribute == "time" {
+            // A string, a native timestamp, or an integer of milliseconds.
+            value::time(value)
+                .map(value::HeaderValue::Canonical)
+                .map_err(wrong_type)?
+        } else {
+            match value::decode(value) {
+                Ok(v) => v,
+                // Core attributes are strings: an integer `id` is a type error, whatever its
+                // width.
+                Err(_) if is_core(&attribute) && !is_string(value) => {
+                    return Err(wrong_type("must be a string".into()))
                 }
+                Err(m) => {
+                    return Err(invalid(EventError::new(
+                        &attribute,
+                        EventErrorKind::Malformed,
+                        m,
+                    )))
+                }
+            }
+        };
+        match decoded {
+            value::HeaderValue::Canonical(s) => {
+                if attribute == "datacontenttype" {
+                    header_content_type = Some(s.clone());
+                }
+                builder.attribute(&attribute, s);
+            }
+            value::HeaderValue::Typed(_) if is_core(&attribute) => {
+                return Err(wrong_type("must be a string".into()))
             }
             value::HeaderValue::Typed(v) => builder.set_extension(attribute.clone(), v),
         }
@@ -178,8 +202,12 @@ pub fn decode_binary(properties: &BasicProperties, body: &[u8]) -> Result<CloudE
         return Err(DecodeError::NotCloudEvent);
     }
     if let Some(ct) = properties.content_type() {
-        builder.attribute("datacontenttype", ct.as_str().to_owned());
-        names.push(("datacontenttype".into(), "content-type"));
+        // Spring's writer puts `datacontenttype` in a header as well as in the property: the
+        // same value twice is one attribute.
+        if header_content_type.as_deref() != Some(ct.as_str()) {
+            builder.attribute("datacontenttype", ct.as_str().to_owned());
+            names.push(("datacontenttype".into(), "content-type"));
+        }
     }
     if !body.is_empty() {
         builder.set_data(Some(Data::Binary(Bytes::copy_from_slice(body))));
@@ -273,6 +301,28 @@ pub fn metadata(
     meta.push_property("amqp.exchange", exchange);
     meta.push_property("amqp.routing_key", routing_key);
     meta
+}
+
+/// The content type that selects the mode: the `content-type` property, or else a string
+/// `<prefix>datacontenttype` header.
+fn content_type(properties: &BasicProperties) -> Option<&str> {
+    if let Some(ct) = properties.content_type() {
+        return Some(ct.as_str());
+    }
+    headers(properties).find_map(|(name, v)| {
+        if attribute_name(name)? != "datacontenttype" {
+            return None;
+        }
+        match v {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+fn is_string(value: &AMQPValue) -> bool {
+    matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
 }
 
 fn headers(properties: &BasicProperties) -> impl Iterator<Item = (&str, &AMQPValue)> {

@@ -208,6 +208,110 @@ fn binary_errors_name_the_header() {
 }
 
 #[test]
+fn time_in_every_accepted_form() {
+    // (header value, the `time` read)
+    let cases = [
+        (s("2024-01-02T03:04:05.678Z"), "2024-01-02T03:04:05.678Z"),
+        (AMQPValue::Timestamp(1_704_164_645), "2024-01-02T03:04:05Z"),
+        // Integers are milliseconds since the epoch (AMQP 1.0 timestamps; the Python SDK).
+        (
+            AMQPValue::LongLongInt(1_704_164_645_678),
+            "2024-01-02T03:04:05.678Z",
+        ),
+        (AMQPValue::LongInt(1_500), "1970-01-01T00:00:01.5Z"),
+        (AMQPValue::ShortInt(-1), "1969-12-31T23:59:59.999Z"),
+    ];
+    for (value, want) in cases {
+        let p = owned_props(
+            None,
+            with_required("cloudEvents_", vec![("cloudEvents_time", value.clone())]),
+        );
+        let e = decode(&p, b"").unwrap_or_else(|err| panic!("{value:?}: {err}"));
+        assert_eq!(e.time().unwrap().as_str(), want, "{value:?}");
+    }
+    // B6: a type that cannot be a timestamp is refused with what `time` may be.
+    for value in [
+        AMQPValue::Double(1.5),
+        AMQPValue::Boolean(true),
+        AMQPValue::ByteArray(ByteArray::from(vec![1u8])),
+        AMQPValue::LongLongInt(i64::MAX),
+    ] {
+        let p = owned_props(None, with_required("ce-", vec![("ce-time", value.clone())]));
+        let err = decode(&p, b"").unwrap_err();
+        assert_eq!(err.attribute(), Some("time"), "{value:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("header `ce-time`: "), "{text}");
+        assert!(
+            text.contains("must be a string (RFC 3339), an AMQP timestamp or an integer")
+                || text.contains("out of range"),
+            "{text}"
+        );
+        assert!(!text.contains("32-bit"), "{text}");
+    }
+    // Core attributes other than `time` are strings, whatever the integer's width.
+    let p = owned_props(
+        None,
+        with_required("ce-", vec![("ce-subject", AMQPValue::LongLongInt(1 << 40))]),
+    );
+    assert!(decode(&p, b"")
+        .unwrap_err()
+        .to_string()
+        .contains("must be a string"));
+}
+
+#[test]
+fn spring_style_messages() {
+    // `datacontenttype` as a header and as an equal property: one attribute.
+    let p = owned_props(
+        Some("application/json"),
+        with_required(
+            "cloudEvents_",
+            vec![("cloudEvents_datacontenttype", s("application/json"))],
+        ),
+    );
+    let e = decode(&p, br#"{"a":1}"#).unwrap();
+    assert_eq!(e.datacontenttype(), Some("application/json"));
+    // Different values are still a duplicate.
+    let p = owned_props(
+        Some("text/plain"),
+        with_required(
+            "cloudEvents_",
+            vec![("cloudEvents_datacontenttype", s("application/json"))],
+        ),
+    );
+    assert_eq!(
+        decode(&p, b"x").unwrap_err().attribute(),
+        Some("datacontenttype")
+    );
+    // Structured mode marked only by the header.
+    let p = props(
+        None,
+        vec![(
+            "cloudEvents_datacontenttype",
+            s("application/cloudevents+json"),
+        )],
+    );
+    assert!(is_cloudevent(&p));
+    let e = decode(
+        &p,
+        br#"{"specversion":"1.0","id":"sp","source":"/s","type":"t","data":{"a":3}}"#,
+    )
+    .unwrap();
+    assert_eq!(e.id(), "sp");
+    assert_eq!(e.data().unwrap().as_bytes(), br#"{"a":3}"#);
+    // A property decides over the header.
+    let p = props(
+        Some("text/plain"),
+        vec![(
+            "cloudEvents_datacontenttype",
+            s("application/cloudevents+json"),
+        )],
+    );
+    assert!(!is_structured(Some("text/plain")).unwrap());
+    assert!(decode(&p, b"{}").is_err());
+}
+
+#[test]
 fn structured_decode_ignores_headers() {
     let p = props(
         Some("application/cloudevents+json; charset=utf-8"),
@@ -252,7 +356,11 @@ fn encode_binary_round_trip() {
     with_time
         .set_extension("x", ExtensionValue::String("y".into()))
         .unwrap();
-    for prefix in [HeaderPrefix::CloudEvents, HeaderPrefix::Ce] {
+    for prefix in [
+        HeaderPrefix::CloudEvents,
+        HeaderPrefix::Ce,
+        HeaderPrefix::CloudEventsColon,
+    ] {
         let (p, body) = encode(&e, Mode::Binary, prefix);
         let headers = p.headers().as_ref().unwrap();
         // Exactly one prefix, never mixed.

@@ -46,6 +46,44 @@ pub(crate) fn decode(value: &AMQPValue) -> Result<HeaderValue, String> {
     }
 }
 
+/// Reads the `time` attribute: the canonical RFC 3339 string, an AMQP 0-9-1 timestamp (POSIX
+/// seconds, the `T` field type), or an integer of milliseconds since the epoch (what AMQP 1.0
+/// timestamps count, and what the CloudEvents Python SDK's AMQP binding writes). Returns the
+/// canonical string, validated later like every other `time`.
+pub(crate) fn time(value: &AMQPValue) -> Result<String, String> {
+    let millis = match value {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+            return match decode(value)? {
+                HeaderValue::Canonical(s) => Ok(s),
+                HeaderValue::Typed(_) => Err(TIME_TYPES.into()),
+            }
+        }
+        AMQPValue::Timestamp(seconds) => {
+            return match timestamp(*seconds)? {
+                ExtensionValue::Timestamp(t) => Ok(t.as_str().to_owned()),
+                _ => Err(TIME_TYPES.into()),
+            }
+        }
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        _ => return Err(TIME_TYPES.into()),
+    };
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .map(|t| Timestamp::from(t).as_str().to_owned())
+        .ok_or_else(|| format!("{millis} milliseconds since the epoch is out of range"))
+}
+
+/// What a `time` header may be.
+const TIME_TYPES: &str =
+    "must be a string (RFC 3339), an AMQP timestamp or an integer of milliseconds since the epoch";
+
 /// An AMQP 0-9-1 timestamp (POSIX seconds) as an RFC 3339 timestamp in UTC.
 fn timestamp(seconds: u64) -> Result<ExtensionValue, String> {
     i64::try_from(seconds)

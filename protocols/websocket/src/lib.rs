@@ -59,6 +59,18 @@ pub fn decode_text(text: &str) -> Result<CloudEvent, MessageError> {
     json::decode(text.as_bytes()).map_err(MessageError::Invalid)
 }
 
+/// The `id` of a message that may not be a valid event, for its error acknowledgement: the
+/// top-level `id` member when the text is a JSON object and it is a non-empty string.
+pub fn event_id(text: &str) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(text).ok()? {
+        serde_json::Value::Object(mut members) => match members.remove("id")? {
+            serde_json::Value::String(id) if !id.is_empty() => Some(id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Encodes an event as the text of one message.
 pub fn encode(event: &CloudEvent) -> String {
     // The JSON encoder writes valid UTF-8 (strings are escaped, raw data is JSON text).
@@ -147,6 +159,24 @@ mod tests {
             missing,
             MessageError::Invalid(EventError::missing("source"))
         );
+    }
+
+    #[test]
+    fn ids_of_invalid_events() {
+        for (text, id) in [
+            (r#"{"specversion":"1.0","id":"a","source":"/s"}"#, Some("a")),
+            (r#"{"id":"b","time":"noon","big":2147483648}"#, Some("b")),
+            (r#"{"data":{"id":"inner"},"id":"c"}"#, Some("c")),
+            (r#"{"id":""}"#, None),
+            (r#"{"id":7}"#, None),
+            (r#"{"id":null}"#, None),
+            (r#"{"source":"/s"}"#, None),
+            (r#"[{"id":"in-a-batch"}]"#, None),
+            (r#"{"id":"broken""#, None),
+            ("not json", None),
+        ] {
+            assert_eq!(event_id(text).as_deref(), id, "{text}");
+        }
     }
 
     #[test]
