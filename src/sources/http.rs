@@ -31,7 +31,7 @@ struct SourceState {
     config: HttpSourceConfig,
     generation: SharedGeneration,
     stats: SourceStats,
-    requests: Semaphore,
+    requests: Arc<Semaphore>,
     normalizer: Option<Normalizer>,
     security: SourceSecurity,
 }
@@ -51,13 +51,16 @@ pub struct Prepared {
 }
 
 impl Live {
-    /// Builds the settings of `config` for this running source; nothing changes yet.
+    /// Builds the settings of `config` for this running source; nothing changes yet. The
+    /// request limit carries over when it did not change (requests in flight keep counting),
+    /// and so do the replay cache and the rate-limit buckets (see
+    /// [`SourceSecurity::carry_over`]).
     pub fn prepare(
         &self,
         config: &HttpSourceConfig,
         cx: &SourceContext,
     ) -> Result<Prepared, SourceError> {
-        prepare(config, cx)
+        prepare(config, cx, Some(&self.state.load()))
     }
 
     /// Swaps prepared settings in: the next request and the next handshake use them.
@@ -67,25 +70,37 @@ impl Live {
     }
 }
 
-fn prepare(config: &HttpSourceConfig, cx: &SourceContext) -> Result<Prepared, SourceError> {
+fn prepare(
+    config: &HttpSourceConfig,
+    cx: &SourceContext,
+    current: Option<&SourceState>,
+) -> Result<Prepared, SourceError> {
     let config_error = |message: String| SourceError::Config {
         source_name: cx.name().to_owned(),
         message,
     };
     let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
+    let mut security = SourceSecurity::build(
+        cx.name(),
+        config.auth.as_ref(),
+        config.rate_limit.as_ref(),
+        config.require_policy,
+    )
+    .map_err(config_error)?;
+    let mut requests = None;
+    if let Some(current) = current {
+        security.carry_over(&current.security);
+        requests = (current.config.max_concurrent_requests == config.max_concurrent_requests)
+            .then(|| Arc::clone(&current.requests));
+    }
     let state = SourceState {
         config: config.clone(),
         generation: cx.generation.clone(),
         stats: cx.stats.clone(),
-        requests: Semaphore::new(config.max_concurrent_requests),
+        requests: requests
+            .unwrap_or_else(|| Arc::new(Semaphore::new(config.max_concurrent_requests))),
         normalizer,
-        security: SourceSecurity::build(
-            cx.name(),
-            config.auth.as_ref(),
-            config.rate_limit.as_ref(),
-            config.require_policy,
-        )
-        .map_err(config_error)?,
+        security,
     };
     let tls = (config.tls.as_ref())
         .map(|t| crate::tls::server_config(t, &[b"h2", b"http/1.1"]))
@@ -102,7 +117,7 @@ pub async fn start(
     cx: SourceContext,
     bound: Option<TcpListener>,
 ) -> Result<(SocketAddr, Live), SourceError> {
-    let prepared = prepare(config, &cx)?;
+    let prepared = prepare(config, &cx, None)?;
     let listen_error = |error| SourceError::Listen {
         source_name: cx.name().to_owned(),
         addr: config.listen,
@@ -224,7 +239,7 @@ fn webhook_handshake(state: &SourceState, headers: &HeaderMap) -> Response {
 
 /// Returns the number of events accepted, or the problem and the number of events refused.
 async fn accept(
-    state: &SourceState,
+    state: &Arc<SourceState>,
     peer: Option<&Peer>,
     method: Method,
     query: Option<&str>,
@@ -239,12 +254,15 @@ async fn accept(
         p.allow = Some("POST, OPTIONS");
         return Err((p, 1));
     }
-    let _permit = state.requests.acquire().await.map_err(|_| {
-        (
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(1),
-            1,
-        )
-    })?;
+    let permit = Arc::clone(&state.requests)
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            (
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(1),
+                1,
+            )
+        })?;
     let max = state.config.max_body_bytes;
     let too_large = || {
         let mut p = Problem::new(
@@ -278,12 +296,37 @@ async fn accept(
         .security
         .authenticate(peer, &headers, query, &bytes)
         .map_err(|e| (Problem::unauthenticated(e), 1))?;
-    let result = deliver(state, peer, &headers, bytes, &authenticated.principal).await;
-    if result.is_err() {
-        // Not accepted: the sender's retry of this very message must pass the replay check.
-        state.security.release(&authenticated);
+    if authenticated.is_duplicate() {
+        // A retry of a webhook already accepted: acknowledged again, not delivered twice.
+        return Ok(0);
     }
-    result
+    // The delivery runs in a task of its own, so that a sender who gives up (a timeout, a
+    // closed connection) does not cancel it: its outcome settles the replay record that the
+    // sender's retry is checked against (accepted: acknowledged again, not delivered twice;
+    // not accepted: dropping `authenticated` releases the record, so the retry passes).
+    let delivery = tokio::spawn({
+        let state = Arc::clone(state);
+        let peer = peer.cloned();
+        async move {
+            let _permit = permit;
+            let result = deliver(
+                &state,
+                peer.as_ref(),
+                &headers,
+                bytes,
+                &authenticated.principal,
+            )
+            .await;
+            if result.is_ok() {
+                authenticated.accept();
+            }
+            result
+        }
+    });
+    delivery.await.unwrap_or_else(|_| {
+        let p = Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the delivery failed");
+        Err((p, 1))
+    })
 }
 
 /// Decodes, authorises, routes and waits for the sinks: the part after authentication.
