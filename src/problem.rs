@@ -29,6 +29,9 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     #[serde(skip)]
     pub allow: Option<&'static str>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    #[serde(skip)]
+    pub challenge: Option<String>,
 }
 
 fn status_code<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -47,6 +50,7 @@ impl Problem {
             index: None,
             retry_after: None,
             allow: None,
+            challenge: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl Problem {
             StatusCode::UNAUTHORIZED => "unauthenticated",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::CONFLICT => "in_progress",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
@@ -139,12 +144,20 @@ impl Problem {
         }
     }
 
-    /// Authentication failed.
+    /// Authentication failed (401 with its challenge), or a valid signature names a message
+    /// that is being delivered (409) or cannot be remembered now (503); both retry later.
     pub fn unauthenticated(e: crate::security::source::Unauthenticated) -> Problem {
-        let mut p = Problem::new(
-            StatusCode::UNAUTHORIZED,
-            format!("{}: {}", e.method, e.reason),
-        );
+        use crate::security::source::Refusal;
+        let detail = format!("{}: {}", e.method, e.reason);
+        let mut p = match e.refusal {
+            Refusal::Credentials => {
+                let mut p = Problem::new(StatusCode::UNAUTHORIZED, detail);
+                p.challenge = Some(e.challenge);
+                p
+            }
+            Refusal::InProgress => Problem::new(StatusCode::CONFLICT, detail).retry_after(1),
+            Refusal::Busy => Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(1),
+        };
         p.header = e.header;
         p
     }
@@ -161,13 +174,23 @@ impl Problem {
         p
     }
 
-    /// Over the rate limit.
-    pub fn rate_limited(wait: std::time::Duration) -> Problem {
-        Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limit exceeded; retry later",
-        )
-        .retry_after(crate::security::ratelimit::retry_after_secs(wait))
+    /// Over the rate limit (429, retry later), or a batch larger than the limit's burst,
+    /// which no retry can pass (413).
+    pub fn rate_limited(refusal: crate::security::ratelimit::RateRefusal) -> Problem {
+        use crate::security::ratelimit::{retry_after_secs, RateRefusal};
+        match refusal {
+            RateRefusal::Wait(wait) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded; retry later",
+            )
+            .retry_after(retry_after_secs(wait)),
+            RateRefusal::OverBurst { burst } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "batch larger than the rate limit's burst ({burst} events); send smaller batches"
+                ),
+            ),
+        }
     }
 
     /// The sinks did not confirm in time.
@@ -223,10 +246,10 @@ impl IntoResponse for Problem {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"ferry\""),
-            );
+            let challenge = (self.challenge.as_deref())
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("Bearer"));
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));

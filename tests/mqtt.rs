@@ -818,7 +818,6 @@ to = ["out"]
     gw.gateway.shutdown().await;
 }
 
-
 fn event_of_type(id: &str, ty: &str) -> Vec<u8> {
     format!(
         r#"{{"specversion":"1.0","id":"{id}","source":"/test","type":"{ty}","data":{{"n":1}}}}"#

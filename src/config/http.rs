@@ -163,7 +163,7 @@ mod tests {
                 &["sign", "secret"],
             ),
             (
-                "sign = { scheme = \"standard-webhooks\", secret = \"s\" }\nheaders = { webhook-id = \"x\" }",
+                "sign = { scheme = \"standard-webhooks\", secret = \"c2VjcmV0\" }\nheaders = { webhook-id = \"x\" }",
                 &["headers"],
             ),
             ("webhook_handshake = true", &["origin"]),

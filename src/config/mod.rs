@@ -624,6 +624,7 @@ impl Config {
                         }
                     }
                     c.webhook.check().map_err(prefix)?;
+                    check_auth(c.auth.as_ref()).map_err(prefix)?;
                     &c.normalize
                 }
                 SourceConfig::Amqp(c) => {
@@ -664,6 +665,7 @@ impl Config {
                                 .into(),
                         ));
                     }
+                    check_auth(c.auth.as_ref()).map_err(prefix)?;
                     &c.normalize
                 }
             };
@@ -1012,6 +1014,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a source's `auth` table (HMAC settings and secrets); keys below the source.
+fn check_auth(
+    auth: Option<&crate::security::source::AuthConfig>,
+) -> Result<(), (Vec<String>, String)> {
+    let Some(auth) = auth else { return Ok(()) };
+    auth.check().map_err(|(mut key, message)| {
+        key.insert(0, "auth".into());
+        (key, message)
+    })
 }
 
 /// Records a listener address; two components on one address (other than port 0) are refused.

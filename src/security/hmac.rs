@@ -5,31 +5,41 @@
 //! - `standard-webhooks` (<https://www.standardwebhooks.com>): headers `webhook-id`,
 //!   `webhook-timestamp` (unix seconds) and `webhook-signature`, a space-separated list of
 //!   `v1,<base64 HMAC-SHA256>` entries (entries of other versions are ignored); the signed
-//!   content is `{id}.{timestamp}.{body}`. A secret `whsec_<base64>` is the base64-decoded key;
-//!   a secret without that prefix is used as raw bytes.
+//!   content is `{id}.{timestamp}.{body}`. A secret is read as the reference libraries read
+//!   it: base64 after an optional `whsec_` prefix.
 //! - `github`: `x-hub-signature-256: sha256=<hex HMAC-SHA256 of the body>`.
 //! - `generic`: a configured header holding a hex or base64 HMAC-SHA256/512, optionally after
 //!   a prefix, optionally over `{timestamp}.{body}` with the timestamp in its own header.
 //!
-//! Signatures are compared in constant time (`Mac::verify_slice`) against every active
-//! secret, so secrets can be rotated by listing the new one beside the old.
+//! # Cost
+//!
+//! Verification is bounded per request whatever the sender puts in the headers: the
+//! signature header may hold at most [`MAX_SIGNATURES`] entries in at most
+//! [`MAX_SIGNATURE_HEADER_BYTES`], the MAC over the body is computed once per active secret,
+//! and each candidate is then compared with it in constant time. [`HmacVerifier::precheck`]
+//! runs the checks that need no body (header presence and sizes, the timestamp window).
 //!
 //! # Replay protection
 //!
 //! A signed timestamp outside `±tolerance_secs` of now is [`HmacError::Stale`]. After a
-//! signature verified, the message is recorded in a bounded cache (at most `replay_cache`
-//! entries, oldest evicted first; `0` disables it) and a second message with the same key is
-//! [`HmacError::Replayed`]. The key is `webhook-id` for Standard Webhooks, where the id is
-//! signed. For `github` and `generic` the id headers (`x-github-delivery`, `id_header`) are not
-//! covered by the signature and a replaying party could change them, so the verified
-//! signature itself is recorded too: the same signed content is refused whatever id it carries.
-//! Senders retry with the same id, so `Replayed` means "already accepted"; a caller that
-//! could not deliver an accepted message can [`HmacVerifier::forget`] its id to accept a retry.
+//! signature verified, the message is recorded in the [`replay`] cache. The key is
+//! `webhook-id` for Standard Webhooks, where the id is signed. For `github` and `generic` the
+//! id headers (`x-github-delivery`, `id_header`) are not covered by the signature and a
+//! replaying party could change them, so the verified signature itself is recorded too: the
+//! same signed content is refused whatever id it carries.
+//!
+//! The cache remembers the outcome, not only the key: the same signed request a second time
+//! is [`HmacError::Replayed`]; a sender's retry of an accepted message (same id, signed anew)
+//! is verified as a [duplicate](Verified::is_duplicate), to be acknowledged without being
+//! delivered again; a retry while the first copy is still being delivered is
+//! [`HmacError::InProgress`]. A message that was verified but not accepted is released when
+//! its [`Verified`] is dropped, so its retry passes.
 
-use std::collections::{HashSet, VecDeque};
+mod replay;
+
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use ::hmac::{Hmac, Mac};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -37,6 +47,16 @@ use base64::Engine as _;
 use sha2::{Sha256, Sha512};
 
 use super::secret::Secret;
+pub use replay::ReplayCache;
+use replay::{Admission, Recorded};
+
+/// The most entries a `webhook-signature` header may hold (one per active secret of the
+/// sender, with room for rotation and other versions).
+pub const MAX_SIGNATURES: usize = 8;
+
+/// The longest signature header accepted: [`MAX_SIGNATURES`] SHA-512 signatures with their
+/// prefixes fit well within it.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
 
 /// The webhook signature scheme of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -97,12 +117,22 @@ pub enum HmacError {
     /// A header is present but unreadable.
     #[error("malformed signature headers: {0}")]
     Malformed(String),
+    /// The signature header holds more than [`MAX_SIGNATURES`] entries or more than
+    /// [`MAX_SIGNATURE_HEADER_BYTES`].
+    #[error("`{header}` holds more than {MAX_SIGNATURES} signatures or {MAX_SIGNATURE_HEADER_BYTES} bytes")]
+    TooManySignatures { header: String },
     /// The signed timestamp is outside the tolerance window.
     #[error("timestamp outside the tolerance window")]
     Stale,
-    /// This message was already accepted.
+    /// This very signed message was already accepted.
     #[error("message already seen")]
     Replayed,
+    /// Another copy of this message is being delivered right now.
+    #[error("another copy of this message is being delivered; retry later")]
+    InProgress,
+    /// The replay cache is full of messages still inside the window.
+    #[error("too many recent messages to remember; retry later")]
+    CacheFull,
     /// No active secret produces the signature.
     #[error("signature does not match")]
     Mismatch,
@@ -117,17 +147,20 @@ impl HmacError {
         match self {
             Self::MissingHeader(_) => "missing_header",
             Self::Malformed(_) => "malformed",
+            Self::TooManySignatures { .. } => "too_many_signatures",
             Self::Stale => "stale",
             Self::Replayed => "replayed",
+            Self::InProgress => "in_progress",
+            Self::CacheFull => "replay_cache_full",
             Self::Mismatch => "mismatch",
             Self::Config(_) => "config",
         }
     }
 
-    /// The header at fault, when one is missing.
+    /// The header at fault, when one is missing or too large.
     pub fn header(&self) -> Option<&str> {
         match self {
-            Self::MissingHeader(name) => Some(name),
+            Self::MissingHeader(name) | Self::TooManySignatures { header: name } => Some(name),
             _ => None,
         }
     }
@@ -171,22 +204,49 @@ struct Key {
     bytes: Vec<u8>,
 }
 
-/// A message that passed verification.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message that passed verification, and what it recorded against replays. Dropping it
+/// without [`Verified::accept`] releases the record (the message was not accepted, so the
+/// sender's retry must pass).
+#[derive(Debug)]
+#[must_use = "dropping a verification releases its replay record"]
 pub struct Verified {
     /// Index of the matching secret in the configured `secrets`.
     pub secret: usize,
-    keys: Vec<String>,
+    duplicate: bool,
+    recorded: Option<Recorded>,
+}
+
+impl Verified {
+    /// A retry of a message that was already accepted (same id, signed anew): acknowledge it
+    /// again, do not deliver it twice.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// The message was accepted: a retry of it is now a [duplicate](Self::is_duplicate).
+    pub fn accept(&self) {
+        if let Some(recorded) = &self.recorded {
+            recorded.accept();
+        }
+    }
+
+    /// The message was not accepted: a retry of it passes. Dropping does the same.
+    pub fn release(&self) {
+        if let Some(recorded) = &self.recorded {
+            recorded.release();
+        }
+    }
 }
 
 /// Verifies webhook signatures as configured by an [`HmacConfig`]. Built once per config
-/// generation; cheap to share between tasks.
+/// generation; cheap to share between tasks. Its replay cache can be carried over to the next
+/// generation ([`HmacVerifier::carry_over`]).
 pub struct HmacVerifier {
     scheme: Scheme,
     generic: Option<GenericScheme>,
     keys: Vec<Key>,
     tolerance_secs: u64,
-    seen: Mutex<ReplayCache>,
+    seen: Arc<Mutex<ReplayCache>>,
 }
 
 impl fmt::Debug for HmacVerifier {
@@ -201,31 +261,51 @@ impl fmt::Debug for HmacVerifier {
     }
 }
 
-impl HmacVerifier {
-    /// Checks the settings and reads the secrets now (`file:` paths relative to `base_dir`).
-    pub fn load(config: &HmacConfig, base_dir: &Path) -> Result<HmacVerifier, HmacError> {
-        let generic = match config.scheme {
-            Scheme::Generic => Some(generic_scheme(config)?),
+impl HmacConfig {
+    /// Checks the settings and reads the secrets (`file:` paths relative to `base_dir`), as
+    /// loading does; an error names the key at fault below the `hmac` table.
+    pub fn check(&self, base_dir: &Path) -> Result<(), (Vec<String>, String)> {
+        self.keys(base_dir)
+            .map(|_| ())
+            .map_err(|(key, error)| (key, error.to_string()))
+    }
+
+    /// The settings of the scheme and the active keys; an error carries the key path below
+    /// the `hmac` table (`["secrets", "1"]`).
+    fn keys(
+        &self,
+        base_dir: &Path,
+    ) -> Result<(Option<GenericScheme>, Vec<Key>), (Vec<String>, HmacError)> {
+        let at = |key: &str, error: HmacError| (vec![key.to_owned()], error);
+        let generic = match self.scheme {
+            Scheme::Generic => Some(generic_scheme(self).map_err(|(key, e)| at(key, e))?),
             Scheme::StandardWebhooks | Scheme::Github => {
                 let generic_only = [
-                    ("header", config.header.is_some()),
-                    ("algorithm", config.algorithm.is_some()),
-                    ("encoding", config.encoding.is_some()),
-                    ("timestamp_header", config.timestamp_header.is_some()),
-                    ("prefix", config.prefix.is_some()),
-                    ("id_header", config.id_header.is_some()),
+                    ("header", self.header.is_some()),
+                    ("algorithm", self.algorithm.is_some()),
+                    ("encoding", self.encoding.is_some()),
+                    ("timestamp_header", self.timestamp_header.is_some()),
+                    ("prefix", self.prefix.is_some()),
+                    ("id_header", self.id_header.is_some()),
                 ];
                 if let Some((key, _)) = generic_only.iter().find(|(_, set)| *set) {
-                    return Err(HmacError::Config(format!(
-                        "`{key}` applies to the generic scheme only"
-                    )));
+                    return Err(at(
+                        key,
+                        HmacError::Config(format!("`{key}` applies to the generic scheme only")),
+                    ));
                 }
                 None
             }
         };
 
         let mut keys = Vec::new();
-        for (index, secret) in config.secrets.iter().enumerate() {
+        for (index, secret) in self.secrets.iter().enumerate() {
+            let at_secret = |message: String| {
+                (
+                    vec!["secrets".to_owned(), index.to_string()],
+                    HmacError::Config(format!("secrets[{index}]{message}")),
+                )
+            };
             if secret.is_empty() {
                 continue;
             }
@@ -233,76 +313,186 @@ impl HmacVerifier {
                 let from = secret
                     .file()
                     .map_or_else(String::new, |file| format!(" (file {file})"));
-                HmacError::Config(format!("secrets[{index}]{from}: {err}"))
+                at_secret(format!("{from}: {err}"))
             })?;
             if value.is_empty() {
                 continue;
             }
-            let bytes = match config.scheme {
-                Scheme::StandardWebhooks => standard_webhooks_key(&value)
-                    .map_err(|err| HmacError::Config(format!("secrets[{index}]: {err}")))?,
+            let bytes = match self.scheme {
+                Scheme::StandardWebhooks => standard_webhooks_key(&value).map_err(|err| {
+                    let message = match err {
+                        HmacError::Config(message) => message,
+                        other => other.to_string(),
+                    };
+                    at_secret(format!(": {message}"))
+                })?,
                 Scheme::Github | Scheme::Generic => value.into_bytes(),
             };
             keys.push(Key { index, bytes });
         }
         if keys.is_empty() {
-            return Err(HmacError::Config(
-                "at least one non-empty secret is required".into(),
+            return Err(at(
+                "secrets",
+                HmacError::Config("at least one non-empty secret is required".into()),
             ));
         }
+        Ok((generic, keys))
+    }
+}
 
+impl HmacVerifier {
+    /// Checks the settings and reads the secrets now (`file:` paths relative to `base_dir`).
+    pub fn load(config: &HmacConfig, base_dir: &Path) -> Result<HmacVerifier, HmacError> {
+        let (generic, keys) = config.keys(base_dir).map_err(|(_, error)| error)?;
         Ok(HmacVerifier {
             scheme: config.scheme,
             generic,
             keys,
             tolerance_secs: config.tolerance_secs,
-            seen: Mutex::new(ReplayCache::new(config.replay_cache)),
+            seen: Arc::new(Mutex::new(ReplayCache::new(config.replay_cache))),
         })
     }
 
-    /// Verifies a webhook. `header(name)` returns a request header value by lowercase name,
-    /// `body` is the raw body and `now` the unix time in seconds.
+    /// Takes over the replay cache of the verifier this one replaces (a reload of its source:
+    /// a rotated secret, a renewed certificate), so that messages accepted before the reload
+    /// stay refused as replays after it. Only a cache of the same scheme is taken, since the
+    /// keys differ between schemes; its capacity becomes this verifier's.
+    pub fn carry_over(&mut self, previous: &HmacVerifier) {
+        if previous.scheme != self.scheme {
+            return;
+        }
+        let capacity = replay::lock(&self.seen).capacity();
+        self.seen = Arc::clone(&previous.seen);
+        replay::lock(&self.seen).set_capacity(capacity);
+    }
+
+    /// The header that carries this scheme's signature: its presence means a signature was
+    /// presented, and must then be valid.
+    pub fn signature_header(&self) -> &str {
+        match (self.scheme, &self.generic) {
+            (Scheme::StandardWebhooks, _) => STANDARD_SIGNATURE,
+            (Scheme::Github, _) => GITHUB_SIGNATURE,
+            (Scheme::Generic, Some(generic)) => &generic.header,
+            (Scheme::Generic, None) => "",
+        }
+    }
+
+    /// The checks that need no body: the headers are present and within their size limits,
+    /// the timestamp is inside the window. [`HmacVerifier::verify_recorded`] runs them too.
+    pub fn precheck(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        now: u64,
+    ) -> Result<(), HmacError> {
+        self.signed_headers(header, now).map(|_| ())
+    }
+
+    /// Verifies and records a webhook. `header(name)` returns a request header value by
+    /// lowercase name, `body` is the raw body and `now` the unix time in seconds.
     ///
-    /// Returns the index (in the configured `secrets`) of the secret that matched.
+    /// Returns the index (in the configured `secrets`) of the secret that matched; the
+    /// message counts as accepted (a caller that delivers it should use
+    /// [`HmacVerifier::verify_recorded`] and accept it only once it was delivered).
     pub fn verify(
         &self,
         header: &dyn Fn(&str) -> Option<String>,
         body: &[u8],
         now: u64,
     ) -> Result<usize, HmacError> {
-        self.verify_recorded(header, body, now).map(|v| v.secret)
+        let verified = self.verify_recorded(header, body, now)?;
+        verified.accept();
+        Ok(verified.secret)
     }
 
-    /// Like [`HmacVerifier::verify`], also returning what was recorded against replays, so
-    /// that a message that was verified but not accepted can be [released](Self::release)
-    /// and its retry passes.
+    /// Verifies a webhook and records it against replays as being delivered. The caller
+    /// [accepts](Verified::accept) it once delivered; dropping the [`Verified`] otherwise
+    /// releases the record, so that the sender's retry passes.
     pub fn verify_recorded(
         &self,
         header: &dyn Fn(&str) -> Option<String>,
         body: &[u8],
         now: u64,
     ) -> Result<Verified, HmacError> {
+        let signed = self.signed_headers(header, now)?;
+        let (index, signature) = match self.scheme {
+            Scheme::StandardWebhooks => {
+                let id = signed.id.as_deref().unwrap_or_default();
+                let timestamp = signed.timestamp.as_deref().unwrap_or_default();
+                let prefix = format!("{id}.{timestamp}.");
+                self.match_any(
+                    Digest::Sha256,
+                    &[prefix.as_bytes(), body],
+                    &signed.candidates,
+                )?
+            }
+            Scheme::Github => self.match_any(Digest::Sha256, &[body], &signed.candidates)?,
+            Scheme::Generic => {
+                let digest = self.generic.as_ref().map_or(Digest::Sha256, |g| g.digest);
+                let prefix = signed.timestamp.as_ref().map(|ts| format!("{ts}."));
+                let parts: Vec<&[u8]> = match &prefix {
+                    Some(prefix) => vec![prefix.as_bytes(), body],
+                    None => vec![body],
+                };
+                self.match_any(digest, &parts, &signed.candidates)?
+            }
+        };
+        let signature = replay::digest(&[b"sig:", &signature]);
+        // For Standard Webhooks the id is signed; elsewhere the signature itself is the key,
+        // and an unsigned id header is recorded beside it.
+        let mut keys = Vec::with_capacity(2);
+        if self.scheme != Scheme::StandardWebhooks {
+            keys.push((signature, signature));
+        }
+        if let Some(id) = &signed.id {
+            keys.push((replay::digest(&[b"id:", id.as_bytes()]), signature));
+        }
+        let horizon = now.saturating_sub(2 * self.tolerance_secs);
+        let admission = replay::lock(&self.seen).admit(&keys, now, horizon, self.timestamped())?;
+        Ok(match admission {
+            Admission::Duplicate => Verified {
+                secret: index,
+                duplicate: true,
+                recorded: None,
+            },
+            Admission::New(tickets) => Verified {
+                secret: index,
+                duplicate: false,
+                recorded: Some(Recorded::new(Arc::clone(&self.seen), tickets)),
+            },
+        })
+    }
+
+    /// Reads the signature headers of a request and runs every check that needs no body.
+    fn signed_headers(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        now: u64,
+    ) -> Result<SignedHeaders, HmacError> {
         let required =
             |name: &str| header(name).ok_or_else(|| HmacError::MissingHeader(name.to_owned()));
+        let bounded = |name: &str| {
+            let value = required(name)?;
+            if value.len() > MAX_SIGNATURE_HEADER_BYTES {
+                return Err(HmacError::TooManySignatures {
+                    header: name.to_owned(),
+                });
+            }
+            Ok(value)
+        };
         match self.scheme {
             Scheme::StandardWebhooks => {
+                let signatures = bounded(STANDARD_SIGNATURE)?;
                 let id = required(STANDARD_ID)?;
                 let timestamp = required(STANDARD_TIMESTAMP)?;
-                let signatures = required(STANDARD_SIGNATURE)?;
                 self.check_timestamp(&timestamp, STANDARD_TIMESTAMP, now)?;
-                let candidates = standard_signatures(&signatures)?;
-                let prefix = format!("{id}.{timestamp}.");
-                let (index, _) =
-                    self.match_any(Digest::Sha256, &[prefix.as_bytes(), body], &candidates)?;
-                let keys = vec![format!("id:{id}")];
-                self.record(&keys, now)?;
-                Ok(Verified {
-                    secret: index,
-                    keys,
+                Ok(SignedHeaders {
+                    candidates: standard_signatures(&signatures)?,
+                    id: Some(id),
+                    timestamp: Some(timestamp),
                 })
             }
             Scheme::Github => {
-                let value = required(GITHUB_SIGNATURE)?;
+                let value = bounded(GITHUB_SIGNATURE)?;
                 let hex_value = value.trim().strip_prefix("sha256=").ok_or_else(|| {
                     HmacError::Malformed(format!(
                         "`{GITHUB_SIGNATURE}` does not start with `sha256=`"
@@ -311,20 +501,17 @@ impl HmacVerifier {
                 let signature = hex::decode(hex_value).map_err(|_| {
                     HmacError::Malformed(format!("`{GITHUB_SIGNATURE}` is not hex"))
                 })?;
-                let (index, mac) = self.match_any(Digest::Sha256, &[body], &[signature])?;
-                let mut seen = vec![format!("mac:{}", hex::encode(mac))];
-                seen.extend(header(GITHUB_DELIVERY).map(|id| format!("id:{id}")));
-                self.record(&seen, now)?;
-                Ok(Verified {
-                    secret: index,
-                    keys: seen,
+                Ok(SignedHeaders {
+                    candidates: vec![signature],
+                    id: header(GITHUB_DELIVERY),
+                    timestamp: None,
                 })
             }
             Scheme::Generic => {
                 let Some(generic) = &self.generic else {
                     return Err(HmacError::Config("generic scheme without settings".into()));
                 };
-                let value = required(&generic.header)?;
+                let value = bounded(&generic.header)?;
                 let id = match &generic.id_header {
                     Some(name) => Some(required(name)?),
                     None => None,
@@ -337,38 +524,13 @@ impl HmacVerifier {
                     }
                     None => None,
                 };
-                let signature = generic.decode_signature(&value)?;
-                let prefix = timestamp.map(|timestamp| format!("{timestamp}."));
-                let parts: Vec<&[u8]> = match &prefix {
-                    Some(prefix) => vec![prefix.as_bytes(), body],
-                    None => vec![body],
-                };
-                let (index, mac) = self.match_any(generic.digest, &parts, &[signature])?;
-                let mut seen = vec![format!("mac:{}", hex::encode(mac))];
-                seen.extend(id.map(|id| format!("id:{id}")));
-                self.record(&seen, now)?;
-                Ok(Verified {
-                    secret: index,
-                    keys: seen,
+                Ok(SignedHeaders {
+                    candidates: vec![generic.decode_signature(&value)?],
+                    id,
+                    timestamp,
                 })
             }
         }
-    }
-
-    /// Releases what a verified message recorded against replays (it was not accepted).
-    pub fn release(&self, verified: &Verified) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        for key in &verified.keys {
-            seen.remove(key);
-        }
-    }
-
-    /// Forgets a message id, so that a retry of an accepted message that could not be
-    /// delivered is accepted again. For `github` and `generic` the verified signature stays
-    /// recorded, so only a retry signed anew (with a new timestamp) passes there.
-    pub fn forget(&self, message_id: &str) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.remove(&format!("id:{message_id}"));
     }
 
     /// Refuses a timestamp outside `±tolerance_secs` of `now`.
@@ -383,8 +545,9 @@ impl HmacVerifier {
         Ok(())
     }
 
-    /// Tries every active key against every candidate signature in constant time; returns
-    /// the matching key's index and the signature that matched.
+    /// Computes the MAC of `parts` once per active key and compares it with every
+    /// candidate in constant time; returns the matching key's index and the signature that
+    /// matched. The cost is one pass over the body per key, whatever the candidates.
     fn match_any(
         &self,
         digest: Digest,
@@ -392,30 +555,11 @@ impl HmacVerifier {
         candidates: &[Vec<u8>],
     ) -> Result<(usize, Vec<u8>), HmacError> {
         for key in &self.keys {
-            for candidate in candidates {
-                if verify_mac(digest, &key.bytes, parts, candidate)? {
-                    return Ok((key.index, candidate.clone()));
-                }
+            if let Some(candidate) = matching(digest, &key.bytes, parts, candidates)? {
+                return Ok((key.index, candidate.clone()));
             }
         }
         Err(HmacError::Mismatch)
-    }
-
-    /// Records the keys of a verified message, refusing it if any was seen before.
-    fn record(&self, keys: &[String], now: u64) -> Result<(), HmacError> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        // Entries older than twice the window can no longer pass the timestamp check.
-        let horizon = self
-            .timestamped()
-            .then(|| now.saturating_sub(2 * self.tolerance_secs));
-        seen.expire(horizon);
-        if keys.iter().any(|key| seen.contains(key)) {
-            return Err(HmacError::Replayed);
-        }
-        for key in keys {
-            seen.insert(key.clone(), now);
-        }
-        Ok(())
     }
 
     /// Whether the signed content carries a timestamp checked against the window.
@@ -429,6 +573,13 @@ impl HmacVerifier {
                 .is_some_and(|generic| generic.timestamp_header.is_some()),
         }
     }
+}
+
+/// The signature headers of a request, read and checked.
+struct SignedHeaders {
+    candidates: Vec<Vec<u8>>,
+    id: Option<String>,
+    timestamp: Option<String>,
 }
 
 impl GenericScheme {
@@ -454,27 +605,33 @@ impl GenericScheme {
     }
 }
 
-/// Checks the `generic` scheme's settings.
-fn generic_scheme(config: &HmacConfig) -> Result<GenericScheme, HmacError> {
+/// Checks the `generic` scheme's settings; an error names its key.
+fn generic_scheme(config: &HmacConfig) -> Result<GenericScheme, (&'static str, HmacError)> {
     let lowercase = |name: &Option<String>| name.as_ref().map(|name| name.to_ascii_lowercase());
-    let header = lowercase(&config.header)
-        .ok_or_else(|| HmacError::Config("the generic scheme needs `header`".into()))?;
+    let header = lowercase(&config.header).ok_or_else(|| {
+        (
+            "header",
+            HmacError::Config("the generic scheme needs `header`".into()),
+        )
+    })?;
     let digest = match config.algorithm.as_deref() {
         None | Some("sha256") => Digest::Sha256,
         Some("sha512") => Digest::Sha512,
         Some(other) => {
-            return Err(HmacError::Config(format!(
-                "algorithm `{other}` is not sha256 or sha512"
-            )))
+            return Err((
+                "algorithm",
+                HmacError::Config(format!("algorithm `{other}` is not sha256 or sha512")),
+            ))
         }
     };
     let encoding = match config.encoding.as_deref() {
         None | Some("hex") => Encoding::Hex,
         Some("base64") => Encoding::Base64,
         Some(other) => {
-            return Err(HmacError::Config(format!(
-                "encoding `{other}` is not hex or base64"
-            )))
+            return Err((
+                "encoding",
+                HmacError::Config(format!("encoding `{other}` is not hex or base64")),
+            ))
         }
     };
     Ok(GenericScheme {
@@ -488,8 +645,13 @@ fn generic_scheme(config: &HmacConfig) -> Result<GenericScheme, HmacError> {
 }
 
 /// The `v1` signatures of a `webhook-signature` header; entries of other versions are
-/// skipped.
+/// skipped. More than [`MAX_SIGNATURES`] entries are refused.
 fn standard_signatures(value: &str) -> Result<Vec<Vec<u8>>, HmacError> {
+    if value.split_whitespace().nth(MAX_SIGNATURES).is_some() {
+        return Err(HmacError::TooManySignatures {
+            header: STANDARD_SIGNATURE.to_owned(),
+        });
+    }
     let signatures: Vec<Vec<u8>> = value
         .split_whitespace()
         .filter_map(|entry| entry.strip_prefix("v1,"))
@@ -503,44 +665,60 @@ fn standard_signatures(value: &str) -> Result<Vec<Vec<u8>>, HmacError> {
     Ok(signatures)
 }
 
-/// The HMAC key of a Standard Webhooks secret: the base64 part of `whsec_<base64>`, or the
-/// raw bytes of a secret without the prefix.
+/// The HMAC key of a Standard Webhooks secret, read as the reference libraries read it: the
+/// base64 after an optional `whsec_` prefix. Anything else is refused (a secret that is not
+/// base64 would otherwise only show as every signature failing).
 pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, HmacError> {
+    let encoded = secret.strip_prefix(WHSEC_PREFIX).unwrap_or(secret);
+    match STANDARD.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(key),
+        _ => Err(HmacError::Config(
+            "a Standard Webhooks secret must be base64, after an optional `whsec_` prefix".into(),
+        )),
+    }
+}
+
+/// The key of an event-signing secret (`hmac-sha256`): the base64 part of `whsec_<base64>`,
+/// or the raw bytes of a secret without the prefix.
+pub fn event_signing_key(secret: &str) -> Result<Vec<u8>, HmacError> {
     match secret.strip_prefix(WHSEC_PREFIX) {
-        Some(encoded) => STANDARD.decode(encoded).map_err(|_| {
-            HmacError::Config("a `whsec_` secret is not base64 after the prefix".into())
-        }),
+        Some(_) => standard_webhooks_key(secret),
         None => Ok(secret.as_bytes().to_vec()),
     }
 }
 
-/// Computes the HMAC of `parts` (concatenated) and compares it with `expected` in constant
-/// time.
-fn verify_mac(
+/// Computes the HMAC of `parts` (concatenated) under `key` once, then compares it with each
+/// candidate in constant time (`Mac::verify_slice` on a copy of the finished state).
+fn matching<'c>(
     digest: Digest,
     key: &[u8],
     parts: &[&[u8]],
-    expected: &[u8],
-) -> Result<bool, HmacError> {
+    candidates: &'c [Vec<u8>],
+) -> Result<Option<&'c Vec<u8>>, HmacError> {
+    fn first<'c, M: Mac + Clone>(mac: M, candidates: &'c [Vec<u8>]) -> Option<&'c Vec<u8>> {
+        candidates
+            .iter()
+            .find(|candidate| mac.clone().verify_slice(candidate).is_ok())
+    }
     let invalid_key = |_| HmacError::Config("unusable HMAC key".into());
     Ok(match digest {
         Digest::Sha256 => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(invalid_key)?;
             parts.iter().for_each(|part| mac.update(part));
-            mac.verify_slice(expected).is_ok()
+            first(mac, candidates)
         }
         Digest::Sha512 => {
             let mut mac = Hmac::<Sha512>::new_from_slice(key).map_err(invalid_key)?;
             parts.iter().for_each(|part| mac.update(part));
-            mac.verify_slice(expected).is_ok()
+            first(mac, candidates)
         }
     })
 }
 
 /// Signs an outbound webhook the Standard Webhooks way: returns the `webhook-signature`
 /// value `v1,<base64>` over `{msg_id}.{timestamp}.{body}`. The secret is read as by the
-/// verifier; a `whsec_` secret that is not base64 after the prefix is used as raw bytes
-/// (check it at load with [`standard_webhooks_key`]).
+/// verifier; a secret that is not base64 is used as raw bytes (check it at load with
+/// [`standard_webhooks_key`]).
 pub fn sign_standard_webhooks(secret: &str, msg_id: &str, timestamp: u64, body: &[u8]) -> String {
     let key = standard_webhooks_key(secret).unwrap_or_else(|_| secret.as_bytes().to_vec());
     // HMAC accepts keys of any length, so keying cannot fail.
@@ -550,55 +728,6 @@ pub fn sign_standard_webhooks(secret: &str, msg_id: &str, timestamp: u64, body: 
     mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
     mac.update(body);
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// Recently accepted messages: a set for lookups and a FIFO for eviction, bounded by
-/// `capacity`.
-struct ReplayCache {
-    capacity: usize,
-    keys: HashSet<String>,
-    order: VecDeque<(String, u64)>,
-}
-
-impl ReplayCache {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            keys: HashSet::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        self.keys.contains(key)
-    }
-
-    /// Drops entries recorded before `horizon`.
-    fn expire(&mut self, horizon: Option<u64>) {
-        let Some(horizon) = horizon else { return };
-        while let Some((key, _)) = self.order.front().filter(|(_, at)| *at < horizon) {
-            self.keys.remove(key);
-            self.order.pop_front();
-        }
-    }
-
-    fn insert(&mut self, key: String, now: u64) {
-        if self.capacity == 0 || !self.keys.insert(key.clone()) {
-            return;
-        }
-        self.order.push_back((key, now));
-        while self.order.len() > self.capacity {
-            if let Some((evicted, _)) = self.order.pop_front() {
-                self.keys.remove(&evicted);
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &str) {
-        if self.keys.remove(key) {
-            self.order.retain(|(entry, _)| entry != key);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! - **Key selection**: a token whose `kid` names a key is checked against that key only. A
 //!   `kid` that names no key is checked against the keys that have none (PEM files, inline
 //!   secrets, JWKS entries without `kid`), and refused as [`JwtError::UnknownKey`] when every
-//!   key has one. A token without `kid` is checked against every key that allows its `alg`,
+//!   key has one or none of those verifies it. A token without `kid` is checked against every key that allows its `alg`,
 //!   in configuration order, and accepted by the first that verifies it.
 //! - **Claims** are read only after the signature verified. `exp` is required (a token
 //!   without it is [`JwtError::Malformed`], `"missing exp"`); `exp` and `nbf` are checked with
@@ -343,6 +343,10 @@ impl JwtVerifier {
         }
 
         let candidates = self.candidates(kid)?;
+        // A `kid` that names no key was tried against the keys without one; if none of them
+        // verifies the token, the unknown `kid` is the better explanation.
+        let unknown_kid =
+            kid.filter(|kid| !self.keys.iter().any(|k| k.kid.as_deref() == Some(*kid)));
         let allowed: Vec<&VerificationKey> = candidates
             .into_iter()
             .filter(|key| key.algorithms.contains(&alg))
@@ -358,7 +362,10 @@ impl JwtVerifier {
                 .unwrap_or(false)
         });
         if !verified {
-            return Err(JwtError::Signature);
+            return Err(match unknown_kid {
+                Some(kid) => JwtError::UnknownKey(kid.chars().take(MAX_KID_IN_ERROR).collect()),
+                None => JwtError::Signature,
+            });
         }
 
         let payload = decode_json_object(payload_part, "payload")?;

@@ -37,11 +37,22 @@ fn default_key() -> RateKey {
     RateKey::Principal
 }
 
+/// Why events were refused by a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateRefusal {
+    /// Over the budget: retry after this long.
+    Wait(Duration),
+    /// More events at once than the burst, which can never pass however long the sender
+    /// waits.
+    OverBurst { burst: u32 },
+}
+
 type Bucket = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
 
 /// A compiled rate limit.
 pub struct Limiter {
     key: RateKey,
+    burst: u32,
     buckets: Vec<Bucket>,
     hasher: std::collections::hash_map::RandomState,
     clock: DefaultClock,
@@ -60,6 +71,7 @@ impl Limiter {
         };
         Ok(Limiter {
             key: config.key,
+            burst: config.burst,
             buckets: (0..n).map(|_| RateLimiter::direct(quota)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             clock: DefaultClock::default(),
@@ -70,8 +82,8 @@ impl Limiter {
         self.key
     }
 
-    /// Takes `n` tokens for `key`; `Err` says how long to wait.
-    pub fn check(&self, key: impl Hash, n: u32) -> Result<(), Duration> {
+    /// Takes `n` tokens for `key`; `Err` says how long to wait, or that `n` can never pass.
+    pub fn check(&self, key: impl Hash, n: u32) -> Result<(), RateRefusal> {
         let index = (self.hasher.hash_one(key) as usize) % self.buckets.len();
         let bucket = &self.buckets[index];
         let Some(n) = NonZeroU32::new(n) else {
@@ -79,9 +91,10 @@ impl Limiter {
         };
         match bucket.check_n(n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            // More than the burst at once can never pass.
-            Err(_) => Err(Duration::from_secs(1)),
+            Ok(Err(not_until)) => Err(RateRefusal::Wait(
+                not_until.wait_time_from(self.clock.now()),
+            )),
+            Err(_) => Err(RateRefusal::OverBurst { burst: self.burst }),
         }
     }
 }
@@ -106,7 +119,9 @@ mod tests {
         for _ in 0..3 {
             assert!(l.check("a", 1).is_ok());
         }
-        let wait = l.check("a", 1).unwrap_err();
+        let Err(RateRefusal::Wait(wait)) = l.check("a", 1) else {
+            panic!("not refused with a wait");
+        };
         assert!(wait <= Duration::from_secs(1));
         assert_eq!(retry_after_secs(wait), 1);
         // Another key has its own budget (distinct buckets with overwhelming probability).
@@ -114,7 +129,12 @@ mod tests {
             .filter(|i| l.check(format!("k{i}"), 1).is_ok())
             .count();
         assert!(other >= 45, "{other}");
-        assert!(l.check("b", 5).is_err(), "more than the burst at once");
+        // M3: more than the burst at once can never pass, and says so.
+        assert_eq!(
+            l.check("b", 5),
+            Err(RateRefusal::OverBurst { burst: 3 }),
+            "more than the burst at once"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use ferry_core::{CloudEvent, ExtensionValue};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::hmac::standard_webhooks_key;
+use super::hmac::{event_signing_key, standard_webhooks_key};
 use super::secret::Secret;
 
 /// The attribute `hmac-sha256` signatures travel in.
@@ -30,7 +30,9 @@ pub const SIGNATURE_ATTRIBUTE: &str = "signature";
 #[serde(deny_unknown_fields)]
 pub struct SignConfig {
     pub scheme: SignScheme,
-    /// `whsec_<base64>` (the base64-decoded key) or raw key text; `${ENV}` or `file:<path>`.
+    /// `standard-webhooks`: base64 after an optional `whsec_` prefix, as the reference
+    /// libraries read it. `hmac-sha256`: `whsec_<base64>` (the base64-decoded key) or raw key
+    /// text. Either may be `${ENV}` or `file:<path>`.
     pub secret: Secret,
 }
 
@@ -72,7 +74,11 @@ impl SignConfig {
         if secret.is_empty() {
             return Err(("secret".into(), "the secret is empty".into()));
         }
-        let key = standard_webhooks_key(&secret).map_err(|e| ("secret".into(), e.to_string()))?;
+        let key = match self.scheme {
+            SignScheme::StandardWebhooks => standard_webhooks_key(&secret),
+            SignScheme::HmacSha256 => event_signing_key(&secret),
+        }
+        .map_err(|e| ("secret".into(), e.to_string()))?;
         Ok(Signer {
             scheme: self.scheme,
             key,

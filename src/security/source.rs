@@ -3,16 +3,15 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::hmac::{HmacConfig, HmacVerifier, Verified};
+use super::hmac::{HmacConfig, HmacError, HmacVerifier, Verified};
 use super::jwt::{JwtConfig, JwtVerifier};
 use super::policy::{Denied, Policies};
 use super::principal::{Method, Principal};
-use super::ratelimit::{Limiter, RateKey, RateLimitConfig};
+use super::ratelimit::{Limiter, RateKey, RateLimitConfig, RateRefusal};
 use crate::listener::Peer;
 use crate::pipeline::Envelope;
 
@@ -45,7 +44,24 @@ pub struct AuthConfig {
     pub hmac: Option<HmacConfig>,
 }
 
-/// Authentication failed: 401 with the reason.
+impl AuthConfig {
+    /// Checks what can be checked when the config is read (the HMAC settings and secrets);
+    /// an error names the key below the `auth` table.
+    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+        if let Some(hmac) = &self.hmac {
+            // Secret files resolve against the working directory, as when the source is built.
+            hmac.check(std::path::Path::new("."))
+                .map_err(|(mut key, message)| {
+                    key.insert(0, "hmac".into());
+                    (key, message)
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Authentication failed: 401 with the reason (or, for a message whose delivery is under
+/// way or that cannot be remembered now, 409 or 503: see [`Refusal`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unauthenticated {
     /// `mtls`, `jwt`, `hmac` or `none`.
@@ -53,13 +69,29 @@ pub struct Unauthenticated {
     pub reason: String,
     /// The header that carried the refused credential.
     pub header: Option<String>,
+    pub refusal: Refusal,
+    /// The `WWW-Authenticate` challenge of a 401 answer.
+    pub challenge: String,
+}
+
+/// What kind of refusal an [`Unauthenticated`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No valid credential: 401.
+    Credentials,
+    /// A valid signature of a message whose first copy is still being delivered: 409, the
+    /// sender should retry later.
+    InProgress,
+    /// A valid signature that the replay cache cannot record now: 503, retry later.
+    Busy,
 }
 
 /// The compiled security settings of one source.
 pub struct SourceSecurity {
     source: Arc<str>,
     auth: Option<Auth>,
-    limiter: Option<Limiter>,
+    limiter: Option<Arc<Limiter>>,
+    rate_limit: Option<RateLimitConfig>,
     require_policy: bool,
 }
 
@@ -71,10 +103,28 @@ struct Auth {
 }
 
 /// A request's authenticated principal, and what its HMAC verification recorded against
-/// replays (to release if the message is not accepted).
+/// replays. Dropping it without [`Authenticated::accept`] releases that record, so the
+/// sender's retry of a message that was not accepted passes.
+#[must_use = "dropping an authentication releases its replay record"]
 pub struct Authenticated {
     pub principal: Principal,
     pub hmac: Option<Verified>,
+}
+
+impl Authenticated {
+    /// A retry, signed anew, of a webhook that was already accepted: acknowledge it (2xx)
+    /// and do not deliver it again.
+    pub fn is_duplicate(&self) -> bool {
+        self.hmac.as_ref().is_some_and(Verified::is_duplicate)
+    }
+
+    /// The message was accepted (delivered, or the WebSocket session opened): a retry of it
+    /// is now a duplicate, and the same signed request again a replay.
+    pub fn accept(&self) {
+        if let Some(verified) = &self.hmac {
+            verified.accept();
+        }
+    }
 }
 
 impl SourceSecurity {
@@ -87,7 +137,8 @@ impl SourceSecurity {
         let limiter = rate_limit
             .map(Limiter::new)
             .transpose()
-            .map_err(|e| format!("rate_limit: {e}"))?;
+            .map_err(|e| format!("rate_limit: {e}"))?
+            .map(Arc::new);
         // Key and secret files resolve against the working directory, like every path.
         let base = std::path::Path::new(".");
         let auth = match auth {
@@ -120,6 +171,7 @@ impl SourceSecurity {
             source: source.into(),
             auth,
             limiter,
+            rate_limit: rate_limit.cloned(),
             require_policy,
         })
     }
@@ -137,6 +189,66 @@ impl SourceSecurity {
     /// does not, a source authenticates before reading the body.
     pub fn needs_body(&self) -> bool {
         self.auth.as_ref().is_some_and(|a| a.hmac.is_some())
+    }
+
+    /// Takes over the state of the settings this one replaces in an in-place reload of the
+    /// source (a rotated secret, a renewed certificate): the replay cache when the HMAC
+    /// scheme is the same, the rate-limit buckets when the rate limit is the same. Without
+    /// it a reload would make every recently accepted webhook replayable once and let every
+    /// limited client burst again.
+    pub fn carry_over(&mut self, previous: &SourceSecurity) {
+        if let (Some(auth), Some(old)) = (&mut self.auth, &previous.auth) {
+            if let (Some(hmac), Some(old)) = (&mut auth.hmac, &old.hmac) {
+                hmac.carry_over(old);
+            }
+        }
+        if self.rate_limit.is_some() && self.rate_limit == previous.rate_limit {
+            self.limiter.clone_from(&previous.limiter);
+        }
+    }
+
+    /// The checks that need no body, to run before reading it: a request that presents no
+    /// credential where one is required, or whose webhook signature headers are missing,
+    /// too large or outside the timestamp window, is refused here exactly as
+    /// [`SourceSecurity::authenticate`] would refuse it. Tokens and signatures are verified
+    /// only by `authenticate`.
+    pub fn precheck(
+        &self,
+        peer: Option<&Peer>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), Unauthenticated> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let mut presented = false;
+        let mut missing: Option<&'static str> = None;
+        if auth.mtls {
+            match peer.and_then(|p| p.certificate_identity.as_ref()) {
+                Some(_) => presented = true,
+                None => missing = missing.or(Some("mtls")),
+            }
+        }
+        if auth.jwt.is_some() {
+            match bearer(headers, query) {
+                Some(_) => presented = true,
+                None => missing = missing.or(Some("jwt")),
+            }
+        }
+        if let Some(hmac) = &auth.hmac {
+            if headers.contains_key(hmac.signature_header()) {
+                presented = true;
+                hmac.precheck(&header_reader(headers), unix_now())
+                    .map_err(|e| self.hmac_refusal(e))?;
+            } else {
+                missing = missing.or(Some("hmac"));
+            }
+        }
+        match missing {
+            Some(method) if auth.mode == AuthMode::All => Err(self.missing(method)),
+            _ if !presented => Err(self.none_presented()),
+            _ => Ok(()),
+        }
     }
 
     /// Establishes the principal of a request. With `mode = "any"` one valid credential
@@ -176,102 +288,122 @@ impl SourceSecurity {
                         id: claims.sub,
                     }),
                     Err(e) => {
+                        let reason = format!("invalid token ({}): {e}", e.reason());
                         return Err(Unauthenticated {
                             method: "jwt",
-                            reason: format!("invalid token ({}): {e}", e.reason()),
+                            challenge: invalid_token_challenge(&reason),
+                            reason,
                             header: Some("authorization".into()),
-                        })
+                            refusal: Refusal::Credentials,
+                        });
                     }
                 },
                 None => missing.push("jwt"),
             }
         }
         if let Some(hmac) = &auth.hmac {
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            match hmac.verify_recorded(&header, body, now) {
-                Ok(v) => {
-                    verified_hmac = Some(v);
-                    valid.push(Principal {
-                        method: Method::Hmac,
-                        id: self.source.to_string(),
-                    });
-                }
-                // Only an absent signature header counts as "not presented".
-                Err(e)
-                    if matches!(e, super::hmac::HmacError::MissingHeader(_))
-                        && !signature_present(headers) =>
-                {
-                    missing.push("hmac");
-                }
-                Err(e) => {
-                    return Err(Unauthenticated {
-                        method: "hmac",
-                        reason: format!("signature refused ({}): {e}", e.reason()),
-                        header: e.header().map(str::to_owned),
-                    })
-                }
+            // Any signature presented must be valid: only an absent signature header (of this
+            // scheme, the configured one for `generic`) counts as "not presented".
+            if headers.contains_key(hmac.signature_header()) {
+                let verified = hmac
+                    .verify_recorded(&header_reader(headers), body, unix_now())
+                    .map_err(|e| self.hmac_refusal(e))?;
+                verified_hmac = Some(verified);
+                valid.push(Principal {
+                    method: Method::Hmac,
+                    id: self.source.to_string(),
+                });
+            } else {
+                missing.push("hmac");
             }
         }
-        let release = |v: &Option<Verified>| {
-            if let (Some(h), Some(v)) = (&auth.hmac, v) {
-                h.release(v);
-            }
-        };
         if auth.mode == AuthMode::All && !missing.is_empty() {
-            release(&verified_hmac);
-            return Err(Unauthenticated {
-                method: missing[0],
-                reason: format!(
-                    "no {} credential presented; every configured method must pass",
-                    missing[0]
-                ),
-                header: None,
-            });
+            // Dropping `verified_hmac` releases what it recorded.
+            return Err(self.missing(missing[0]));
         }
         match valid.into_iter().next() {
             Some(principal) => Ok(Authenticated {
                 principal,
                 hmac: verified_hmac,
             }),
-            None => Err(Unauthenticated {
-                method: "none",
-                reason: "no credentials presented".into(),
-                header: Some("authorization".into()),
-            }),
+            None => Err(self.none_presented()),
         }
     }
 
     /// The message was verified but not accepted: let its retry pass the replay check.
+    /// Dropping the [`Authenticated`] does the same.
     pub fn release(&self, authenticated: &Authenticated) {
-        if let (Some(auth), Some(v)) = (&self.auth, &authenticated.hmac) {
-            if let Some(h) = &auth.hmac {
-                h.release(v);
-            }
+        if let Some(verified) = &authenticated.hmac {
+            verified.release();
         }
     }
 
-    /// Takes `n` events from the principal's (or IP's, or source's) budget.
+    /// Takes `n` events from the principal's (or IP's, or source's) budget. IPv6 clients
+    /// are keyed by their /64, the block one host typically holds.
     pub fn rate_limit(
         &self,
         principal: &Principal,
         ip: Option<IpAddr>,
         n: u32,
-    ) -> Result<(), Duration> {
+    ) -> Result<(), RateRefusal> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
         match limiter.key() {
             RateKey::Principal => limiter.check(principal, n),
-            RateKey::Ip => limiter.check(ip, n),
+            RateKey::Ip => limiter.check(ip.map(ip_key), n),
             RateKey::Source => limiter.check(&*self.source, n),
+        }
+    }
+
+    /// A refused webhook signature.
+    fn hmac_refusal(&self, e: HmacError) -> Unauthenticated {
+        let refusal = match e {
+            HmacError::InProgress => Refusal::InProgress,
+            HmacError::CacheFull => Refusal::Busy,
+            _ => Refusal::Credentials,
+        };
+        Unauthenticated {
+            method: "hmac",
+            reason: format!("signature refused ({}): {e}", e.reason()),
+            header: e.header().map(str::to_owned),
+            refusal,
+            challenge: self.challenge(),
+        }
+    }
+
+    /// `mode = "all"` and a configured method has no credential.
+    fn missing(&self, method: &'static str) -> Unauthenticated {
+        Unauthenticated {
+            method,
+            reason: format!("no {method} credential presented; every configured method must pass"),
+            header: None,
+            refusal: Refusal::Credentials,
+            challenge: self.challenge(),
+        }
+    }
+
+    fn none_presented(&self) -> Unauthenticated {
+        Unauthenticated {
+            method: "none",
+            reason: "no credentials presented".into(),
+            header: Some("authorization".into()),
+            refusal: Refusal::Credentials,
+            challenge: self.challenge(),
+        }
+    }
+
+    /// The challenge of a 401 that is not about an invalid token: `Bearer` when the source
+    /// takes bearer tokens (RFC 6750 §3: no error code when none was presented), otherwise
+    /// the scheme of what it does take.
+    fn challenge(&self) -> String {
+        let auth = self.auth.as_ref();
+        if auth.is_some_and(|a| a.jwt.is_some()) {
+            "Bearer".into()
+        } else if auth.is_some_and(|a| a.hmac.is_some()) {
+            format!("HMAC realm=\"{}\"", self.source)
+        } else {
+            format!("Certificate realm=\"{}\"", self.source)
         }
     }
 
@@ -320,15 +452,85 @@ fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .map(percent_decode)
 }
 
+/// The `WWW-Authenticate` value for a refused bearer token (RFC 6750 §3).
+fn invalid_token_challenge(description: &str) -> String {
+    // A quoted-string: no quotes, backslashes or control characters inside.
+    let description: String = description
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
+    format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+}
+
+/// Reads request headers by lowercase name for the HMAC verifier.
+fn header_reader(headers: &HeaderMap) -> impl Fn(&str) -> Option<String> + '_ {
+    |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The rate-limit key of a client address: IPv6 by its /64 (an IPv4-mapped address as the
+/// IPv4 address it is).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
 }
 
-/// Whether any known webhook signature header is present.
-fn signature_present(headers: &HeaderMap) -> bool {
-    ["webhook-signature", "x-hub-signature-256"]
-        .iter()
-        .any(|h| headers.contains_key(*h))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// M2: one IPv6 host holds a /64, so its addresses share one budget; another /64 has its
+    /// own.
+    #[test]
+    fn m2_ipv6_clients_are_limited_by_their_64() {
+        let limit = RateLimitConfig {
+            per_second: 1,
+            burst: 1,
+            key: RateKey::Ip,
+        };
+        let security = SourceSecurity::build("web", None, Some(&limit), false).unwrap();
+        let principal = Principal::anonymous();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(security
+            .rate_limit(&principal, ip("2001:db8:1:2::1"), 1)
+            .is_ok());
+        let same_64 = (2..40)
+            .filter(|i| {
+                security
+                    .rate_limit(&principal, ip(&format!("2001:db8:1:2::{i:x}")), 1)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(same_64, 0, "addresses of one /64 share its budget");
+        assert!(security
+            .rate_limit(&principal, ip("2001:db8:1:3::1"), 1)
+            .is_ok());
+    }
 }

@@ -31,7 +31,7 @@ struct SourceState {
     config: HttpSourceConfig,
     generation: SharedGeneration,
     stats: SourceStats,
-    requests: Semaphore,
+    requests: Arc<Semaphore>,
     normalizer: Option<Normalizer>,
     security: SourceSecurity,
 }
@@ -53,13 +53,16 @@ pub struct Prepared {
 }
 
 impl Live {
-    /// Builds the settings of `config` for this running source; nothing changes yet.
+    /// Builds the settings of `config` for this running source; nothing changes yet. The
+    /// request limit carries over when it did not change (requests in flight keep counting),
+    /// and so do the replay cache and the rate-limit buckets (see
+    /// [`SourceSecurity::carry_over`]).
     pub fn prepare(
         &self,
         config: &HttpSourceConfig,
         cx: &SourceContext,
     ) -> Result<Prepared, SourceError> {
-        prepare(config, cx)
+        prepare(config, cx, Some(&self.state.load()))
     }
 
     /// Swaps prepared settings in: the next request and the next handshake use them.
@@ -70,25 +73,37 @@ impl Live {
     }
 }
 
-fn prepare(config: &HttpSourceConfig, cx: &SourceContext) -> Result<Prepared, SourceError> {
+fn prepare(
+    config: &HttpSourceConfig,
+    cx: &SourceContext,
+    current: Option<&SourceState>,
+) -> Result<Prepared, SourceError> {
     let config_error = |message: String| SourceError::Config {
         source_name: cx.name().to_owned(),
         message,
     };
     let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
+    let mut security = SourceSecurity::build(
+        cx.name(),
+        config.auth.as_ref(),
+        config.rate_limit.as_ref(),
+        config.require_policy,
+    )
+    .map_err(config_error)?;
+    let mut requests = None;
+    if let Some(current) = current {
+        security.carry_over(&current.security);
+        requests = (current.config.max_concurrent_requests == config.max_concurrent_requests)
+            .then(|| Arc::clone(&current.requests));
+    }
     let state = SourceState {
         config: config.clone(),
         generation: cx.generation.clone(),
         stats: cx.stats.clone(),
-        requests: Semaphore::new(config.max_concurrent_requests),
+        requests: requests
+            .unwrap_or_else(|| Arc::new(Semaphore::new(config.max_concurrent_requests))),
         normalizer,
-        security: SourceSecurity::build(
-            cx.name(),
-            config.auth.as_ref(),
-            config.rate_limit.as_ref(),
-            config.require_policy,
-        )
-        .map_err(config_error)?,
+        security,
     };
     let tls = (config.tls.as_ref())
         .map(|t| crate::tls::server_config(t, &[b"h2", b"http/1.1"]))
@@ -110,7 +125,7 @@ pub async fn start(
     cx: SourceContext,
     bound: Option<TcpListener>,
 ) -> Result<(SocketAddr, Live), SourceError> {
-    let prepared = prepare(config, &cx)?;
+    let prepared = prepare(config, &cx, None)?;
     let listen_error = |error| SourceError::Listen {
         source_name: cx.name().to_owned(),
         addr: config.listen,
@@ -183,12 +198,17 @@ async fn handle(
     }
     let started = Instant::now();
     let peer = peer.map(|axum::Extension(p)| p);
-    let request = Request {
-        state: &state,
+    match accept(
+        &state,
         generation,
-        peer: peer.as_ref(),
-    };
-    match accept(request, method, uri.query(), headers, body).await {
+        peer.as_ref(),
+        method,
+        uri.query(),
+        headers,
+        body,
+    )
+    .await
+    {
         Ok(n) => {
             state.stats.accepted.inc_by(n);
             state
@@ -241,22 +261,16 @@ fn webhook_handshake(state: &SourceState, headers: &HeaderMap) -> Response {
     response
 }
 
-/// What one request is served with, loaded when it arrived.
-struct Request<'a> {
-    state: &'a SourceState,
-    generation: Arc<pipeline::Generation>,
-    peer: Option<&'a Peer>,
-}
-
 /// Returns the number of events accepted, or the problem and the number of events refused.
 async fn accept(
-    request: Request<'_>,
+    state: &Arc<SourceState>,
+    generation: Arc<pipeline::Generation>,
+    peer: Option<&Peer>,
     method: Method,
     query: Option<&str>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<u64, (Problem, u64)> {
-    let (state, peer) = (request.state, request.peer);
     if method != Method::POST {
         let mut p = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -268,6 +282,11 @@ async fn accept(
     // Credentials that need no body (JWT, mTLS) are checked before the body is read, so an
     // unauthenticated sender costs no buffering (R4).
     let early = if state.security.needs_body() {
+        // A signature needs the body; what can be checked without it is checked first.
+        state
+            .security
+            .precheck(peer, &headers, query)
+            .map_err(|e| (Problem::unauthenticated(e), 1))?;
         None
     } else {
         Some(
@@ -278,7 +297,8 @@ async fn accept(
         )
     };
     let wait = Duration::from_millis(state.config.enqueue_timeout_ms);
-    let _permit = match tokio::time::timeout(wait, state.requests.acquire()).await {
+    let permit = match tokio::time::timeout(wait, Arc::clone(&state.requests).acquire_owned()).await
+    {
         Ok(Ok(permit)) => permit,
         Ok(Err(_)) => {
             return Err((
@@ -350,26 +370,49 @@ async fn accept(
             .authenticate(peer, &headers, query, &bytes)
             .map_err(|e| (Problem::unauthenticated(e), 1))?,
     };
-    let result = deliver(request, &headers, bytes, &authenticated.principal).await;
-    if result.is_err() {
-        // Not accepted: the sender's retry of this very message must pass the replay check.
-        state.security.release(&authenticated);
+    if authenticated.is_duplicate() {
+        // A retry of a webhook already accepted: acknowledged again, not delivered twice.
+        return Ok(0);
     }
-    result
+    // The delivery runs in a task of its own, so that a sender who gives up (a timeout, a
+    // closed connection) does not cancel it: its outcome settles the replay record that the
+    // sender's retry is checked against (accepted: acknowledged again, not delivered twice;
+    // not accepted: dropping `authenticated` releases the record, so the retry passes).
+    let delivery = tokio::spawn({
+        let state = Arc::clone(state);
+        let peer = peer.cloned();
+        async move {
+            let _permit = permit;
+            let result = deliver(
+                &state,
+                generation,
+                peer.as_ref(),
+                &headers,
+                bytes,
+                &authenticated.principal,
+            )
+            .await;
+            if result.is_ok() {
+                authenticated.accept();
+            }
+            result
+        }
+    });
+    delivery.await.unwrap_or_else(|_| {
+        let p = Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the delivery failed");
+        Err((p, 1))
+    })
 }
 
 /// Decodes, authorises, routes and waits for the sinks: the part after authentication.
 async fn deliver(
-    request: Request<'_>,
+    state: &SourceState,
+    generation: Arc<pipeline::Generation>,
+    peer: Option<&Peer>,
     headers: &HeaderMap,
     bytes: bytes::Bytes,
     principal: &Principal,
 ) -> Result<u64, (Problem, u64)> {
-    let Request {
-        state,
-        generation,
-        peer,
-    } = request;
     let mut metadata = ferry_http::metadata(headers);
     metadata.push_property("principal", principal.to_string());
     let message = match &state.normalizer {

@@ -85,7 +85,8 @@ pub struct Prepared {
 
 impl Live {
     /// Builds the settings of `config` for this running source; nothing changes yet. The
-    /// connection limit carries over when it did not change, so open connections count.
+    /// connection limit carries over when it did not change, so open connections count; so
+    /// do the replay cache and the rate-limit buckets (see [`SourceSecurity::carry_over`]).
     pub fn prepare(
         &self,
         config: &WebSocketSourceConfig,
@@ -94,7 +95,9 @@ impl Live {
         let current = self.state.load();
         let connections = (current.config.max_connections == config.max_connections)
             .then(|| Arc::clone(&current.connections));
-        prepare(config, cx, connections)
+        let mut prepared = prepare(config, cx, connections)?;
+        prepared.state.security.carry_over(&current.security);
+        Ok(prepared)
     }
 
     /// Swaps prepared settings in: the next upgrade and the next handshake use them.
@@ -193,12 +196,14 @@ async fn upgrade(
     }
     let (mut parts, _body) = request.into_parts();
     let peer = parts.extensions.get::<Peer>().cloned();
-    let principal =
+    // Dropped on every refusal below, which releases a verified signature's replay record
+    // (the client's retry must pass); accepted once the upgrade goes ahead.
+    let authenticated =
         match state
             .security
             .authenticate(peer.as_ref(), &parts.headers, parts.uri.query(), &[])
         {
-            Ok(a) => a.principal,
+            Ok(a) => a,
             Err(e) => {
                 state.cx.stats.reject("unauthenticated", 1);
                 return Problem::unauthenticated(e).into_response();
@@ -241,6 +246,8 @@ async fn upgrade(
             .retry_after(1)
             .into_response();
     };
+    authenticated.accept();
+    let principal = authenticated.principal;
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
     let ip = peer.map(|p| p.addr.ip());

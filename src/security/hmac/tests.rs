@@ -435,15 +435,14 @@ fn replays_are_refused() {
     assert!(verify(&standard, &delivered, SW_BODY, SW_TIMESTAMP).is_ok());
     let replay = verify(&standard, &delivered, SW_BODY, SW_TIMESTAMP + 10);
     assert_eq!(replay.map_err(|err| err.reason()), Err("replayed"));
-    // A retry under the same id, signed anew, is also a replay until forgotten.
+    // B1: a retry under the same id, signed anew, is a duplicate of an accepted message:
+    // verified, to be acknowledged without delivery.
     let resigned = sign_standard_webhooks(SW_SECRET, SW_ID, SW_TIMESTAMP + 20, SW_BODY);
     let retry = sw_headers(SW_ID, SW_TIMESTAMP + 20, &resigned);
-    assert_eq!(
-        verify(&standard, &retry, SW_BODY, SW_TIMESTAMP + 20).map_err(|err| err.reason()),
-        Err("replayed")
-    );
-    standard.forget(SW_ID);
-    assert!(verify(&standard, &retry, SW_BODY, SW_TIMESTAMP + 20).is_ok());
+    let duplicate = standard
+        .verify_recorded(&|name| retry.get(name).cloned(), SW_BODY, SW_TIMESTAMP + 20)
+        .expect("a retry verifies");
+    assert!(duplicate.is_duplicate());
 
     // GitHub: the same signed body under another delivery id is still a replay.
     let github = load(&config(Scheme::Github, &[GH_SECRET]));
@@ -485,47 +484,165 @@ fn replays_are_refused() {
     );
 }
 
+/// S6: the reproduction of the finding: with `replay_cache = 1`, A is accepted, B is refused
+/// (retry later) instead of evicting A, and A replayed inside the window is still refused.
 #[test]
-fn replay_cache_is_bounded() {
-    let mut cache = ReplayCache::new(2);
-    for (i, key) in ["a", "b", "c"].iter().enumerate() {
-        cache.insert((*key).to_owned(), i as u64);
-    }
-    assert!(!cache.contains("a"), "oldest evicted");
-    assert!(cache.contains("b") && cache.contains("c"));
-    assert_eq!(cache.order.len(), 2);
-    cache.expire(Some(2));
-    assert!(
-        !cache.contains("b") && cache.contains("c"),
-        "expired by age"
-    );
-    cache.remove("c");
-    assert!(cache.order.is_empty() && cache.keys.is_empty());
-
-    let mut disabled = ReplayCache::new(0);
-    disabled.insert("a".into(), 0);
-    assert!(!disabled.contains("a"));
-
+fn s6_replay_cache_of_one_never_forgets_a_message_inside_the_window() {
     let standard = load(&HmacConfig {
         replay_cache: 1,
         ..config(Scheme::StandardWebhooks, &[SW_SECRET])
     });
-    for id in ["m-1", "m-2"] {
+    let signed = |id: &str| {
         let signature = sign_standard_webhooks(SW_SECRET, id, SW_TIMESTAMP, SW_BODY);
-        assert!(verify(
-            &standard,
-            &sw_headers(id, SW_TIMESTAMP, &signature),
-            SW_BODY,
-            SW_TIMESTAMP
+        sw_headers(id, SW_TIMESTAMP, &signature)
+    };
+    assert!(verify(&standard, &signed("m-a"), SW_BODY, SW_TIMESTAMP).is_ok());
+    assert_eq!(
+        verify(&standard, &signed("m-b"), SW_BODY, SW_TIMESTAMP + 1).map_err(|e| e.reason()),
+        Err("replay_cache_full")
+    );
+    assert_eq!(
+        verify(&standard, &signed("m-a"), SW_BODY, SW_TIMESTAMP + 2).map_err(|e| e.reason()),
+        Err("replayed")
+    );
+    // Once A is older than twice the window it can no longer pass the timestamp check, and
+    // it makes room.
+    let later = SW_TIMESTAMP + 601;
+    let signature = sign_standard_webhooks(SW_SECRET, "m-b", later, SW_BODY);
+    assert!(verify(
+        &standard,
+        &sw_headers("m-b", later, &signature),
+        SW_BODY,
+        later
+    )
+    .is_ok());
+}
+
+/// M6: a verified message that is not accepted is released when its verification is dropped,
+/// and a retry while it is in flight is "in progress", not a replay.
+#[test]
+fn m6_unaccepted_messages_are_released_and_in_flight_ones_are_in_progress() {
+    let standard = load(&config(Scheme::StandardWebhooks, &[SW_SECRET]));
+    let headers = sw_headers(SW_ID, SW_TIMESTAMP, SW_SIGNATURE);
+    let header = |name: &str| headers.get(name).cloned();
+    let in_flight = standard
+        .verify_recorded(&header, SW_BODY, SW_TIMESTAMP)
+        .expect("verifies");
+    assert_eq!(
+        standard
+            .verify_recorded(&header, SW_BODY, SW_TIMESTAMP)
+            .map(|_| ())
+            .map_err(|e| e.reason()),
+        Err("in_progress")
+    );
+    drop(in_flight);
+    let retry = standard
+        .verify_recorded(&header, SW_BODY, SW_TIMESTAMP)
+        .expect("released: the retry passes");
+    assert!(!retry.is_duplicate());
+    retry.accept();
+    drop(retry);
+    assert_eq!(
+        verify(&standard, &headers, SW_BODY, SW_TIMESTAMP).map_err(|e| e.reason()),
+        Err("replayed")
+    );
+}
+
+/// S1: the number and size of signature candidates are bounded, and one matching candidate
+/// among others is found with one MAC per secret.
+#[test]
+fn s1_signature_candidates_are_bounded() {
+    let standard = load(&config(Scheme::StandardWebhooks, &[SW_SECRET]));
+    let nine = vec!["v1,AAAA"; MAX_SIGNATURES + 1].join(" ");
+    let refused = verify(
+        &standard,
+        &sw_headers(SW_ID, SW_TIMESTAMP, &nine),
+        SW_BODY,
+        SW_TIMESTAMP,
+    )
+    .unwrap_err();
+    assert_eq!(refused.reason(), "too_many_signatures");
+    assert_eq!(refused.header(), Some("webhook-signature"));
+    let long = format!("v1,{}", "A".repeat(MAX_SIGNATURE_HEADER_BYTES));
+    let refused = standard
+        .precheck(
+            &|name| sw_headers(SW_ID, SW_TIMESTAMP, &long).get(name).cloned(),
+            SW_TIMESTAMP,
         )
-        .is_ok());
+        .unwrap_err();
+    assert_eq!(refused.reason(), "too_many_signatures");
+    let among = format!(
+        "{} {SW_SIGNATURE}",
+        vec!["v1,AAAA"; MAX_SIGNATURES - 1].join(" ")
+    );
+    assert!(verify(
+        &standard,
+        &sw_headers(SW_ID, SW_TIMESTAMP, &among),
+        SW_BODY,
+        SW_TIMESTAMP
+    )
+    .is_ok());
+    // The cheap checks run without the body.
+    let stale = sw_headers(SW_ID, SW_TIMESTAMP - 3600, SW_SIGNATURE);
+    assert_eq!(
+        standard
+            .precheck(&|name| stale.get(name).cloned(), SW_TIMESTAMP)
+            .map_err(|e| e.reason()),
+        Err("stale")
+    );
+}
+
+/// S5: a verifier built for a reload takes over the replay cache of the one it replaces.
+#[test]
+fn s5_carry_over_keeps_the_replay_cache() {
+    let old = load(&config(Scheme::StandardWebhooks, &[SW_SECRET]));
+    let headers = sw_headers(SW_ID, SW_TIMESTAMP, SW_SIGNATURE);
+    assert!(verify(&old, &headers, SW_BODY, SW_TIMESTAMP).is_ok());
+    let mut rotated = load(&config(
+        Scheme::StandardWebhooks,
+        &[SW_SECRET, "whsec_b3RoZXI="],
+    ));
+    rotated.carry_over(&old);
+    assert_eq!(
+        verify(&rotated, &headers, SW_BODY, SW_TIMESTAMP).map_err(|e| e.reason()),
+        Err("replayed")
+    );
+    // Another scheme keys its cache differently: nothing is taken.
+    let mut github = load(&config(Scheme::Github, &[GH_SECRET]));
+    github.carry_over(&old);
+    assert!(Arc::ptr_eq(&github.seen, &github.seen) && !Arc::ptr_eq(&github.seen, &old.seen));
+}
+
+/// Issue 15 (4): Standard Webhooks secrets are base64 after an optional `whsec_`, as the
+/// reference libraries read them; anything else is refused at load with the secret's key.
+#[test]
+fn standard_webhooks_secrets_are_read_like_the_reference_libraries() {
+    let bare = SW_SECRET.strip_prefix("whsec_").unwrap();
+    assert_eq!(
+        standard_webhooks_key(bare).unwrap(),
+        standard_webhooks_key(SW_SECRET).unwrap()
+    );
+    let verifier = load(&config(Scheme::StandardWebhooks, &[bare]));
+    let headers = sw_headers(SW_ID, SW_TIMESTAMP, SW_SIGNATURE);
+    assert!(verify(&verifier, &headers, SW_BODY, SW_TIMESTAMP).is_ok());
+    for secret in ["raw text secret", "whsec_", "whsec_!!!"] {
+        let shown = secret.trim_start_matches("whsec_");
+        let (key, message) = config(Scheme::StandardWebhooks, &["", secret])
+            .check(Path::new("."))
+            .unwrap_err();
+        assert_eq!(key, ["secrets", "1"], "{secret}");
+        assert!(
+            message.contains("base64") && (shown.is_empty() || !message.contains(shown)),
+            "{message}"
+        );
     }
-    let seen = standard
-        .seen
-        .lock()
-        .map(|seen| seen.order.len())
-        .unwrap_or_default();
-    assert_eq!(seen, 1);
+    assert_eq!(
+        generic("md5", "hex", None, false)
+            .check(Path::new("."))
+            .unwrap_err()
+            .0,
+        ["algorithm"]
+    );
 }
 
 #[test]
