@@ -58,13 +58,7 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let sink_tracker = TaskTracker::new();
         // Sinks see the generation that routes to them; it is filled in once they exist.
-        let generation: SharedGeneration =
-            Arc::new(ArcSwap::from_pointee(crate::pipeline::Generation {
-                number: 0,
-                routes: Default::default(),
-                sinks: Vec::new(),
-                policies: Default::default(),
-            }));
+        let generation: SharedGeneration = Default::default();
         let cx = SinkContext {
             metrics: metrics.clone(),
             tracker: sink_tracker.clone(),

@@ -388,6 +388,7 @@ mod tests {
             metrics: Metrics::new(&mut prometheus_client::registry::Registry::default()),
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
+            generation: Default::default(),
         }
     }
 

@@ -490,7 +490,9 @@ impl Connection<'_> {
                     stats.ack_latency.observe(started.elapsed().as_secs_f64());
                     Settlement::Delivered
                 }
-                Outcome::Failed(f) if f.kind == FailureKind::Permanent => {
+                Outcome::Failed(f)
+                    if matches!(f.kind, FailureKind::Permanent | FailureKind::TooLarge) =>
+                {
                     Settlement::Refused(f.to_string())
                 }
                 Outcome::Failed(f) => {

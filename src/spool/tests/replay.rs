@@ -43,6 +43,7 @@ async fn harness_on(
         metrics: Metrics::new(&mut Registry::default()),
         tracker: TaskTracker::new(),
         readiness: Readiness::default(),
+        generation: Default::default(),
     };
     let (sink_tx, sink) = mpsc::channel(window);
     let config = SpoolConfig {
