@@ -226,6 +226,11 @@ impl fmt::Debug for JwtVerifier {
 const MAX_KID_IN_ERROR: usize = 64;
 
 impl JwtVerifier {
+    /// The clock skew allowed on `exp` and `nbf`.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
+    }
+
     /// Reads every key file and secret now, relative to `base_dir` (the config file's
     /// directory); errors name the file at fault.
     pub fn load(config: &JwtConfig, base_dir: &Path) -> Result<JwtVerifier, JwtError> {

@@ -75,6 +75,9 @@ struct Auth {
 pub struct Authenticated {
     pub principal: Principal,
     pub hmac: Option<Verified>,
+    /// When a verified JWT stops being valid (its `exp` plus the leeway, unix seconds), for
+    /// sessions that outlive the request (WebSocket).
+    pub expires: Option<u64>,
 }
 
 impl SourceSecurity {
@@ -139,11 +142,13 @@ impl SourceSecurity {
             return Ok(Authenticated {
                 principal: Principal::anonymous(),
                 hmac: None,
+                expires: None,
             });
         };
         let mut valid: Vec<Principal> = Vec::new();
         let mut missing: Vec<&'static str> = Vec::new();
         let mut verified_hmac = None;
+        let mut expires = None;
         if auth.mtls {
             match peer.and_then(|p| p.certificate_identity.clone()) {
                 Some(id) => valid.push(Principal {
@@ -156,10 +161,13 @@ impl SourceSecurity {
         if let Some(jwt) = &auth.jwt {
             match bearer(headers, query) {
                 Some(token) => match jwt.verify(&token) {
-                    Ok(claims) => valid.push(Principal {
-                        method: Method::Jwt,
-                        id: claims.sub,
-                    }),
+                    Ok(claims) => {
+                        expires = claims.exp.map(|e| e.saturating_add(jwt.leeway_secs()));
+                        valid.push(Principal {
+                            method: Method::Jwt,
+                            id: claims.sub,
+                        })
+                    }
                     Err(e) => {
                         return Err(Unauthenticated {
                             method: "jwt",
@@ -225,6 +233,7 @@ impl SourceSecurity {
             Some(principal) => Ok(Authenticated {
                 principal,
                 hmac: verified_hmac,
+                expires,
             }),
             None => Err(Unauthenticated {
                 method: "none",
