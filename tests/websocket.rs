@@ -582,3 +582,40 @@ async fn b4_fragmented_oversize_message_closes_with_1009() {
         "{metrics}"
     );
 }
+
+/// S4: a session authenticated with a JWT ends, with close 1008, when the token expires; it
+/// does not outlive `exp` for as long as the client answers pings.
+#[tokio::test]
+async fn s4_session_closes_when_its_jwt_expires() {
+    const SECRET: &str = "a-websocket-jwt-secret-of-32-byte";
+    let text = SOURCE.replace(
+        "max_message_bytes = 4096",
+        &format!(
+            "max_message_bytes = 4096\nauth = {{ jwt = {{ secrets = [\"{SECRET}\"], leeway_secs = 0 }} }}"
+        ),
+    );
+    let gw = TestGateway::start(&text).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": "device-1", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let url = format!("{}?access_token={token}", ws_url(&gw, "devices", "/ws"));
+    let mut ws = connect(&url, Some("cloudevents.json")).await.unwrap();
+    ws.send(Message::text(event("before-exp"))).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["data"]["status"], 202);
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            "ferry_websocket_closed_total{component=\"source:devices\",reason=\"expired\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -109,6 +109,9 @@ struct Auth {
 pub struct Authenticated {
     pub principal: Principal,
     pub hmac: Option<Verified>,
+    /// When a verified JWT stops being valid (its `exp` plus the leeway, unix seconds), for
+    /// sessions that outlive the request (WebSocket).
+    pub expires: Option<u64>,
 }
 
 impl Authenticated {
@@ -174,15 +177,6 @@ impl SourceSecurity {
             rate_limit: rate_limit.cloned(),
             require_policy,
         })
-    }
-
-    /// The unix time at which a request's bearer token stops being valid (`exp` plus the
-    /// leeway), if the source takes JWTs and the request carries a valid one. Long-lived
-    /// sessions (WebSocket) end then.
-    pub fn token_expiry(&self, headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
-        let jwt = self.auth.as_ref()?.jwt.as_ref()?;
-        let claims = jwt.verify(&bearer(headers, query)?).ok()?;
-        Some(claims.exp?.saturating_add(jwt.leeway_secs()))
     }
 
     /// Whether authentication needs the request body (an HMAC signature over it). When it
@@ -266,11 +260,13 @@ impl SourceSecurity {
             return Ok(Authenticated {
                 principal: Principal::anonymous(),
                 hmac: None,
+                expires: None,
             });
         };
         let mut valid: Vec<Principal> = Vec::new();
         let mut missing: Vec<&'static str> = Vec::new();
         let mut verified_hmac = None;
+        let mut expires = None;
         if auth.mtls {
             match peer.and_then(|p| p.certificate_identity.clone()) {
                 Some(id) => valid.push(Principal {
@@ -283,10 +279,13 @@ impl SourceSecurity {
         if let Some(jwt) = &auth.jwt {
             match bearer(headers, query) {
                 Some(token) => match jwt.verify(&token) {
-                    Ok(claims) => valid.push(Principal {
-                        method: Method::Jwt,
-                        id: claims.sub,
-                    }),
+                    Ok(claims) => {
+                        expires = claims.exp.map(|e| e.saturating_add(jwt.leeway_secs()));
+                        valid.push(Principal {
+                            method: Method::Jwt,
+                            id: claims.sub,
+                        })
+                    }
                     Err(e) => {
                         let reason = format!("invalid token ({}): {e}", e.reason());
                         return Err(Unauthenticated {
@@ -325,6 +324,7 @@ impl SourceSecurity {
             Some(principal) => Ok(Authenticated {
                 principal,
                 hmac: verified_hmac,
+                expires,
             }),
             None => Err(self.none_presented()),
         }

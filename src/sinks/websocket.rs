@@ -230,6 +230,7 @@ async fn connect(
         Ok(a) => a,
         Err(e) => return Problem::unauthenticated(e).into_response(),
     };
+    let expires = authenticated.expires;
     let principal = authenticated.principal;
     if hub.config.require_policy {
         let generation = hub.generation.load();
@@ -239,7 +240,7 @@ async fn connect(
             }
         }
     }
-    let expires = hub.security.token_expiry(&headers, uri.query()).map(|exp| {
+    let expires = expires.map(|exp| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

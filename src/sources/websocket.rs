@@ -7,7 +7,8 @@
 //! connection, a reader takes messages while fewer than `max_in_flight` are unacknowledged
 //! (then it stops reading: backpressure), and a writer sends acknowledgements and pings. An
 //! invalid event gets an error acknowledgement and the connection stays open; a binary frame on
-//! a `cloudevents.json` connection closes it with 1003, an oversized message with 1009. On
+//! a `cloudevents.json` connection closes it with 1003, an oversized message with 1009, and
+//! the expiry of the JWT the connection authenticated with closes it with 1008. On
 //! shutdown the source stops reading, sends the outstanding acknowledgements, then closes with
 //! 1001 (going away).
 
@@ -47,6 +48,7 @@ mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
 }
 
@@ -231,7 +233,7 @@ async fn upgrade(
     }
     let accept = match handshake(&parts) {
         Ok(accept) => accept,
-        Err(p) => return p.into_response(),
+        Err(p) => return (*p).into_response(),
     };
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Problem::new(
@@ -247,6 +249,7 @@ async fn upgrade(
             .into_response();
     };
     authenticated.accept();
+    let expires = authenticated.expires;
     let principal = authenticated.principal;
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
@@ -287,6 +290,7 @@ async fn upgrade(
             mode,
             metadata: Arc::new(metadata),
             principal,
+            expires,
             ip,
         }
         .run(socket)
@@ -298,8 +302,17 @@ async fn upgrade(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The moment a unix time (seconds) is reached, on the tokio clock.
+fn expiry_instant(unix_secs: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(unix_secs).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
 /// Checks an upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Accept`.
-fn handshake(parts: &http::request::Parts) -> Result<String, Problem> {
+fn handshake(parts: &http::request::Parts) -> Result<String, Box<Problem>> {
     let header = |name: http::HeaderName| {
         parts
             .headers
@@ -313,13 +326,13 @@ fn handshake(parts: &http::request::Parts) -> Result<String, Problem> {
     let refuse = |status: StatusCode, detail: &str, name: &str| {
         let mut p = Problem::new(status, detail);
         p.header = Some(name.into());
-        p
+        Box::new(p)
     };
     if parts.method != http::Method::GET {
-        return Err(Problem::new(
+        return Err(Box::new(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "a WebSocket upgrade is a GET request",
-        ));
+        )));
     }
     let upgrade = header(http::header::UPGRADE);
     let connection = header(http::header::CONNECTION);
@@ -358,6 +371,9 @@ struct Connection<'a> {
     mode: Negotiated,
     metadata: Arc<TransportMetadata>,
     principal: Principal,
+    /// When the JWT the connection authenticated with expires (unix seconds, leeway
+    /// included): the session ends then.
+    expires: Option<u64>,
     ip: Option<std::net::IpAddr>,
 }
 
@@ -400,6 +416,14 @@ impl Connection<'_> {
         let shutdown = self.state.cx.shutdown.clone();
         // A read error ends the frame stream for good (tokio-tungstenite fuses it).
         let mut read_failed = false;
+        let expiry = self.expires.map(expiry_instant);
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let end = loop {
             // At the in-flight limit, stop reading until an acknowledgement went out.
             let permit = tokio::select! {
@@ -408,10 +432,12 @@ impl Connection<'_> {
                     Err(_) => break End::Shutdown,
                 },
                 _ = shutdown.cancelled() => break End::Shutdown,
+                () = &mut expired => break End::Close(close::POLICY, "token expired"),
             };
             let next = tokio::select! {
                 n = tokio::time::timeout(idle, stream.next()) => n,
                 _ = shutdown.cancelled() => break End::Shutdown,
+                () = &mut expired => break End::Close(close::POLICY, "token expired"),
             };
             let message = match next {
                 Err(_) => break End::Idle,
@@ -461,6 +487,7 @@ impl Connection<'_> {
             End::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
             End::Idle => (close::NORMAL, "idle timeout", "idle"),
             End::Close(code, reason) if code == close::TOO_BIG => (code, reason, "too_large"),
+            End::Close(code, reason) if code == close::POLICY => (code, reason, "expired"),
             End::Close(code, reason) => (code, reason, "protocol_violation"),
         };
         let stats = &self.state.cx.stats;
