@@ -963,7 +963,7 @@ impl Config {
                             format!("no source named `{id}`{}", known(self.sources.keys())),
                         ))
                     }
-                    Some(s) if !auth(s).is_some_and(|a| a.hmac.is_some()) => {
+                    Some(s) if auth(s).is_none_or(|a| a.hmac.is_none()) => {
                         return Err((
                             key("principal"),
                             format!("source `{id}` does not verify HMAC signatures (`auth.hmac`)"),

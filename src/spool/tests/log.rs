@@ -100,7 +100,7 @@ fn a_torn_tail_is_moved_to_the_quarantine_and_cut_off() {
     let head = append(&mut log, &["after"]).unwrap();
     assert_eq!(read_all(&mut log.reader, head), ["whole", "after"]);
     let tail = format!("{:020}-{:020}.torn", 0, HEADER + 5);
-    assert_eq!(quarantined(dir.path()), [tail.clone()]);
+    assert_eq!(quarantined(dir.path()), std::slice::from_ref(&tail));
     assert_eq!(
         fs::read(dir.path().join("quarantine").join(tail)).unwrap(),
         torn
@@ -308,7 +308,7 @@ fn d3_a_corrupt_last_record_is_kept_in_the_quarantine_and_counted() {
     let log = open(dir.path(), 1 << 20, os()).unwrap();
     assert_eq!((log.events, log.quarantined), (1, 1));
     let kept = format!("{:020}-{:020}.corrupt", 0, HEADER + 5);
-    assert_eq!(quarantined(dir.path()), [kept.clone()]);
+    assert_eq!(quarantined(dir.path()), std::slice::from_ref(&kept));
     assert_eq!(
         fs::read(dir.path().join("quarantine").join(kept)).unwrap(),
         &bytes[(HEADER + 5) as usize..]
