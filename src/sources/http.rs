@@ -323,10 +323,13 @@ async fn accept(
             result
         }
     });
-    delivery.await.unwrap_or_else(|_| {
-        let p = Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the delivery failed");
-        Err((p, 1))
-    })
+    match delivery.await {
+        Ok(result) => result,
+        Err(_) => Err((
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the delivery failed"),
+            1,
+        )),
+    }
 }
 
 /// Decodes, authorises, routes and waits for the sinks: the part after authentication.
