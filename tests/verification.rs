@@ -99,7 +99,7 @@ async fn s1_signature_candidates_are_bounded() {
     let url = gw.url("hooks", "/hooks");
     let ts = now();
     let mut headers = signed("msg_many", ts);
-    let junk = vec!["v1,AAAA"; 9].join(" ");
+    let junk = ["v1,AAAA"; 9].join(" ");
     headers[2].1 = junk;
     let (status, problem, _) = post(&url, &headers, BODY).await;
     assert_eq!(status, 401, "{problem}");
@@ -116,7 +116,7 @@ async fn s1_signature_candidates_are_bounded() {
     assert_eq!(problem["header"], "webhook-signature", "{problem}");
 
     let mut headers = signed("msg_ok", ts);
-    headers[2].1 = format!("{} {}", vec!["v1,AAAA"; 7].join(" "), headers[2].1);
+    headers[2].1 = format!("{} {}", ["v1,AAAA"; 7].join(" "), headers[2].1);
     let (status, problem, _) = post(&url, &headers, BODY).await;
     assert_eq!(status, 202, "{problem}");
     assert_eq!(gw.lines("events.jsonl").len(), 1);
@@ -309,7 +309,7 @@ to = ["archive"]
     let url = gw.url("hooks", "/hooks");
     let token = jwt("rsa-private.pem", None);
     let bearer = ("authorization", format!("Bearer {token}"));
-    assert_eq!(post(&url, &[bearer.clone()], BODY).await.0, 202);
+    assert_eq!(post(&url, std::slice::from_ref(&bearer), BODY).await.0, 202);
     let with_signature = [bearer, ("x-signature", "00".repeat(32))];
     let (status, problem, _) = post(&url, &with_signature, BODY).await;
     assert_eq!(status, 401, "{problem}");

@@ -198,6 +198,9 @@ struct GenericScheme {
     id_header: Option<String>,
 }
 
+/// A settings error and the key path below the `hmac` table it is about.
+type KeyedError = (Vec<String>, HmacError);
+
 /// An active key and its index in the configured `secrets`.
 struct Key {
     index: usize,
@@ -272,10 +275,7 @@ impl HmacConfig {
 
     /// The settings of the scheme and the active keys; an error carries the key path below
     /// the `hmac` table (`["secrets", "1"]`).
-    fn keys(
-        &self,
-        base_dir: &Path,
-    ) -> Result<(Option<GenericScheme>, Vec<Key>), (Vec<String>, HmacError)> {
+    fn keys(&self, base_dir: &Path) -> Result<(Option<GenericScheme>, Vec<Key>), KeyedError> {
         let at = |key: &str, error: HmacError| (vec![key.to_owned()], error);
         let generic = match self.scheme {
             Scheme::Generic => Some(generic_scheme(self).map_err(|(key, e)| at(key, e))?),
@@ -695,7 +695,7 @@ fn matching<'c>(
     parts: &[&[u8]],
     candidates: &'c [Vec<u8>],
 ) -> Result<Option<&'c Vec<u8>>, HmacError> {
-    fn first<'c, M: Mac + Clone>(mac: M, candidates: &'c [Vec<u8>]) -> Option<&'c Vec<u8>> {
+    fn first<M: Mac + Clone>(mac: M, candidates: &[Vec<u8>]) -> Option<&Vec<u8>> {
         candidates
             .iter()
             .find(|candidate| mac.clone().verify_slice(candidate).is_ok())

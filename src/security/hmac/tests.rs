@@ -553,7 +553,7 @@ fn m6_unaccepted_messages_are_released_and_in_flight_ones_are_in_progress() {
 #[test]
 fn s1_signature_candidates_are_bounded() {
     let standard = load(&config(Scheme::StandardWebhooks, &[SW_SECRET]));
-    let nine = vec!["v1,AAAA"; MAX_SIGNATURES + 1].join(" ");
+    let nine = ["v1,AAAA"; MAX_SIGNATURES + 1].join(" ");
     let refused = verify(
         &standard,
         &sw_headers(SW_ID, SW_TIMESTAMP, &nine),
@@ -573,7 +573,7 @@ fn s1_signature_candidates_are_bounded() {
     assert_eq!(refused.reason(), "too_many_signatures");
     let among = format!(
         "{} {SW_SIGNATURE}",
-        vec!["v1,AAAA"; MAX_SIGNATURES - 1].join(" ")
+        ["v1,AAAA"; MAX_SIGNATURES - 1].join(" ")
     );
     assert!(verify(
         &standard,
