@@ -285,9 +285,14 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
         Ok(resp) if resp.status().is_success() => stats.confirm(delivery),
         Ok(resp) => {
             let status = resp.status();
+            // A 409 with Retry-After is a receiver saying "this message is still being
+            // processed" (a Ferry source seeing the retry of a webhook in flight): retry.
+            let in_progress = status == http::StatusCode::CONFLICT
+                && resp.headers().contains_key(http::header::RETRY_AFTER);
             let kind = if status.is_server_error()
                 || status == http::StatusCode::TOO_MANY_REQUESTS
                 || status == http::StatusCode::REQUEST_TIMEOUT
+                || in_progress
             {
                 FailureKind::Retryable
             } else {
@@ -296,7 +301,8 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
             // 429 and 503 may say when to come back; that bounds the next attempt's delay
             // from below (capped by the retry policy's max_backoff_ms).
             let retry_after = (status == http::StatusCode::TOO_MANY_REQUESTS
-                || status == http::StatusCode::SERVICE_UNAVAILABLE)
+                || status == http::StatusCode::SERVICE_UNAVAILABLE
+                || in_progress)
                 .then(|| resp.headers().get(http::header::RETRY_AFTER))
                 .flatten()
                 .and_then(|v| v.to_str().ok())
