@@ -154,15 +154,13 @@ async fn s2_push_sink_authenticates_and_applies_policies() {
         "[[policies]]\nprincipal = \"jwt:dashboard\"\nallow_types = [\"public.*\"]\n",
     ))
     .await;
-    let err = subscribe(&gw, certs.path(), None)
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = subscribe(&gw, certs.path(), None).await else {
+        panic!("a subscriber without a token is refused")
+    };
     assert!(err.to_string().contains("401"), "{err}");
-    let err = subscribe(&gw, certs.path(), Some("not-a-token"))
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = subscribe(&gw, certs.path(), Some("not-a-token")).await else {
+        panic!("a subscriber with a bad token is refused")
+    };
     assert!(err.to_string().contains("401"), "{err}");
     let mut ws = subscribe(&gw, certs.path(), Some(&token("dashboard", 600)))
         .await
