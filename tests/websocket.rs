@@ -619,3 +619,54 @@ async fn s4_session_closes_when_its_jwt_expires() {
         "{metrics}"
     );
 }
+
+/// S4: a reload that removes the key a session authenticated with closes the session with
+/// 1008; a session whose key stays is untouched.
+#[tokio::test]
+async fn s4_session_closes_when_a_reload_removes_its_key() {
+    const OLD: &str = "a-websocket-jwt-secret-of-32-old!";
+    const NEW: &str = "a-websocket-jwt-secret-of-32-new!";
+    let with = |secrets: &str| {
+        SOURCE.replace(
+            "max_message_bytes = 4096",
+            &format!("max_message_bytes = 4096\nauth = {{ jwt = {{ secrets = [{secrets}] }} }}"),
+        )
+    };
+    let gw = TestGateway::start(&with(&format!("\"{OLD}\", \"{NEW}\""))).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({ "sub": "device-1", "exp": exp }),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let base = ws_url(&gw, "devices", "/ws");
+    let mut old = connect(
+        &format!("{base}?access_token={}", token(OLD)),
+        Some("cloudevents.json"),
+    )
+    .await
+    .unwrap();
+    let mut new = connect(
+        &format!("{base}?access_token={}", token(NEW)),
+        Some("cloudevents.json"),
+    )
+    .await
+    .unwrap();
+    // The old secret is removed (rotation done).
+    let text = with(&format!("\"{NEW}\"")).replace("{dir}", gw.dir.path().to_str().unwrap());
+    let config = ferry::Config::from_str_at(&text, std::path::Path::new("test.toml"), &|_| None)
+        .expect("config");
+    gw.gateway.reloader().reload(config).await.expect("reload");
+    assert_eq!(close_code(&mut old).await, Some(CloseCode::Policy));
+    new.send(Message::text(event("after-rotation")))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut new).await["data"]["status"], 202);
+}

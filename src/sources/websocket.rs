@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{SourceContext, SourceError};
 use crate::config::WebSocketSourceConfig;
@@ -40,7 +41,7 @@ use crate::listener::{Peer, TlsHandle};
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope};
 use crate::problem::Problem;
-use crate::security::principal::Principal;
+use crate::security::principal::{Method, Principal};
 use crate::security::source::SourceSecurity;
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -69,10 +70,15 @@ struct SourceState {
     connections: Arc<Semaphore>,
     /// `source` of acknowledgement events.
     ack_source: String,
+    /// Cancelled when a reload replaces these settings: open sessions then check their
+    /// credentials against the new ones.
+    superseded: CancellationToken,
 }
 
 /// The parts of a running WebSocket source that a reload replaces in place: upgrades and TLS
-/// handshakes read them as they start; open connections keep the settings they started with.
+/// handshakes read them as they start; open connections keep the settings they started with,
+/// except that a session authenticated by a JWT is closed (1008) when the new settings no
+/// longer accept its token (a removed key or secret).
 #[derive(Clone)]
 pub struct Live {
     state: Arc<ArcSwap<SourceState>>,
@@ -105,7 +111,8 @@ impl Live {
     /// Swaps prepared settings in: the next upgrade and the next handshake use them.
     pub fn commit(&self, prepared: Prepared) {
         self.tls.store(prepared.tls);
-        self.state.store(Arc::new(prepared.state));
+        let old = self.state.swap(Arc::new(prepared.state));
+        old.superseded.cancel();
     }
 }
 
@@ -131,6 +138,7 @@ fn prepare(
     )
     .map_err(config_error)?;
     let state = SourceState {
+        superseded: CancellationToken::new(),
         security,
         config: config.clone(),
         normalizer,
@@ -251,6 +259,13 @@ async fn upgrade(
     authenticated.accept();
     let expires = authenticated.expires;
     let principal = authenticated.principal;
+    let credentials = (principal.method == Method::Jwt).then(|| {
+        (
+            parts.headers.clone(),
+            parts.uri.query().map(str::to_owned),
+            peer.clone(),
+        )
+    });
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
     let ip = peer.map(|p| p.addr.ip());
@@ -287,6 +302,8 @@ async fn upgrade(
         state.cx.stats.connections.inc();
         Connection {
             state: &state,
+            live,
+            credentials,
             mode,
             metadata: Arc::new(metadata),
             principal,
@@ -368,6 +385,11 @@ fn handshake(parts: &http::request::Parts) -> Result<String, Box<Problem>> {
 
 struct Connection<'a> {
     state: &'a Arc<SourceState>,
+    /// The source's current settings, to check `credentials` against after a reload.
+    live: Arc<ArcSwap<SourceState>>,
+    /// What a JWT session authenticated with (headers, query, peer); `None` for other
+    /// methods, which a reload does not re-check.
+    credentials: Option<Credentials>,
     mode: Negotiated,
     metadata: Arc<TransportMetadata>,
     principal: Principal,
@@ -376,6 +398,11 @@ struct Connection<'a> {
     expires: Option<u64>,
     ip: Option<std::net::IpAddr>,
 }
+
+type Credentials = (http::HeaderMap, Option<String>, Option<Peer>);
+
+/// The close reason of a session whose key or secret a reload removed.
+const REVOKED: &str = "credentials revoked by a reload";
 
 /// Why the reader stopped.
 enum End {
@@ -386,6 +413,19 @@ enum End {
 }
 
 impl Connection<'_> {
+    /// After a reload: the current settings if they still accept this session's credentials,
+    /// `None` if they do not.
+    fn recheck(&self) -> Option<Arc<SourceState>> {
+        let current = self.live.load_full();
+        if let Some((headers, query, peer)) = &self.credentials {
+            current
+                .security
+                .authenticate(peer.as_ref(), headers, query.as_deref(), &[])
+                .ok()?;
+        }
+        Some(current)
+    }
+
     async fn run(self, socket: Socket) {
         let config = &self.state.config;
         let (mut sink, mut stream) = socket.split();
@@ -424,6 +464,7 @@ impl Connection<'_> {
             }
         };
         tokio::pin!(expired);
+        let mut superseded = Box::pin(self.state.superseded.clone().cancelled_owned());
         let end = loop {
             // At the in-flight limit, stop reading until an acknowledgement went out.
             let permit = tokio::select! {
@@ -433,11 +474,26 @@ impl Connection<'_> {
                 },
                 _ = shutdown.cancelled() => break End::Shutdown,
                 () = &mut expired => break End::Close(close::POLICY, "token expired"),
+                () = &mut superseded => match self.recheck() {
+                    Some(current) => {
+                        superseded = Box::pin(current.superseded.clone().cancelled_owned());
+                        continue;
+                    }
+                    None => break End::Close(close::POLICY, REVOKED),
+                },
             };
             let next = tokio::select! {
                 n = tokio::time::timeout(idle, stream.next()) => n,
                 _ = shutdown.cancelled() => break End::Shutdown,
                 () = &mut expired => break End::Close(close::POLICY, "token expired"),
+                () = &mut superseded => match self.recheck() {
+                    Some(current) => {
+                        superseded = Box::pin(current.superseded.clone().cancelled_owned());
+                        drop(permit);
+                        continue;
+                    }
+                    None => break End::Close(close::POLICY, REVOKED),
+                },
             };
             let message = match next {
                 Err(_) => break End::Idle,
@@ -487,6 +543,7 @@ impl Connection<'_> {
             End::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
             End::Idle => (close::NORMAL, "idle timeout", "idle"),
             End::Close(code, reason) if code == close::TOO_BIG => (code, reason, "too_large"),
+            End::Close(code, reason @ REVOKED) => (code, reason, "revoked"),
             End::Close(code, reason) if code == close::POLICY => (code, reason, "expired"),
             End::Close(code, reason) => (code, reason, "protocol_violation"),
         };
