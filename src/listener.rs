@@ -281,9 +281,9 @@ impl Activity {
 
     /// Why the connection should close now, or when to look again.
     fn check(&self, limits: &Limits) -> Result<Instant, &'static str> {
-        let idle_deadline = Instant::now() + limits.idle_timeout;
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Ok(idle_deadline);
+            // Look again soon enough to hold the next head to its own timeout.
+            return Ok(Instant::now() + limits.idle_timeout.min(limits.header_read_timeout));
         }
         let now = Instant::now();
         let head = self.head_started.load(Ordering::Acquire);
@@ -317,6 +317,10 @@ impl<I> Tracked<I> {
             activity.h2.store(h2, Ordering::Relaxed);
             activity.known.store(true, Ordering::Relaxed);
         }
+        // The head is awaited from here: a TLS handshake has its own timeout.
+        let now = activity.now();
+        activity.last_io.store(now, Ordering::Relaxed);
+        activity.head_started.store(now, Ordering::Release);
         Tracked {
             inner,
             activity,

@@ -179,6 +179,16 @@ impl SourceSecurity {
         })
     }
 
+    /// Whether the request's bearer token still verifies under these settings (for a
+    /// long-lived session after a reload). Only the token is checked: a signature the session
+    /// presented once would now count as a replay.
+    pub fn bearer_still_valid(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        let Some(jwt) = self.auth.as_ref().and_then(|a| a.jwt.as_ref()) else {
+            return false;
+        };
+        bearer(headers, query).is_some_and(|token| jwt.verify(&token).is_ok())
+    }
+
     /// Whether authentication needs the request body (an HMAC signature over it). When it
     /// does not, a source authenticates before reading the body.
     pub fn needs_body(&self) -> bool {

@@ -329,6 +329,16 @@ async fn serve(
             tokio::select! {
                 sent = tx.send(Message::Text(text)) => if sent.is_err() { break None },
                 _ = sub.kick.cancelled() => break Some((1008, "too slow: send queue full")),
+                _ = sleep_until(sub.expires), if sub.expires.is_some() => {
+                    break Some((1008, "token expired"));
+                }
+            }
+            // A busy feed never empties the queue: the expiry is checked between sends too.
+            if sub
+                .expires
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+            {
+                break Some((1008, "token expired"));
             }
             continue;
         }

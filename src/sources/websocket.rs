@@ -259,13 +259,8 @@ async fn upgrade(
     authenticated.accept();
     let expires = authenticated.expires;
     let principal = authenticated.principal;
-    let credentials = (principal.method == Method::Jwt).then(|| {
-        (
-            parts.headers.clone(),
-            parts.uri.query().map(str::to_owned),
-            peer.clone(),
-        )
-    });
+    let credentials = (principal.method == Method::Jwt)
+        .then(|| (parts.headers.clone(), parts.uri.query().map(str::to_owned)));
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
     let ip = peer.map(|p| p.addr.ip());
@@ -387,8 +382,8 @@ struct Connection<'a> {
     state: &'a Arc<SourceState>,
     /// The source's current settings, to check `credentials` against after a reload.
     live: Arc<ArcSwap<SourceState>>,
-    /// What a JWT session authenticated with (headers, query, peer); `None` for other
-    /// methods, which a reload does not re-check.
+    /// What a JWT session authenticated with (headers, query); `None` for other methods,
+    /// which a reload does not re-check.
     credentials: Option<Credentials>,
     mode: Negotiated,
     metadata: Arc<TransportMetadata>,
@@ -399,7 +394,7 @@ struct Connection<'a> {
     ip: Option<std::net::IpAddr>,
 }
 
-type Credentials = (http::HeaderMap, Option<String>, Option<Peer>);
+type Credentials = (http::HeaderMap, Option<String>);
 
 /// The close reason of a session whose key or secret a reload removed.
 const REVOKED: &str = "credentials revoked by a reload";
@@ -417,12 +412,13 @@ impl Connection<'_> {
     /// `None` if they do not.
     fn recheck(&self) -> Option<Arc<SourceState>> {
         let current = self.live.load_full();
-        if let Some((headers, query, peer)) = &self.credentials {
-            // A JWT check records nothing against replays: dropping the result is fine.
-            let _still_valid = current
+        if let Some((headers, query)) = &self.credentials {
+            if !current
                 .security
-                .authenticate(peer.as_ref(), headers, query.as_deref(), &[])
-                .ok()?;
+                .bearer_still_valid(headers, query.as_deref())
+            {
+                return None;
+            }
         }
         Some(current)
     }
