@@ -114,6 +114,15 @@ pub struct Authenticated {
     pub expires: Option<u64>,
 }
 
+/// The moment a unix time (a token's `exp`) comes, on the runtime's clock.
+pub fn expiry_instant(unix_secs: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(unix_secs).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
 impl Authenticated {
     /// A retry, signed anew, of a webhook that was already accepted: acknowledge it (2xx)
     /// and do not deliver it again.

@@ -240,12 +240,7 @@ async fn connect(
             }
         }
     }
-    let expires = expires.map(|exp| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-    });
+    let expires = expires.map(crate::security::source::expiry_instant);
     let max = hub.config.max_filter_bytes;
     if [&q.filter, &q.cesql]
         .into_iter()

@@ -315,14 +315,6 @@ async fn upgrade(
 }
 
 /// The moment a unix time (seconds) is reached, on the tokio clock.
-fn expiry_instant(unix_secs: u64) -> tokio::time::Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = Duration::from_secs(unix_secs).saturating_sub(now);
-    tokio::time::Instant::now() + left
-}
-
 /// Checks an upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Accept`.
 fn handshake(parts: &http::request::Parts) -> Result<String, Box<Problem>> {
     let header = |name: http::HeaderName| {
@@ -453,7 +445,7 @@ impl Connection<'_> {
         let shutdown = self.state.cx.shutdown.clone();
         // A read error ends the frame stream for good (tokio-tungstenite fuses it).
         let mut read_failed = false;
-        let expiry = self.expires.map(expiry_instant);
+        let expiry = self.expires.map(crate::security::source::expiry_instant);
         let expired = async {
             match expiry {
                 Some(at) => tokio::time::sleep_until(at).await,
