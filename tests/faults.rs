@@ -768,10 +768,17 @@ to = ["stream"]
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut messages = 0;
     while messages < N as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "only {messages} of {N} events reached the stream after the restart"
-        );
+        if Instant::now() >= deadline {
+            let metrics = gw.metrics().await;
+            let ours = metrics
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#') && (l.contains("\"stream\"") || l.contains("\"mqtt\""))
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("only {messages} of {N} events reached the stream after the restart; metrics:\n{ours}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         messages = in_stream(nats.port()).await.unwrap_or(0);
     }

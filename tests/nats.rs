@@ -626,6 +626,99 @@ to = ["js"]
     gw.gateway.shutdown().await;
 }
 
+fn jetstream_sink_config(url: &str, subject: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.js]
+type = "nats"
+url = "{url}"
+subject = "{subject}"
+jetstream = true
+timeout_ms = 2000
+retry = {{ max_attempts = 2, initial_backoff_ms = 50, max_backoff_ms = 50 }}
+
+[routes.all]
+from = ["web"]
+to = ["js"]
+"#
+    )
+}
+
+/// JetStream answering "no responders" because it is not running (a server starting or
+/// shutting down answers the same way) is retryable: the event is neither refused for good nor,
+/// behind a broker source, acknowledged and lost. (A NATS restart made the MQTT → JetStream
+/// fault test lose two acknowledged events this way.)
+#[tokio::test]
+async fn jetstream_not_answering_is_retried_not_refused() {
+    let port = common::closed_port().await.port();
+    let args = ["-a", "127.0.0.1", "-p", &port.to_string()].map(String::from);
+    let _nats = common::Broker::spawn(
+        "/usr/sbin/nats-server",
+        &args,
+        port,
+        tempfile::tempdir().unwrap(),
+    );
+    let sfx = suffix();
+    let gw = TestGateway::start(&jetstream_sink_config(
+        &format!("nats://127.0.0.1:{port}"),
+        &format!("nojs{sfx}.{{type}}"),
+    ))
+    .await;
+    ready(&gw).await;
+    let status = post_binary(&gw.url("web", "/events"), "unavailable-1", "com.example.a").await;
+    assert_eq!(status, 502, "all attempts failed");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "ferry_delivery_retries_total{sink=\"js\"}"),
+        1.0,
+        "JetStream not answering is retried"
+    );
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "ferry_delivery_failures_total{sink=\"js\",kind=\"permanent\"}"
+        ),
+        0.0
+    );
+    gw.gateway.shutdown().await;
+}
+
+/// A subject no stream captures stays a permanent failure: JetStream itself says so.
+#[tokio::test]
+async fn a_subject_no_stream_captures_is_permanent() {
+    let sfx = suffix();
+    let gw = TestGateway::start(&jetstream_sink_config(
+        NATS,
+        &format!("nostream{sfx}.{{type}}"),
+    ))
+    .await;
+    ready(&gw).await;
+    let status = post_binary(&gw.url("web", "/events"), "nostream-1", "com.example.a").await;
+    assert_eq!(status, 502);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "ferry_delivery_retries_total{sink=\"js\"}"),
+        0.0,
+        "no stream for the subject is never retried"
+    );
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "ferry_delivery_failures_total{sink=\"js\",kind=\"permanent\"}"
+        ),
+        1.0
+    );
+    gw.gateway.shutdown().await;
+}
+
 /// S7: a secret in a sink URL (password, query) reaches neither the reply to a core NATS
 /// requester nor the dead-lettered copy of an event.
 #[tokio::test]

@@ -376,18 +376,44 @@ async fn publish_jetstream(
     payload: bytes::Bytes,
 ) -> PublishResult {
     use async_nats::jetstream::context::PublishErrorKind;
-    let classify = |e: jetstream::context::PublishError| {
-        let kind = match e.kind() {
-            PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => {
-                FailureKind::Permanent
-            }
-            _ => FailureKind::Retryable,
-        };
-        (kind, e.to_string())
-    };
-    let ack = js
-        .publish_with_headers(subject, headers, payload)
+    let published = match js
+        .publish_with_headers(subject.clone(), headers, payload)
         .await
-        .map_err(classify)?;
-    ack.await.map(|_| ()).map_err(classify)
+    {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
+    };
+    let e = match published {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let kind = match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => FailureKind::Permanent,
+        // "No responders": no stream captures the subject — or JetStream is not answering right
+        // now (a server starting or shutting down, a stream leader moving). Only the first is
+        // permanent: ask JetStream which.
+        PublishErrorKind::StreamNotFound => return Err(no_stream(js, &subject).await),
+        _ => FailureKind::Retryable,
+    };
+    Err((kind, e.to_string()))
+}
+
+/// Why a JetStream publish had no responders: permanent only if JetStream itself answers that
+/// no stream takes the subject.
+async fn no_stream(js: &jetstream::Context, subject: &str) -> (FailureKind, String) {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind;
+    match js.stream_by_subject(subject).await {
+        Err(e) if matches!(e.kind(), GetStreamByNameErrorKind::NotFound) => (
+            FailureKind::Permanent,
+            "no stream captures the subject".to_owned(),
+        ),
+        Ok(stream) => (
+            FailureKind::Retryable,
+            format!("stream `{stream}` did not answer (JetStream unavailable)"),
+        ),
+        Err(e) => (
+            FailureKind::Retryable,
+            format!("JetStream did not answer ({e})"),
+        ),
+    }
 }
