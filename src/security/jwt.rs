@@ -352,6 +352,11 @@ impl JwtVerifier {
             .filter(|key| key.algorithms.contains(&alg))
             .collect();
         if allowed.is_empty() {
+            if let Some(kid) = unknown_kid {
+                return Err(JwtError::UnknownKey(
+                    kid.chars().take(MAX_KID_IN_ERROR).collect(),
+                ));
+            }
             return Err(JwtError::Algorithm(format!(
                 "{alg:?} is not allowed for the selected key"
             )));

@@ -232,6 +232,7 @@ fn accepts_valid_tokens() {
 #[test]
 fn refuses_invalid_tokens() {
     let rsa_pem = verifier(&config(pem(&["rsa-public.pem"]), &[]));
+    let jwks_and_secret = verifier(&config(jwks(), &[HS_SECRET]));
     let jwks = verifier(&config(jwks(), &[]));
     let inline = verifier(&config(KeysSetting::default(), &[HS_SECRET]));
     let no_audience = verifier(&JwtConfig {
@@ -406,6 +407,14 @@ fn refuses_invalid_tokens() {
             "unknown kid",
             &jwks,
             sign(Algorithm::ES256, Some("retired"), &claims(), &ec256_key()),
+            "unknown_key",
+        ),
+        (
+            // The inline secret (a key without `kid`) cannot take an RS256 token: the unknown
+            // `kid` is the explanation, not the algorithm (found by the PyJWT interop test).
+            "unknown kid beside a secret of another algorithm",
+            &jwks_and_secret,
+            sign(Algorithm::RS256, Some("retired"), &claims(), &rsa_key()),
             "unknown_key",
         ),
         ("two parts", &rsa_pem, "abc.def".into(), "malformed"),
