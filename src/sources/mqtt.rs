@@ -18,7 +18,8 @@
 //! The in-flight window is Ferry's own: brokers do not all hold to the Receive Maximum (and
 //! 3.1.1 has none), so messages beyond `inflight` wait in a bounded queue, and the socket is
 //! not read while that queue and the settled messages waiting for their in-order PUBACK hold
-//! `WAITING_FACTOR` windows between them. PUBACKs go out in the order the
+//! `WAITING_FACTOR` windows between them — unless PUBACKs that may go are waiting for room in
+//! the client's request queue, which only reading drains. PUBACKs go out in the order the
 //! messages came in, as MQTT requires, whatever order their deliveries settle in; one that
 //! finds the client's request queue full waits its turn and never costs the connection.
 
@@ -256,8 +257,15 @@ impl Connection<'_> {
             // The socket is read while there is room to hold what it brings: messages waiting
             // for the window and settled ones waiting for their turn to be acked count (a
             // front that is being retried holds back every PUBACK behind it). A dead-letter
-            // publish awaiting its PUBACK needs the socket read to make progress.
+            // publish awaiting its PUBACK needs the socket read to make progress, and so do
+            // PUBACKs that may go but found the client's request queue full: only polling the
+            // event loop sends what is queued. (Without that, the request queue could still
+            // hold PUBACKs when the room filled up — Mosquitto 2.0.11 sends far past the
+            // Receive Maximum after a burst of PUBACKs — and once the front settled, its
+            // PUBACKs found no place: nothing was read or sent again on that connection.)
+            let acks_ready = self.acks.front().is_some_and(Option::is_some);
             let room = self.waiting.len() + self.settled_unacked < WAITING_FACTOR * self.window
+                || acks_ready
                 || !self.dead_unwritten.is_empty()
                 || !self.dead_awaiting.is_empty();
             let (retry_due, next_retry) = match self.retries.front() {
