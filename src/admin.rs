@@ -7,9 +7,8 @@
 //! (the config check refuses anything else), and a reload that a browser sends from another
 //! site (a request with an `Origin` header) is refused.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -18,41 +17,11 @@ use axum::routing::get;
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 use prometheus_client::registry::Registry;
+
+pub use crate::health::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Readiness of each component, by name (`source:webhooks`, `sink:archive`).
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<BTreeMap<String, bool>>>);
-
-impl Readiness {
-    pub fn set(&self, component: &str, ready: bool) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(component.to_owned(), ready);
-        }
-    }
-
-    /// Forgets a component that no longer exists.
-    pub fn remove(&self, component: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(component);
-        }
-    }
-
-    /// Names of the components that are not ready.
-    pub fn not_ready(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, r)| !**r)
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
 
 #[derive(Clone)]
 struct AdminState {

@@ -11,8 +11,9 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Readiness};
+use crate::admin;
 use crate::config::Config;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, SharedGeneration};
 use crate::reload;

@@ -20,12 +20,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
-    pub cert: crate::config::FileRef,
+    pub cert: crate::file_ref::FileRef,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: crate::config::FileRef,
+    pub key: crate::file_ref::FileRef,
     /// PEM CA certificates that client certificates must chain to (mTLS).
     #[serde(default)]
-    pub client_ca: Option<crate::config::FileRef>,
+    pub client_ca: Option<crate::file_ref::FileRef>,
     /// With `client_ca`: `"required"` (default) refuses the handshake without a valid client
     /// certificate; `"optional"` accepts clients without one (they must authenticate otherwise).
     #[serde(default)]

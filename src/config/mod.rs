@@ -6,7 +6,6 @@
 
 mod amqp;
 mod error;
-mod file_ref;
 mod http;
 mod interpolate;
 mod locate;
@@ -21,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::file_ref::FileRef;
 pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
-pub use file_ref::FileRef;
 pub use http::WebhookConfig;
 pub use mqtt::{
     client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
@@ -537,7 +536,7 @@ impl Config {
         let de = toml::de::Deserializer::from(table);
         let base = path.parent().unwrap_or(Path::new("."));
         let (parsed, files) =
-            file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
+            crate::file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
         let config: Config = parsed.map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
             let mut key = locate::key_of(e.path(), e.inner().message());
             locate::refine(&root, &mut key, e.inner().message());

@@ -54,9 +54,9 @@ pub enum KeySource {
 #[serde(untagged)]
 pub enum KeysSetting {
     /// A single JWKS or PEM file.
-    One(crate::config::FileRef),
+    One(crate::file_ref::FileRef),
     /// Several files.
-    Many(Vec<crate::config::FileRef>),
+    Many(Vec<crate::file_ref::FileRef>),
 }
 
 impl Default for KeysSetting {
@@ -69,7 +69,7 @@ impl KeysSetting {
     /// The sources named by this setting: each `.json` path is a JWKS, all other paths are
     /// gathered into one [`KeySource::PemFiles`].
     pub fn sources(&self) -> Vec<KeySource> {
-        let paths: &[crate::config::FileRef] = match self {
+        let paths: &[crate::file_ref::FileRef] = match self {
             Self::One(path) => std::slice::from_ref(path),
             Self::Many(paths) => paths,
         };

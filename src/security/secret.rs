@@ -16,7 +16,7 @@ use std::path::Path;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     value: String,
-    file: Option<crate::config::FileRef>,
+    file: Option<crate::file_ref::FileRef>,
 }
 
 impl<'de> serde::Deserialize<'de> for Secret {
@@ -34,7 +34,7 @@ impl Secret {
         let value = value.into();
         let file = (value.strip_prefix(FILE_PREFIX))
             .filter(|p| !p.is_empty())
-            .map(crate::config::FileRef::new);
+            .map(crate::file_ref::FileRef::new);
         Self { value, file }
     }
 

@@ -16,9 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Readiness;
 use crate::config::SinkConfig;
 use crate::delivery::{self, Admission, Breaker, Decision, Failure, RetryConfig, Transition};
+use crate::health::Readiness;
 use crate::metrics::{Metrics, SinkFailureLabels};
 use crate::pipeline::{Delivery, SinkHandle};
 

@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use tokio::net::TcpListener;
 
-use crate::admin::Readiness;
 use crate::config::SourceConfig;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::pipeline::SharedGeneration;

@@ -24,13 +24,13 @@ pub struct ClientTlsConfig {
     /// PEM CA certificates the server certificate must chain to; without it, the system's
     /// trust store.
     #[serde(default)]
-    pub ca: Option<crate::config::FileRef>,
+    pub ca: Option<crate::file_ref::FileRef>,
     /// PEM client certificate chain (leaf first), presented when the server asks (mTLS).
     #[serde(default)]
-    pub cert: Option<crate::config::FileRef>,
+    pub cert: Option<crate::file_ref::FileRef>,
     /// The client certificate's PEM private key.
     #[serde(default)]
-    pub key: Option<crate::config::FileRef>,
+    pub key: Option<crate::file_ref::FileRef>,
     /// The name the server certificate must be valid for, when it is not the URL's host.
     #[serde(default)]
     pub server_name: Option<String>,

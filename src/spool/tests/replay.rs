@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::faulty::Faulty;
-use crate::admin::Readiness;
+use crate::health::Readiness;
 use crate::metrics::{Metrics, SinkLabels};
 use crate::pipeline::{Delivery, Envelope};
 use crate::sinks::SinkContext;
