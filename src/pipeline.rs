@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferry_core::{AckToken, AckWaiter, CloudEvent, Outcome, TransportMetadata};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::router::{DedupWindow, RouteTable, SinkSet, Subject};
 
 /// An event with what came with it.
@@ -250,7 +254,16 @@ impl Waiter {
 }
 
 /// What to do with an event that matches no route.
-pub use crate::config::Unrouted;
+/// What a source does with an event no route matches (`unrouted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    /// Accept (202) and count it.
+    #[default]
+    Accept,
+    /// Answer 404.
+    Reject,
+}
 
 /// Why a source could not hand its events on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +279,7 @@ pub enum IngestError {
 /// matched and unrouted events are accepted). Counts received and unrouted events.
 pub async fn ingest(
     generation: &SharedGeneration,
-    stats: &crate::sources::SourceStats,
+    stats: &SourceStats,
     envelopes: Vec<Envelope>,
     unrouted: Unrouted,
     enqueue_timeout: Duration,
@@ -279,7 +292,7 @@ pub async fn ingest(
 /// policies first).
 pub async fn ingest_with(
     generation: &Generation,
-    stats: &crate::sources::SourceStats,
+    stats: &SourceStats,
     envelopes: Vec<Envelope>,
     unrouted: Unrouted,
     enqueue_timeout: Duration,
@@ -347,4 +360,36 @@ fn record_routes(span: &tracing::Span, set: &SinkSet) {
             tracing::debug!(sinks = set.len(), "event received and routed");
         }
     });
+}
+
+/// Per-source counters, cached so the hot path does no label lookups.
+#[derive(Clone)]
+pub struct SourceStats {
+    pub name: Arc<str>,
+    pub metrics: Metrics,
+    pub received: Counter,
+    pub accepted: Counter,
+    pub unrouted: Counter,
+    pub ack_latency: Histogram,
+    pub connections: Gauge,
+}
+
+impl SourceStats {
+    pub fn new(name: &str, metrics: &Metrics) -> Self {
+        let labels = Metrics::source(name);
+        SourceStats {
+            name: name.into(),
+            metrics: metrics.clone(),
+            received: metrics.received.get_or_create(&labels).clone(),
+            accepted: metrics.accepted.get_or_create(&labels).clone(),
+            unrouted: metrics.unrouted.get_or_create(&labels).clone(),
+            ack_latency: metrics.ack_latency.get_or_create(&labels).clone(),
+            connections: metrics.connections.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts refused events by a fixed reason (`invalid`, `undecodable`, `unrouted`, …).
+    pub fn reject(&self, reason: &'static str, n: u64) {
+        self.metrics.reject(&self.name, reason, n);
+    }
 }

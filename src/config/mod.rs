@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::file_ref::FileRef;
+pub use crate::pipeline::Unrouted;
 pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
 pub use http::WebhookConfig;
@@ -207,16 +208,6 @@ pub struct HttpSourceConfig {
     /// The answer to the CloudEvents Web Hook validation handshake (`OPTIONS`).
     #[serde(default)]
     pub webhook: WebhookConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Unrouted {
-    /// Accept (202) and count it.
-    #[default]
-    Accept,
-    /// Answer 404.
-    Reject,
 }
 
 /// A sink: where events go out.

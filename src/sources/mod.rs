@@ -11,9 +11,6 @@ pub mod websocket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,37 +22,7 @@ use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::pipeline::SharedGeneration;
 
-/// Per-source counters, cached so the hot path does no label lookups.
-#[derive(Clone)]
-pub struct SourceStats {
-    pub name: Arc<str>,
-    pub metrics: Metrics,
-    pub received: Counter,
-    pub accepted: Counter,
-    pub unrouted: Counter,
-    pub ack_latency: Histogram,
-    pub connections: Gauge,
-}
-
-impl SourceStats {
-    pub fn new(name: &str, metrics: &Metrics) -> Self {
-        let labels = Metrics::source(name);
-        SourceStats {
-            name: name.into(),
-            metrics: metrics.clone(),
-            received: metrics.received.get_or_create(&labels).clone(),
-            accepted: metrics.accepted.get_or_create(&labels).clone(),
-            unrouted: metrics.unrouted.get_or_create(&labels).clone(),
-            ack_latency: metrics.ack_latency.get_or_create(&labels).clone(),
-            connections: metrics.connections.get_or_create(&labels).clone(),
-        }
-    }
-
-    /// Counts refused events by a fixed reason (`invalid`, `undecodable`, `unrouted`, …).
-    pub fn reject(&self, reason: &'static str, n: u64) {
-        self.metrics.reject(&self.name, reason, n);
-    }
-}
+pub use crate::pipeline::SourceStats;
 
 /// Everything a source needs from the gateway.
 #[derive(Clone)]
