@@ -171,8 +171,8 @@ pub fn generation(
     metrics: &Metrics,
     dedup: &crate::router::DedupStore,
 ) -> Result<Generation, StartError> {
-    let routes =
-        RouteTable::build(config, &sinks.index, metrics, dedup).map_err(StartError::Routes)?;
+    let routes = RouteTable::build(&config.routes, &sinks.index, metrics, dedup)
+        .map_err(StartError::Routes)?;
     Ok(Generation {
         number,
         routes,

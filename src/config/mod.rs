@@ -33,7 +33,7 @@ pub use nats::{connect_options as nats_connect_options, NatsSinkConfig, NatsSour
 pub use websocket::{SlowClient, WebSocketSinkConfig, WebSocketSourceConfig};
 
 use crate::normalize::NormalizeConfig;
-use crate::router::FilterConfig;
+pub use crate::router::RouteConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -416,21 +416,6 @@ pub enum ContentMode {
     #[default]
     Binary,
     Structured,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Source names.
-    pub from: Vec<String>,
-    /// Sink names.
-    pub to: Vec<String>,
-    /// All must match (an implicit `all`).
-    #[serde(default)]
-    pub filters: Vec<FilterConfig>,
-    /// Drops repeats of (`source`, `id`) this route already delivered (docs/delivery.md).
-    #[serde(default)]
-    pub dedup: Option<crate::router::DedupConfig>,
 }
 
 pub(crate) mod defaults {

@@ -7,7 +7,7 @@
 mod dedup;
 mod filter;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 pub use dedup::{DedupConfig, DedupStore, DedupWindow};
 pub use filter::{Filter, FilterConfig, Key, Op, Subject};
 
-use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// One compiled route.
@@ -91,16 +90,32 @@ impl Route {
     }
 }
 
+/// A route: events of its sources that match its filters go to its sinks.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Source names.
+    pub from: Vec<String>,
+    /// Sink names.
+    pub to: Vec<String>,
+    /// All must match (an implicit `all`).
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+    /// Drops repeats of (`source`, `id`) this route already delivered (docs/delivery.md).
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
+}
+
 impl RouteTable {
     /// Compiles the routes of a checked config. `sink_index` gives each sink's position.
     pub fn build(
-        config: &Config,
+        routes: &BTreeMap<String, RouteConfig>,
         sink_index: &HashMap<String, usize>,
         metrics: &Metrics,
         dedup: &DedupStore,
     ) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
-        for (name, route) in &config.routes {
+        for (name, route) in routes {
             let filter = Filter::All(
                 route
                     .filters
