@@ -17,24 +17,11 @@ use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, SharedGeneration};
 use crate::reload;
-use crate::sinks::{self, SinkContext};
+use crate::sinks::SinkContext;
 use crate::sources;
+use crate::topology;
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Source(#[from] sources::SourceError),
-    #[error("admin: cannot listen on {addr}: {error}")]
-    Admin {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error(transparent)]
-    Sink(#[from] sinks::SinkError),
-    #[error("routes: {0}")]
-    Routes(String),
-}
+pub use crate::topology::StartError;
 
 /// A running gateway.
 pub struct Gateway {
@@ -67,9 +54,9 @@ impl Gateway {
             generation: Arc::clone(&generation),
         };
 
-        let sink_set = reload::build_sinks(&config, &reload::RunningSinks::new(), &cx).await?;
+        let sink_set = topology::build_sinks(&config, &topology::RunningSinks::new(), &cx).await?;
         let dedup = crate::router::DedupStore::default();
-        generation.store(Arc::new(reload::generation(
+        generation.store(Arc::new(topology::generation(
             1, &config, &sink_set, &metrics, &dedup,
         )?));
         let sink_addrs = sink_set.addrs.clone();

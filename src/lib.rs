@@ -20,8 +20,9 @@
 //! - [`normalize`], [`template`]: building events from messages that are not CloudEvents,
 //!   and sink addresses from event attributes.
 //! - [`problem`]: HTTP errors as `application/problem+json`.
-//! - [`admin`], [`metrics`]: health, readiness and Prometheus metrics; [`keyed`]: digests
+//! - [`admin`], [`health`], [`metrics`]: the admin server, readiness and Prometheus metrics; [`keyed`]: digests
 //!   and token comparisons under a per-process key.
+//! - [`topology`]: the sinks and generation built from a config, at start and at reload.
 //! - [`gateway`]: starts the components in order and shuts them down gracefully.
 //! - [`reload`], [`watch`]: config reloads (validate, then swap) and their file trigger.
 
@@ -48,6 +49,7 @@ pub mod sources;
 pub mod spool;
 pub mod template;
 pub mod tls;
+pub mod topology;
 pub mod trace;
 pub mod watch;
 
