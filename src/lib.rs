@@ -37,6 +37,7 @@ pub mod health;
 pub mod keyed;
 pub mod listener;
 pub mod metrics;
+pub(crate) mod mqtt_client;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;

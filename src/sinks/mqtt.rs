@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
 use crate::config::{ContentMode, MqttProtocol, MqttSinkConfig};
+use crate::mqtt_client::{self as client, Client, EventLoop, Options, Wire};
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
-use crate::sources::mqtt::client::{self, Client, EventLoop, Options, Wire};
 use crate::template::{self, Template, TemplateValues};
 
 /// The longest topic name: its length travels as a `u16`.

@@ -23,18 +23,16 @@
 //! messages came in, as MQTT requires, whatever order their deliveries settle in; one that
 //! finds the client's request queue full waits its turn and never costs the connection.
 
-pub(crate) mod client;
-
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ferry_core::{FailureKind, Outcome};
 use tokio::sync::mpsc;
 
-use self::client::{Client, EventLoop, Message, Options, Wire};
 use super::{SourceContext, SourceError};
 use crate::backoff::Backoff;
 use crate::config::{MqttProtocol, MqttSourceConfig};
+use crate::mqtt_client::{self as client, Client, EventLoop, Message, Options, Wire};
 use crate::normalize::{Normalizer, Raw};
 use crate::pipeline::{self, Envelope, IngestError};
 
