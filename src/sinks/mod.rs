@@ -372,7 +372,20 @@ pub async fn start(
     }
     // With a spool, routes send to the spool's writer; its replay feeds the sink's queue.
     let tx = match config.spool() {
-        Some(spool) => crate::spool::start(&name, spool, tx, cx).await?,
+        Some(spool) => {
+            let spool_cx = crate::spool::SpoolContext {
+                metrics: cx.metrics.clone(),
+                tracker: cx.tracker.clone(),
+                readiness: cx.readiness.clone(),
+            };
+            crate::spool::start(&name, spool, tx, &spool_cx)
+                .await
+                .map_err(|e| SinkError::Open {
+                    sink: name.to_string(),
+                    path: e.path,
+                    source: e.source,
+                })?
+        }
         None => tx,
     };
     Ok((SinkHandle::new(name, config.kind(), tx), addr))

@@ -34,10 +34,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pipeline::Delivery;
-use crate::sinks::{SinkContext, SinkError};
 use disk::Disk;
 use log::Position;
 
@@ -49,6 +50,23 @@ pub struct SpoolConfig {
     pub path: PathBuf,
     /// Most bytes of undelivered events; past it new events are refused.
     pub max_bytes: u64,
+}
+
+/// What the spool needs from the gateway: its metrics, the readiness it reports an unreadable
+/// spool in, and the tracker its tasks run on (awaited on shutdown).
+#[derive(Clone)]
+pub struct SpoolContext {
+    pub metrics: Metrics,
+    pub tracker: TaskTracker,
+    pub readiness: Readiness,
+}
+
+/// The spool's directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {path}: {source}")]
+pub struct OpenError {
+    pub path: String,
+    pub source: std::io::Error,
 }
 
 /// The smallest `max_bytes` accepted.
@@ -107,8 +125,8 @@ pub async fn start(
     name: &Arc<str>,
     config: &SpoolConfig,
     sink: mpsc::Sender<Delivery>,
-    cx: &SinkContext,
-) -> Result<mpsc::Sender<Delivery>, SinkError> {
+    cx: &SpoolContext,
+) -> Result<mpsc::Sender<Delivery>, OpenError> {
     start_on(Arc::new(disk::Os), name, config, sink, cx).await
 }
 
@@ -117,16 +135,15 @@ async fn start_on(
     name: &Arc<str>,
     config: &SpoolConfig,
     sink: mpsc::Sender<Delivery>,
-    cx: &SinkContext,
-) -> Result<mpsc::Sender<Delivery>, SinkError> {
+    cx: &SpoolContext,
+) -> Result<mpsc::Sender<Delivery>, OpenError> {
     let dir = config.path.clone();
     let segment_bytes = config.segment_bytes();
     let opened = tokio::task::spawn_blocking(move || log::open(&dir, segment_bytes, disk))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r)
-        .map_err(|source| SinkError::Open {
-            sink: name.to_string(),
+        .map_err(|source| OpenError {
             path: config.path.display().to_string(),
             source,
         })?;

@@ -36,7 +36,6 @@ use crate::delivery::extensions;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, Envelope};
-use crate::sinks::SinkContext;
 
 /// First and longest wait before reading again after a read error.
 const READ_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
@@ -80,7 +79,7 @@ impl Replay {
         head: watch::Receiver<Position>,
         sink: mpsc::Sender<Delivery>,
         size: Arc<Size>,
-        cx: &SinkContext,
+        cx: &super::SpoolContext,
     ) -> Replay {
         let labels = Metrics::sink(&name);
         let window = sink.max_capacity();

@@ -17,16 +17,15 @@ use super::faulty::Faulty;
 use crate::health::Readiness;
 use crate::metrics::{Metrics, SinkLabels};
 use crate::pipeline::{Delivery, Envelope};
-use crate::sinks::SinkContext;
 use crate::spool::disk::{Disk, Os};
-use crate::spool::{start_on, SpoolConfig};
+use crate::spool::{start_on, SpoolConfig, SpoolContext};
 
 const SINK: &str = "partner";
 
 struct Harness {
     tx: mpsc::Sender<Delivery>,
     sink: mpsc::Receiver<Delivery>,
-    cx: SinkContext,
+    cx: SpoolContext,
 }
 
 async fn harness(dir: &std::path::Path, max_bytes: u64, window: usize) -> Harness {
@@ -39,11 +38,10 @@ async fn harness_on(
     max_bytes: u64,
     window: usize,
 ) -> Harness {
-    let cx = SinkContext {
+    let cx = SpoolContext {
         metrics: Metrics::new(&mut Registry::default()),
         tracker: TaskTracker::new(),
         readiness: Readiness::default(),
-        generation: Default::default(),
     };
     let (sink_tx, sink) = mpsc::channel(window);
     let config = SpoolConfig {
