@@ -109,6 +109,14 @@ impl SinkHandle {
     }
 }
 
+/// Restricts each envelope to the routes its grant names (`None`: every route), as
+/// [`crate::security::source::SourceSecurity::authorize`] returns them.
+pub fn grant_routes(envelopes: &mut [Envelope], grants: Vec<Option<Vec<String>>>) {
+    for (e, routes) in envelopes.iter_mut().zip(grants) {
+        e.routes = routes.map(Into::into);
+    }
+}
+
 /// One consistent configuration: routes and the sinks they point to.
 #[derive(Debug, Default)]
 pub struct Generation {

@@ -13,7 +13,7 @@ use super::policy::{Denied, Policies};
 use super::principal::{Method, Principal};
 use super::ratelimit::{Limiter, RateKey, RateLimitConfig, RateRefusal};
 use crate::listener::Peer;
-use crate::pipeline::Envelope;
+use ferry_core::CloudEvent;
 
 /// How several configured authentication methods combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -426,31 +426,27 @@ impl SourceSecurity {
         }
     }
 
-    /// Checks every event against the policies, then stamps the principal into it and
-    /// restricts its routes. Nothing is changed unless every event passes.
-    pub fn authorize(
+    /// Checks every event against the policies, then stamps the principal into each and
+    /// returns the routes each may take (`None`: every route). Nothing is changed unless every
+    /// event passes; the index of the first refused one comes with the refusal.
+    pub fn authorize<'e>(
         &self,
         policies: &Policies,
         principal: &Principal,
-        envelopes: &mut [Envelope],
-    ) -> Result<(), (usize, Denied)> {
-        let mut grants = Vec::with_capacity(envelopes.len());
-        for (i, e) in envelopes.iter().enumerate() {
+        events: impl IntoIterator<Item = &'e mut CloudEvent>,
+    ) -> Result<Vec<Option<Vec<String>>>, (usize, Denied)> {
+        let mut events: Vec<&mut CloudEvent> = events.into_iter().collect();
+        let mut grants = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
             let grant = policies
-                .authorize(
-                    principal,
-                    e.event.ty(),
-                    e.event.source(),
-                    self.require_policy,
-                )
+                .authorize(principal, e.ty(), e.source(), self.require_policy)
                 .map_err(|d| (i, d))?;
-            grants.push(grant);
+            grants.push(grant.routes);
         }
-        for (e, grant) in envelopes.iter_mut().zip(grants) {
-            principal.stamp(&mut e.event);
-            e.routes = grant.routes.map(Into::into);
+        for e in &mut events {
+            principal.stamp(e);
         }
-        Ok(())
+        Ok(grants)
     }
 }
 

@@ -460,10 +460,15 @@ async fn deliver(
         .security
         .rate_limit(principal, peer.map(|p| p.addr.ip()), n as u32)
         .map_err(|wait| (Problem::rate_limited(wait), n))?;
-    state
+    let grants = state
         .security
-        .authorize(&generation.policies, principal, &mut envelopes)
+        .authorize(
+            &generation.policies,
+            principal,
+            envelopes.iter_mut().map(|e| &mut e.event),
+        )
         .map_err(|(index, denied)| (Problem::forbidden(index, denied, is_batch), n))?;
+    pipeline::grant_routes(&mut envelopes, grants);
     let enqueue_timeout = Duration::from_millis(state.config.enqueue_timeout_ms);
     let waiter = pipeline::ingest_with(
         &generation,

@@ -628,13 +628,16 @@ impl Connection<'_> {
         }
         let generation = state.cx.generation.load_full();
         let mut envelopes = vec![envelope];
-        if let Err((_, denied)) =
-            state
-                .security
-                .authorize(&generation.policies, &self.principal, &mut envelopes)
-        {
-            let _ = out.send(refuse(Problem::forbidden(0, denied, false))).await;
-            return;
+        match state.security.authorize(
+            &generation.policies,
+            &self.principal,
+            envelopes.iter_mut().map(|e| &mut e.event),
+        ) {
+            Ok(grants) => pipeline::grant_routes(&mut envelopes, grants),
+            Err((_, denied)) => {
+                let _ = out.send(refuse(Problem::forbidden(0, denied, false))).await;
+                return;
+            }
         }
         let ingested = pipeline::ingest_with(
             &generation,
