@@ -11,6 +11,7 @@
 pub mod ack;
 pub mod error;
 pub mod event;
+pub mod header_value;
 pub mod json;
 pub mod metadata;
 pub mod validate;

@@ -5,8 +5,6 @@
 //! the binding §3: `application/cloudevents-batch…` → batched, `application/cloudevents…` →
 //! structured, anything else → binary (`ce-` headers, body = data).
 
-mod header;
-
 use std::borrow::Cow;
 
 use bytes::Bytes;
@@ -14,7 +12,7 @@ use ferry_core::json::{self, BatchError};
 use ferry_core::{AttributeRef, CloudEvent, Data, EventBuilder, EventError, TransportMetadata};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
-pub use header::{decode_value, encode_value};
+pub use ferry_core::header_value::{decode_value, encode_value};
 
 /// The header whose presence makes a message a binary-mode CloudEvent.
 const SPECVERSION_HEADER: HeaderName = HeaderName::from_static("ce-specversion");

@@ -19,7 +19,7 @@ use ferry_core::{
     AttributeRef, CloudEvent, Data, EventBuilder, EventError, EventErrorKind, TransportMetadata,
 };
 
-pub use ferry_http::{decode_value, encode_value};
+pub use ferry_core::header_value::{decode_value, encode_value};
 
 /// The header a structured message carries (and that selects structured mode).
 pub const CONTENT_TYPE: &str = "Content-Type";

@@ -1,4 +1,5 @@
-//! Header values of binary mode: percent-encoding (binding §3.1.3).
+//! Header values of binary mode: percent-encoding (HTTP binding §3.1.3), shared by the
+//! bindings that carry attributes in text headers (HTTP, NATS).
 
 use std::borrow::Cow;
 
