@@ -409,14 +409,8 @@ pub struct HttpSinkConfig {
     pub allow_insecure: bool,
 }
 
-/// CloudEvents content mode of an outbound message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentMode {
-    #[default]
-    Binary,
-    Structured,
-}
+/// CloudEvents content mode of an outbound message (`"binary"` or `"structured"`).
+pub type ContentMode = ferry_core::Mode;
 
 pub(crate) mod defaults {
     pub fn watch() -> bool {

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
-use crate::config::{AmqpSinkConfig, ContentMode};
+use crate::config::AmqpSinkConfig;
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template};
@@ -58,10 +58,7 @@ pub fn start(
         name: Arc::clone(name),
         config: config.clone(),
         routing_key,
-        mode: match config.mode {
-            ContentMode::Binary => ferry_amqp::Mode::Binary,
-            ContentMode::Structured => ferry_amqp::Mode::Structured,
-        },
+        mode: config.mode,
         prefix: config.header_prefix.binding(),
         signer: config
             .sign

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
-use crate::config::{ContentMode, HttpSinkConfig};
+use crate::config::HttpSinkConfig;
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, SignScheme, Signer};
 
@@ -91,10 +91,7 @@ pub fn start(
         client,
         shown_url: crate::redacted_url::redacted(&url),
         url,
-        mode: match config.mode {
-            ContentMode::Binary => ferry_http::Mode::Binary,
-            ContentMode::Structured => ferry_http::Mode::Structured,
-        },
+        mode: config.mode,
         headers,
         signer: config
             .sign

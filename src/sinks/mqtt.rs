@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
-use crate::config::{ContentMode, MqttProtocol, MqttSinkConfig};
+use crate::config::{MqttProtocol, MqttSinkConfig};
 use crate::mqtt_client::{self as client, Client, EventLoop, Options, Wire};
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
@@ -90,10 +90,7 @@ pub fn start(
         topic,
         values: config.template_values,
         protocol: config.protocol,
-        mode: match config.mode {
-            ContentMode::Binary => ferry_mqtt::Mode::Binary,
-            ContentMode::Structured => ferry_mqtt::Mode::Structured,
-        },
+        mode: config.mode,
         qos: config.qos,
         retain: config.retain,
         in_flight,

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{SinkContext, SinkError, SinkStats};
 use crate::backoff::Backoff;
-use crate::config::{ContentMode, NatsSinkConfig};
+use crate::config::NatsSinkConfig;
 use crate::pipeline::Delivery;
 use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template, TemplateValues};
@@ -58,10 +58,7 @@ pub fn start(
         literal_subject: subject.as_literal().map(async_nats::Subject::from),
         subject,
         values: config.template_values,
-        mode: match config.mode {
-            ContentMode::Binary => ferry_nats::Mode::Binary,
-            ContentMode::Structured => ferry_nats::Mode::Structured,
-        },
+        mode: config.mode,
         timeout: Duration::from_millis(config.timeout_ms),
         signer: config
             .sign

@@ -31,14 +31,8 @@ pub const PREFIXES: [&str; 3] = ["cloudEvents_", "cloudEvents:", "ce-"];
 /// The content type written in structured mode.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
-/// How an event is laid out in an AMQP message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Attributes in headers, data in the body.
-    Binary,
-    /// The whole event in the body, in the JSON format.
-    Structured,
-}
+/// How an event is laid out in an AMQP message: binary puts attributes in headers.
+pub use ferry_core::Mode;
 
 /// The header-name prefix written in binary mode. One message never mixes prefixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

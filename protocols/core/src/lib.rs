@@ -20,3 +20,17 @@ pub use ack::{AckToken, AckWaiter, DeliveryFailure, FailureKind, Outcome};
 pub use error::{EventError, EventErrorKind};
 pub use event::{AttributeRef, CloudEvent, Data, EventBuilder, ExtensionValue, Timestamp};
 pub use metadata::TransportMetadata;
+
+/// How a binding lays an event out in a message: attributes in the transport's headers (or
+/// properties) and the data as the body, or the whole event in the body in a CloudEvents
+/// format. Each binding's docs say where exactly; config reads it as `"binary"` /
+/// `"structured"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Attributes in the transport's headers or properties, data in the body.
+    #[default]
+    Binary,
+    /// The whole event in the body, in the JSON format.
+    Structured,
+}

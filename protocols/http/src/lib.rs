@@ -17,14 +17,8 @@ pub use ferry_core::header_value::{decode_value, encode_value};
 /// The header whose presence makes a message a binary-mode CloudEvent.
 const SPECVERSION_HEADER: HeaderName = HeaderName::from_static("ce-specversion");
 
-/// How an event is laid out in an HTTP message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Attributes in `ce-` headers, data in the body.
-    Binary,
-    /// The whole event in the body, in the JSON format.
-    Structured,
-}
+/// How an event is laid out in an HTTP message: binary puts attributes in `ce-` headers.
+pub use ferry_core::Mode;
 
 /// The content mode of an inbound message, read from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,14 +20,9 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 /// The Content Type of a structured-mode message.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
-/// How an event is laid out in an MQTT 5 message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Attributes in user properties, `datacontenttype` in Content Type, data as payload.
-    Binary,
-    /// The whole event in the payload, in the JSON format.
-    Structured,
-}
+/// How an event is laid out in an MQTT 5 message: binary puts attributes in user properties,
+/// `datacontenttype` in Content Type and the data in the payload.
+pub use ferry_core::Mode;
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

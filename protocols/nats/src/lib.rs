@@ -30,14 +30,8 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 /// The transport property that holds the subject a message arrived on.
 pub const SUBJECT_PROPERTY: &str = "nats.subject";
 
-/// How an event is laid out in a NATS message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Attributes in `ce-` headers, data in the payload.
-    Binary,
-    /// The whole event in the payload, in the JSON format.
-    Structured,
-}
+/// How an event is laid out in a NATS message: binary puts attributes in `ce-` headers.
+pub use ferry_core::Mode;
 
 /// What the headers of an inbound message say about its layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
