@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 
 use common::{Receiver, TestGateway};
@@ -20,11 +19,6 @@ use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// A unique name for this test run.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
-}
 
 /// Fails (never skips) when the broker is missing.
 async fn rabbit() -> (Connection, Channel) {
@@ -153,22 +147,9 @@ async fn take(channel: &Channel, queue: &str, n: usize) -> Vec<lapin::message::D
     out
 }
 
-/// Polls `check` until it holds, or panics with `what` after `secs` seconds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn wait_ready(gw: &TestGateway) {
     let url = gw.admin("/readyz");
-    eventually(15, "gateway ready", || async {
+    common::until(Duration::from_secs(15), "gateway ready", || async {
         reqwest::get(&url)
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -216,8 +197,8 @@ path = "/events"
 #[tokio::test]
 async fn http_to_amqp_binary_and_structured() {
     let (_conn, ch) = rabbit().await;
-    let exchange = unique("ferry.test.x");
-    let queue = unique("ferry.test.q");
+    let exchange = common::unique("ferry.test.x");
+    let queue = common::unique("ferry.test.q");
     declare_exchange(&ch, &exchange, ExchangeKind::Topic).await;
     declare_queue(&ch, &queue, FieldTable::default()).await;
     bind(&ch, &queue, &exchange, "#").await;
@@ -363,7 +344,7 @@ to = ["archive"]
 #[tokio::test]
 async fn amqp_to_file_all_modes_and_prefixes() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
+    let queue = common::unique("ferry.test.inbox");
     declare_queue(&ch, &queue, FieldTable::default()).await;
 
     let mut h = FieldTable::default();
@@ -407,7 +388,7 @@ async fn amqp_to_file_all_modes_and_prefixes() {
     }
 
     let gw = TestGateway::start(&amqp_source_config(&queue, "")).await;
-    eventually(15, "4 events in the file", || async {
+    common::until(Duration::from_secs(15), "4 events in the file", || async {
         gw.lines("events.jsonl").len() == 4
     })
     .await;
@@ -446,7 +427,7 @@ async fn amqp_to_file_all_modes_and_prefixes() {
         assert_eq!(e["data"], "hello");
         assert_eq!(e["datacontenttype"], "text/plain");
     }
-    eventually(5, "4 accepted", || async {
+    common::until(Duration::from_secs(5), "4 accepted", || async {
         metric(
             &gw.metrics().await,
             "ferry_events_accepted_total",
@@ -464,9 +445,9 @@ async fn amqp_to_file_all_modes_and_prefixes() {
 #[tokio::test]
 async fn undecodable_message_is_dead_lettered() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
-    let dlx = unique("ferry.test.dlx");
-    let dlq = unique("ferry.test.dlq");
+    let queue = common::unique("ferry.test.inbox");
+    let dlx = common::unique("ferry.test.dlx");
+    let dlq = common::unique("ferry.test.dlq");
     declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
     declare_queue(&ch, &dlq, FieldTable::default()).await;
     bind(&ch, &dlq, &dlx, "").await;
@@ -485,7 +466,7 @@ declare = {{ durable = false, auto_delete = true, dead_letter_exchange = "{dlx}"
     let dead = take(&ch, &dlq, 1).await;
     assert_eq!(dead[0].data, b"not an event");
     assert!(header(&dead[0], "x-death").is_some());
-    eventually(5, "rejected counter", || async {
+    common::until(Duration::from_secs(5), "rejected counter", || async {
         metric(
             &gw.metrics().await,
             "ferry_events_rejected_total",
@@ -502,8 +483,8 @@ declare = {{ durable = false, auto_delete = true, dead_letter_exchange = "{dlx}"
 #[tokio::test]
 async fn unroutable_publish_fails_the_request() {
     let (_conn, ch) = rabbit().await;
-    let exchange = unique("ferry.test.x");
-    let queue = unique("ferry.test.q");
+    let exchange = common::unique("ferry.test.x");
+    let queue = common::unique("ferry.test.q");
     let config = http_source_config(
         &format!(
             r#"
@@ -553,7 +534,7 @@ confirm_timeout_ms = 5000
 #[tokio::test]
 async fn failed_delivery_is_requeued_until_it_succeeds() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
+    let queue = common::unique("ferry.test.inbox");
     declare_queue(&ch, &queue, FieldTable::default()).await;
     let mut receiver = Receiver::start().await;
     receiver.set_status(500);
@@ -606,13 +587,17 @@ to = ["hook"]
         deliveries += 1;
     }
     receiver.set_status(200);
-    eventually(10, "accepted after the receiver recovers", || async {
-        metric(
-            &gw.metrics().await,
-            "ferry_events_accepted_total",
-            &["inbox"],
-        ) == Some(1.0)
-    })
+    common::until(
+        Duration::from_secs(10),
+        "accepted after the receiver recovers",
+        || async {
+            metric(
+                &gw.metrics().await,
+                "ferry_events_accepted_total",
+                &["inbox"],
+            ) == Some(1.0)
+        },
+    )
     .await;
     gw.gateway.shutdown().await;
     // Acknowledged: nothing goes back to the queue when the consumer leaves.
@@ -627,7 +612,7 @@ to = ["hook"]
 #[tokio::test]
 async fn competing_consumers_share_a_queue() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
+    let queue = common::unique("ferry.test.inbox");
     declare_queue(&ch, &queue, FieldTable::default()).await;
     let config = amqp_source_config(&queue, "").replace("prefetch = 64", "prefetch = 8");
     let a = TestGateway::start(&config).await;
@@ -656,9 +641,11 @@ async fn competing_consumers_share_a_queue() {
     }
     ch.wait_for_confirms().await.expect("confirms");
 
-    eventually(30, "all messages in the two files", || async {
-        a.lines("events.jsonl").len() + b.lines("events.jsonl").len() >= N
-    })
+    common::until(
+        Duration::from_secs(30),
+        "all messages in the two files",
+        || async { a.lines("events.jsonl").len() + b.lines("events.jsonl").len() >= N },
+    )
     .await;
     let (la, lb) = (a.lines("events.jsonl"), b.lines("events.jsonl"));
     assert_eq!(la.len() + lb.len(), N);
@@ -679,8 +666,8 @@ async fn competing_consumers_share_a_queue() {
 #[tokio::test]
 async fn ten_thousand_events_all_confirmed() {
     let (_conn, ch) = rabbit().await;
-    let exchange = unique("ferry.test.x");
-    let queue = unique("ferry.test.q");
+    let exchange = common::unique("ferry.test.x");
+    let queue = common::unique("ferry.test.q");
     let config = http_source_config(
         &format!(
             r#"
@@ -772,7 +759,7 @@ fn spring_required(id: &str) -> Vec<(&'static str, AMQPValue)> {
 #[tokio::test]
 async fn issue15_sdk_and_spring_messages_are_accepted() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
+    let queue = common::unique("ferry.test.inbox");
     declare_queue(&ch, &queue, FieldTable::default()).await;
 
     // Python SDK `amqp.to_binary`: `time` as an integer of milliseconds since the epoch
@@ -808,7 +795,7 @@ async fn issue15_sdk_and_spring_messages_are_accepted() {
     .await;
 
     let gw = TestGateway::start(&amqp_source_config(&queue, "")).await;
-    eventually(15, "5 events in the file", || async {
+    common::until(Duration::from_secs(15), "5 events in the file", || async {
         gw.lines("events.jsonl").len() == 5
     })
     .await;
@@ -838,9 +825,9 @@ async fn issue15_sdk_and_spring_messages_are_accepted() {
 #[tokio::test]
 async fn b6_time_of_the_wrong_type_is_refused_naming_time() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
-    let dlx = unique("ferry.test.dlx");
-    let dlq = unique("ferry.test.dlq");
+    let queue = common::unique("ferry.test.inbox");
+    let dlx = common::unique("ferry.test.dlx");
+    let dlq = common::unique("ferry.test.dlq");
     declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
     declare_queue(&ch, &dlq, FieldTable::default()).await;
     bind(&ch, &dlq, &dlx, "").await;
@@ -881,9 +868,9 @@ async fn b6_time_of_the_wrong_type_is_refused_naming_time() {
 #[tokio::test]
 async fn r5_oversize_message_is_dead_lettered() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.test.inbox");
-    let dlx = unique("ferry.test.dlx");
-    let dlq = unique("ferry.test.dlq");
+    let queue = common::unique("ferry.test.inbox");
+    let dlx = common::unique("ferry.test.dlx");
+    let dlq = common::unique("ferry.test.dlq");
     declare_exchange(&ch, &dlx, ExchangeKind::Fanout).await;
     declare_queue(&ch, &dlq, FieldTable::default()).await;
     bind(&ch, &dlq, &dlx, "").await;
@@ -899,12 +886,14 @@ async fn r5_oversize_message_is_dead_lettered() {
         text(header(&dead[0], "cloudEvents_id")).as_deref(),
         Some("big")
     );
-    eventually(10, "the small one delivered", || async {
-        gw.lines("events.jsonl").len() == 1
-    })
+    common::until(
+        Duration::from_secs(10),
+        "the small one delivered",
+        || async { gw.lines("events.jsonl").len() == 1 },
+    )
     .await;
     assert_eq!(gw.lines("events.jsonl")[0]["id"], "fits");
-    eventually(5, "too_large counted", || async {
+    common::until(Duration::from_secs(5), "too_large counted", || async {
         metric(
             &gw.metrics().await,
             "ferry_events_rejected_total",

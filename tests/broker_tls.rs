@@ -17,10 +17,6 @@ use ferry::tls::ClientTlsConfig;
 const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
 /// Development certificates, and a second CA the brokers do not trust.
 struct Certs {
     dir: tempfile::TempDir,
@@ -114,33 +110,6 @@ impl Broker {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn ready(gw: &TestGateway) {
-    let url = gw.admin("/readyz");
-    eventually("the gateway to be ready", || async {
-        let r = reqwest::get(&url).await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
-
 async fn post(gw: &TestGateway, id: &str) -> reqwest::StatusCode {
     reqwest::Client::new()
         .post(gw.url("web", "/events"))
@@ -192,7 +161,7 @@ to = ["archive"]
 
 /// Waits for the archived event and checks the signature the broker sink added.
 async fn archived_and_signed(gw: &TestGateway, id: &str) {
-    let line = eventually("the event to come back over TLS", || async {
+    let line = common::eventually(WAIT, "the event to come back over TLS", || async {
         gw.lines("events.jsonl").into_iter().find(|l| l["id"] == id)
     })
     .await;
@@ -225,7 +194,7 @@ async fn archived_and_signed(gw: &TestGateway, id: &str) {
 async fn nats_over_tls_with_client_certificates() {
     let certs = Certs::new();
     let nats = Broker::nats(&certs);
-    let sfx = suffix();
+    let sfx = common::suffix();
     let url = format!("tls://127.0.0.1:{}", nats.port);
     let tls = certs.table(&certs.dev("ca.pem"), true);
     let gw = TestGateway::start(&gateway_config(
@@ -239,7 +208,7 @@ async fn nats_over_tls_with_client_certificates() {
         ),
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     assert_eq!(post(&gw, "n1").await, 202);
     archived_and_signed(&gw, "n1").await;
     gw.gateway.shutdown().await;
@@ -285,7 +254,7 @@ async fn nats_over_tls_with_client_certificates() {
 async fn mqtt_over_tls_with_client_certificates() {
     let certs = Certs::new();
     let broker = Broker::mosquitto(&certs);
-    let sfx = suffix();
+    let sfx = common::suffix();
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let tls = certs.table(&certs.dev("ca.pem"), true);
     let gw = TestGateway::start(&gateway_config(
@@ -296,7 +265,7 @@ async fn mqtt_over_tls_with_client_certificates() {
         &format!("[sources.in]\ntype = \"mqtt\"\nurl = \"{url}\"\ntopics = [\"t{sfx}/#\"]\n{tls}"),
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     assert_eq!(post(&gw, "m1").await, 202);
     archived_and_signed(&gw, "m1").await;
     gw.gateway.shutdown().await;
@@ -370,7 +339,7 @@ async fn rabbitmq_tls_front(certs: &Certs) -> (u16, tokio::task::JoinHandle<()>)
 async fn amqp_over_tls_with_client_certificates() {
     let certs = Certs::new();
     let (port, front) = rabbitmq_tls_front(&certs).await;
-    let sfx = suffix();
+    let sfx = common::suffix();
     let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
     let tls = certs.table(&certs.dev("ca.pem"), true);
     let gw = TestGateway::start(&gateway_config(
@@ -384,7 +353,7 @@ async fn amqp_over_tls_with_client_certificates() {
         ),
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     assert_eq!(post(&gw, "a1").await, 202);
     archived_and_signed(&gw, "a1").await;
     gw.gateway.shutdown().await;

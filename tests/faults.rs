@@ -25,10 +25,6 @@ use tokio_stream::StreamExt as _;
 
 const RABBIT: &str = "127.0.0.1:5672";
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
-}
-
 async fn rabbit() -> (Connection, Channel) {
     let connection = tokio::time::timeout(
         Duration::from_secs(10),
@@ -209,8 +205,8 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_connection_cut_mid_stream_loses_nothing_acknowledged() {
     let (_conn, ch) = rabbit().await;
-    let exchange = unique("ferry.faults.x");
-    let queue = unique("ferry.faults.q");
+    let exchange = common::unique("ferry.faults.x");
+    let queue = common::unique("ferry.faults.q");
     ch.exchange_declare(
         exchange.as_str().into(),
         ExchangeKind::Topic,
@@ -495,7 +491,7 @@ to = ["partner"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_exits_zero_and_redelivers_the_rest() {
     let (_conn, ch) = rabbit().await;
-    let queue = unique("ferry.faults.term");
+    let queue = common::unique("ferry.faults.term");
     declare_queue(&ch, &queue).await;
     const N: usize = 300;
     for i in 0..N {

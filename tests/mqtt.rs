@@ -20,27 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 
 const BROKER: &str = "127.0.0.1:1883 (start it with scripts/brokers)";
 
-fn suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-/// Waits for `check` to hold, polling; panics with `what` after `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn ready(gw: &TestGateway) {
     let url = gw.admin("/readyz");
-    eventually(
-        10,
+    common::until(
+        Duration::from_secs(10),
         &format!("gateway ready (Mosquitto on {BROKER})"),
         || async {
             reqwest::get(&url)
@@ -62,7 +45,7 @@ struct Peer {
 impl Peer {
     /// An MQTT 5 client subscribed (QoS 1) to `filters`, once the broker confirmed.
     async fn v5(filters: &[&str]) -> Peer {
-        let mut options = MqttOptions::new(format!("peer-{}", suffix()), "127.0.0.1", 1883);
+        let mut options = MqttOptions::new(format!("peer-{}", common::suffix()), "127.0.0.1", 1883);
         options.set_max_packet_size(Some(1 << 20));
         let (client, mut events) = AsyncClient::new(options, 1000);
         for f in filters {
@@ -113,7 +96,8 @@ impl Peer {
 
     /// Adds an MQTT 3.1.1 client for publishing.
     async fn with_v311(mut self) -> Peer {
-        let options = rumqttc::MqttOptions::new(format!("peer-{}", suffix()), "127.0.0.1", 1883);
+        let options =
+            rumqttc::MqttOptions::new(format!("peer-{}", common::suffix()), "127.0.0.1", 1883);
         let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
         let acks = Arc::clone(&self.pubacks);
         tokio::spawn(async move {
@@ -148,7 +132,7 @@ impl Peer {
     /// Waits until the broker confirmed `n` of this peer's publishes in total.
     async fn confirmed(&self, n: usize) {
         let acks = Arc::clone(&self.pubacks);
-        eventually(10, "broker PUBACKs", move || {
+        common::until(Duration::from_secs(10), "broker PUBACKs", move || {
             let acks = Arc::clone(&acks);
             async move { acks.load(Ordering::SeqCst) >= n }
         })
@@ -203,9 +187,11 @@ fn events(gw: &TestGateway, file: &str) -> Vec<CloudEvent> {
 }
 
 async fn wait_lines(gw: &TestGateway, file: &str, n: usize) -> Vec<Value> {
-    eventually(15, &format!("{n} lines in {file}"), || async {
-        gw.lines(file).len() >= n
-    })
+    common::until(
+        Duration::from_secs(15),
+        &format!("{n} lines in {file}"),
+        || async { gw.lines(file).len() >= n },
+    )
     .await;
     gw.lines(file)
 }
@@ -232,7 +218,7 @@ mode = "binary"
 
 #[tokio::test]
 async fn http_source_to_mqtt_sinks_in_every_mode() {
-    let s = suffix();
+    let s = common::suffix();
     let mut peer = Peer::v5(&[&format!("ferry-test-{s}/#")]).await;
     let text = format!(
         r#"
@@ -352,7 +338,7 @@ fn full_event(id: &str) -> CloudEvent {
 
 #[tokio::test]
 async fn mqtt_sources_to_file_in_every_mode() {
-    let s = suffix();
+    let s = common::suffix();
     let text = format!(
         r#"
 [admin]
@@ -440,7 +426,7 @@ mode = "binary"
 
 #[tokio::test]
 async fn raw_device_json_is_normalized() {
-    let run = suffix();
+    let run = common::suffix();
     let mut peer = Peer::v5(&["ferry/com.example.device.telemetry"]).await;
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{DEVICES}\n[sinks.archive]\ntype = \"file\"\npath = \"{{dir}}/events.jsonl\"\n\n[routes.devices]\nfrom = [\"devices\"]\nto = [\"archive\", \"telemetry_out\"]\n"
@@ -452,7 +438,7 @@ async fn raw_device_json_is_normalized() {
         .await;
     // The session may hold messages of earlier runs: look for this run's.
     let mine = |l: &Value| l["data"]["run"] == run.as_str();
-    eventually(15, "the normalized event", || async {
+    common::until(Duration::from_secs(15), "the normalized event", || async {
         gw.lines("events.jsonl").iter().any(mine)
     })
     .await;
@@ -486,7 +472,7 @@ async fn raw_device_json_is_normalized() {
 
 #[tokio::test]
 async fn undecodable_messages_are_counted_dead_lettered_and_acked() {
-    let s = suffix();
+    let s = common::suffix();
     let mut peer = Peer::v5(&[&format!("ferry-test-{s}/dead")]).await;
     let text = format!(
         r#"
@@ -529,7 +515,7 @@ to = ["archive"]
         Some("undecodable")
     );
     let metrics_url = gw.admin("/metrics");
-    eventually(10, "the rejection counted", || async {
+    common::until(Duration::from_secs(10), "the rejection counted", || async {
         let m = reqwest::get(&metrics_url)
             .await
             .unwrap()
@@ -550,7 +536,7 @@ to = ["archive"]
 
 #[tokio::test]
 async fn failed_delivery_is_redelivered_not_acked() {
-    let s = suffix();
+    let s = common::suffix();
     let mut receiver = Receiver::start().await;
     receiver.set_status(500);
     let text = format!(
@@ -602,7 +588,7 @@ to = ["out"]
         .unwrap();
     assert_eq!(again.headers.get("ce-id").unwrap(), "keep-me");
     let metrics_url = gw.admin("/metrics");
-    eventually(10, "the message acked", || async {
+    common::until(Duration::from_secs(10), "the message acked", || async {
         let m = reqwest::get(&metrics_url)
             .await
             .unwrap()
@@ -617,7 +603,7 @@ to = ["out"]
 
 #[tokio::test]
 async fn persistent_session_keeps_messages_while_stopped() {
-    let s = suffix();
+    let s = common::suffix();
     let text = format!(
         r#"
 [admin]
@@ -664,7 +650,7 @@ to = ["archive"]
 #[tokio::test]
 async fn shared_subscription_splits_messages_exactly_once() {
     const N: usize = 200;
-    let s = suffix();
+    let s = common::suffix();
     let config = |instance: &str| {
         format!(
             r#"
@@ -702,9 +688,11 @@ to = ["archive"]
         )
         .await;
     }
-    eventually(20, "every message delivered", || async {
-        a.lines("events.jsonl").len() + b.lines("events.jsonl").len() >= N
-    })
+    common::until(
+        Duration::from_secs(20),
+        "every message delivered",
+        || async { a.lines("events.jsonl").len() + b.lines("events.jsonl").len() >= N },
+    )
     .await;
     let (la, lb) = (a.lines("events.jsonl"), b.lines("events.jsonl"));
     assert!(
@@ -730,7 +718,7 @@ to = ["archive"]
 /// published beside it are untouched.
 #[tokio::test]
 async fn r1_oversize_events_are_dead_lettered_without_touching_the_connection() {
-    let s = suffix();
+    let s = common::suffix();
     let mut peer = Peer::v5(&[&format!("ferry-r1-{s}/#")]).await;
     let text = format!(
         r#"
@@ -829,7 +817,7 @@ async fn rejected(gw: &TestGateway, source: &str, reason: &str, n: usize) {
     let url = gw.admin("/metrics");
     let want =
         format!("ferry_events_rejected_total{{source=\"{source}\",reason=\"{reason}\"}} {n}");
-    eventually(10, &want.clone(), || {
+    common::until(Duration::from_secs(10), &want.clone(), || {
         let (url, want) = (url.clone(), want.clone());
         async move {
             reqwest::get(&url)
@@ -848,7 +836,7 @@ async fn rejected(gw: &TestGateway, source: &str, reason: &str, n: usize) {
 /// properties at all, and a refused QoS 0 message is dead-lettered too.
 #[tokio::test]
 async fn b5_dead_letter_copies_always_carry_the_reason() {
-    let s = suffix();
+    let s = common::suffix();
     let mut peer = Peer::v5(&[&format!("ferry-test-{s}/dead")]).await;
     let text = format!(
         r#"
@@ -912,7 +900,7 @@ to = ["archive"]
 /// reason `delivery_failed`, acknowledged and counted, so the in-order PUBACK window moves on.
 #[tokio::test]
 async fn r3_permanent_failure_is_dead_lettered_and_acked() {
-    let s = suffix();
+    let s = common::suffix();
     let mut receiver = Receiver::start().await;
     receiver.set_status(400);
     let mut peer = Peer::v5(&[&format!("ferry-test-{s}/dead")]).await;
@@ -988,7 +976,7 @@ filters = [{{ exact = {{ type = "com.example.good" }} }}]
 /// 20 unacknowledged messages, more than this source's limit of 16 with `inflight = 1`).
 #[tokio::test]
 async fn q1_settled_unacked_messages_bound_what_is_read() {
-    let s = suffix();
+    let s = common::suffix();
     let receiver = Receiver::start().await;
     receiver.set_status(500);
     let peer = Peer::v5(&[]).await;

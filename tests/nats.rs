@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -17,42 +16,10 @@ use serde_json::{json, Value};
 const NATS: &str = "nats://127.0.0.1:4222";
 const WAIT: Duration = Duration::from_secs(15);
 
-fn suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
 async fn client() -> async_nats::Client {
     async_nats::connect(NATS)
         .await
         .expect("nats-server must run on 127.0.0.1:4222 with JetStream (scripts/brokers)")
-}
-
-/// Polls `check` until it returns `Some`, failing after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn ready(gw: &TestGateway) {
-    let url = gw.admin("/readyz");
-    eventually("the gateway to be ready", || async {
-        let status = reqwest::get(&url).await.ok()?.status();
-        (status == 200).then_some(())
-    })
-    .await;
 }
 
 async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) {
@@ -118,7 +85,7 @@ fn structured_event(id: &str) -> Value {
 
 #[tokio::test]
 async fn http_source_to_core_and_jetstream_sinks() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
     let stream = format!("FERRY_SINK_{sfx}");
@@ -158,7 +125,7 @@ to = ["core_bin", "core_str", "stream"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let post = || async {
         reqwest::Client::new()
             .post(gw.url("web", "/events"))
@@ -233,7 +200,7 @@ to = ["core_bin", "core_str", "stream"]
 
 #[tokio::test]
 async fn core_and_jetstream_sources_to_file_sink() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
     let stream = format!("FERRY_SRC_{sfx}");
@@ -272,7 +239,7 @@ to = ["js_file"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let structured = structured_event("s-1");
     let mut st_headers = async_nats::HeaderMap::new();
     st_headers.insert("Content-Type", "application/cloudevents+json");
@@ -306,7 +273,7 @@ to = ["js_file"]
                 .unwrap();
             nats.flush().await.unwrap();
         }
-        let lines: Vec<Value> = eventually(file, || async {
+        let lines: Vec<Value> = common::eventually(WAIT, file, || async {
             let l = gw.lines(file);
             (l.len() == 2).then_some(l)
         })
@@ -317,7 +284,7 @@ to = ["js_file"]
         assert_eq!(lines[0], full_binary_expected("b-1"), "{kind}");
         assert_eq!(lines[1], structured, "{kind}");
     }
-    eventually("the JetStream messages to be acked", || async {
+    common::eventually(WAIT, "the JetStream messages to be acked", || async {
         (consumer_info(&js, &stream, &format!("d{sfx}")).await == (0, 0, 0)).then_some(())
     })
     .await;
@@ -326,7 +293,7 @@ to = ["js_file"]
 
 #[tokio::test]
 async fn undecodable_jetstream_message_is_terminated_and_counted() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
     let stream = format!("FERRY_BAD_{sfx}");
@@ -352,13 +319,13 @@ to = ["file"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     js.publish(format!("t{sfx}.x"), Bytes::from_static(b"\xffnot an event"))
         .await
         .unwrap()
         .await
         .unwrap();
-    eventually("the rejection to be counted", || async {
+    common::eventually(WAIT, "the rejection to be counted", || async {
         gw.metrics()
             .await
             .lines()
@@ -372,7 +339,7 @@ to = ["file"]
     })
     .await;
     // Terminated: nothing pending, and not redelivered even after ack_wait has passed.
-    eventually("the term to reach the server", || async {
+    common::eventually(WAIT, "the term to reach the server", || async {
         (consumer_info(&js, &stream, &format!("d{sfx}")).await == (0, 0, 0)).then_some(())
     })
     .await;
@@ -387,7 +354,7 @@ to = ["file"]
 
 #[tokio::test]
 async fn failed_delivery_is_nacked_and_redelivered() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
     let stream = format!("FERRY_NAK_{sfx}");
@@ -416,7 +383,7 @@ to = ["hook"]
         receiver.addr
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     js.publish_with_headers(
         format!("t{sfx}.x"),
         full_binary_message("n-1"),
@@ -443,7 +410,7 @@ to = ["hook"]
         "https://example.com/sensors"
     );
     assert_eq!(&ok.body[..], BINARY_DATA);
-    eventually("the final ack", || async {
+    common::eventually(WAIT, "the final ack", || async {
         let (ack_pending, pending, _) = consumer_info(&js, &stream, &format!("d{sfx}")).await;
         (ack_pending == 0 && pending == 0).then_some(())
     })
@@ -478,14 +445,14 @@ to = ["file"]
 "#
         );
         let gw = TestGateway::start(&config).await;
-        ready(&gw).await;
+        common::ready(&gw, WAIT).await;
         out.push(gw);
     }
     out
 }
 
 async fn exactly_once(gws: &[TestGateway], n: usize) {
-    let ids = eventually("every message to arrive", || async {
+    let ids = common::eventually(WAIT, "every message to arrive", || async {
         let lines: Vec<Value> = gws.iter().flat_map(|g| g.lines("events.jsonl")).collect();
         (lines.len() >= n).then_some(lines)
     })
@@ -514,7 +481,7 @@ fn numbered(i: usize) -> (async_nats::HeaderMap, Bytes) {
 #[tokio::test]
 async fn queue_group_and_shared_durable_deliver_exactly_once() {
     const N: usize = 200;
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
 
@@ -551,7 +518,7 @@ async fn queue_group_and_shared_durable_deliver_exactly_once() {
         a.await.unwrap();
     }
     exactly_once(&gws, N).await;
-    eventually("every message to be acked", || async {
+    common::eventually(WAIT, "every message to be acked", || async {
         (consumer_info(&js, &stream, &format!("d{sfx}")).await.0 == 0).then_some(())
     })
     .await;
@@ -579,7 +546,7 @@ async fn post_binary(url: &str, id: &str, ty: &str) -> u16 {
 /// and a sender cannot open the sink's circuit with such events.
 #[tokio::test]
 async fn b2_invalid_jetstream_subject_is_permanent_and_cannot_trip_the_breaker() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let stream = format!("FERRY_B2_{sfx}");
     let config = format!(
         r#"
@@ -606,7 +573,7 @@ to = ["js"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let url = gw.url("web", "/events");
     for i in 0..4 {
         assert_eq!(
@@ -666,13 +633,13 @@ async fn jetstream_not_answering_is_retried_not_refused() {
         port,
         tempfile::tempdir().unwrap(),
     );
-    let sfx = suffix();
+    let sfx = common::suffix();
     let gw = TestGateway::start(&jetstream_sink_config(
         &format!("nats://127.0.0.1:{port}"),
         &format!("nojs{sfx}.{{type}}"),
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let status = post_binary(&gw.url("web", "/events"), "unavailable-1", "com.example.a").await;
     assert_eq!(status, 502, "all attempts failed");
     let metrics = gw.metrics().await;
@@ -694,13 +661,13 @@ async fn jetstream_not_answering_is_retried_not_refused() {
 /// A subject no stream captures stays a permanent failure: JetStream itself says so.
 #[tokio::test]
 async fn a_subject_no_stream_captures_is_permanent() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let gw = TestGateway::start(&jetstream_sink_config(
         NATS,
         &format!("nostream{sfx}.{{type}}"),
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let status = post_binary(&gw.url("web", "/events"), "nostream-1", "com.example.a").await;
     assert_eq!(status, 502);
     let metrics = gw.metrics().await;
@@ -723,7 +690,7 @@ async fn a_subject_no_stream_captures_is_permanent() {
 /// requester nor the dead-lettered copy of an event.
 #[tokio::test]
 async fn s7_sink_url_secrets_reach_neither_replies_nor_dead_letters() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let dead = common::closed_port().await;
     let config = format!(
         r#"
@@ -763,7 +730,7 @@ to = ["secret_dl"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let nats = client().await;
     let reply = nats
         .request(
@@ -797,7 +764,7 @@ to = ["secret_dl"]
 /// refused (dead-lettered); `template_values = "escape"` percent-encodes the value instead.
 #[tokio::test]
 async fn s11_attribute_values_cannot_add_subject_tokens() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let config = format!(
         r#"
 [admin]
@@ -830,7 +797,7 @@ to = ["refuse", "escape"]
 "#
     );
     let gw = TestGateway::start(&config).await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let nats = client().await;
     let mut sub = nats.subscribe(format!("s11{sfx}.>")).await.unwrap();
     nats.flush().await.unwrap();

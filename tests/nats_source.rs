@@ -14,23 +14,10 @@ use futures_util::StreamExt;
 const NATS: &str = "nats://127.0.0.1:4222";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn suffix() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
 async fn client() -> async_nats::Client {
     async_nats::connect(NATS)
         .await
         .expect("nats-server must run on 127.0.0.1:4222 with JetStream (scripts/brokers)")
-}
-
-async fn ready(gw: &TestGateway) {
-    let url = gw.admin("/readyz");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reqwest::get(&url).await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
-        assert!(tokio::time::Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn event(id: &str) -> Bytes {
@@ -43,7 +30,7 @@ fn event(id: &str) -> Bytes {
 /// request with a normal inbox does.
 #[tokio::test]
 async fn m8_replies_go_only_to_inbox_subjects() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let gw = TestGateway::start(&format!(
         r#"
 [admin]
@@ -64,7 +51,7 @@ to = ["file"]
 "#
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     let nats = client().await;
     let victim = format!("m8{sfx}.victim");
     let mut watched = nats.subscribe(victim.clone()).await.unwrap();
@@ -102,7 +89,7 @@ to = ["file"]
 /// delivered once, not redelivered (and queued again) every `ack_wait`.
 #[tokio::test]
 async fn q2_slow_sinks_do_not_cause_jetstream_redeliveries() {
-    let sfx = suffix();
+    let sfx = common::suffix();
     let nats = client().await;
     let js = jetstream::new(nats.clone());
     let stream = format!("FERRY_Q2_{sfx}");
@@ -139,7 +126,7 @@ to = ["hook"]
         hook.addr
     ))
     .await;
-    ready(&gw).await;
+    common::ready(&gw, WAIT).await;
     js.publish(format!("q2{sfx}.a"), event("slow-once"))
         .await
         .unwrap()

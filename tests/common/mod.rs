@@ -55,11 +55,13 @@ impl TestGateway {
         self.dir.path().join(name)
     }
 
-    /// The JSON lines a file sink wrote.
+    /// The JSON lines a file sink wrote (complete ones: a line still being written, without
+    /// its newline yet, is left for the next look).
     pub fn lines(&self, name: &str) -> Vec<serde_json::Value> {
         match std::fs::read_to_string(self.path(name)) {
             Ok(text) => text
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .map(|l| serde_json::from_str(l).expect("each line is JSON"))
                 .collect(),
             Err(_) => Vec::new(),
@@ -429,4 +431,58 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Eight random hex digits: part of the names (topics, queues, streams, client ids) one test
+/// uses, so tests run in parallel against the shared brokers.
+pub fn suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// `prefix.` and a UUID v7: a name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Polls `check` every 25 ms until it yields a value, and returns it; fails naming `what`
+/// after `within`.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `check` every 25 ms until it is true; fails naming `what` after `within`.
+pub async fn until<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(within, what, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until the gateway's `/readyz` answers 200.
+pub async fn ready(gw: &TestGateway, within: std::time::Duration) {
+    let url = gw.admin("/readyz");
+    eventually(within, "the gateway to be ready", || async {
+        let r = reqwest::get(&url).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 }
