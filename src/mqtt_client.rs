@@ -13,7 +13,7 @@ use rumqttc::Outgoing;
 use crate::config::MqttProtocol;
 
 /// How to connect.
-pub struct Options {
+pub(crate) struct Options {
     pub protocol: MqttProtocol,
     pub host: String,
     pub port: u16,
@@ -36,27 +36,27 @@ pub struct Options {
 }
 
 /// The client half: queues requests for the event loop without waiting.
-pub enum Client {
+pub(crate) enum Client {
     V311(rumqttc::AsyncClient),
     V5(v5::AsyncClient),
 }
 
 /// The connection half: must be polled to make progress.
-pub enum EventLoop {
+pub(crate) enum EventLoop {
     V311(Box<rumqttc::EventLoop>),
     V5(Box<v5::EventLoop>),
 }
 
 /// An inbound PUBLISH.
 #[derive(Debug, Clone)]
-pub enum Message {
+pub(crate) enum Message {
     V311(rumqttc::Publish),
     V5(v5::mqttbytes::v5::Publish),
 }
 
 /// What the connection reported, in protocol-neutral terms.
 #[derive(Debug)]
-pub enum Wire {
+pub(crate) enum Wire {
     ConnAck {
         session_present: bool,
         /// The broker's Maximum Packet Size (MQTT 5), if it set one.
@@ -82,7 +82,7 @@ pub enum Wire {
     Other,
 }
 
-pub fn new(o: &Options) -> (Client, EventLoop) {
+pub(crate) fn new(o: &Options) -> (Client, EventLoop) {
     match o.protocol {
         MqttProtocol::V311 => {
             let mut m = rumqttc::MqttOptions::new(&o.client_id, &o.host, o.port);
@@ -129,7 +129,7 @@ fn transport(tls: &Arc<rustls::ClientConfig>) -> rumqttc::Transport {
 
 impl EventLoop {
     /// The next event; `Err` means the connection is gone (this event loop is then dropped).
-    pub async fn poll(&mut self) -> Result<Wire, String> {
+    pub(crate) async fn poll(&mut self) -> Result<Wire, String> {
         match self {
             EventLoop::V311(e) => {
                 use rumqttc::{Event, Packet, SubscribeReasonCode};
@@ -208,7 +208,7 @@ fn qos_v5(qos: u8) -> v5::mqttbytes::QoS {
 
 impl Client {
     /// Queues a PUBLISH. `properties` are dropped on 3.1.1, which has none.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         topic: String,
         qos: u8,
@@ -232,7 +232,7 @@ impl Client {
     }
 
     /// Queues one SUBSCRIBE for all filters.
-    pub fn subscribe(&self, filters: &[String], qos: u8) -> Result<(), String> {
+    pub(crate) fn subscribe(&self, filters: &[String], qos: u8) -> Result<(), String> {
         match self {
             Client::V311(c) => c
                 .try_subscribe_many(
@@ -252,7 +252,7 @@ impl Client {
     }
 
     /// Queues the PUBACK of an inbound QoS 1 message (nothing for QoS 0).
-    pub fn ack(&self, message: &Message) -> Result<(), String> {
+    pub(crate) fn ack(&self, message: &Message) -> Result<(), String> {
         match (self, message) {
             (Client::V311(c), Message::V311(p)) => c.try_ack(p).map_err(|e| e.to_string()),
             (Client::V5(c), Message::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
@@ -261,7 +261,7 @@ impl Client {
     }
 
     /// Queues a DISCONNECT (the session is kept when it is persistent).
-    pub fn disconnect(&self) {
+    pub(crate) fn disconnect(&self) {
         let _ = match self {
             Client::V311(c) => c.try_disconnect().map_err(|e| e.to_string()),
             Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
@@ -270,21 +270,21 @@ impl Client {
 }
 
 impl Message {
-    pub fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         match self {
             Message::V311(p) => p.topic.clone(),
             Message::V5(p) => String::from_utf8_lossy(&p.topic).into_owned(),
         }
     }
 
-    pub fn payload(&self) -> &Bytes {
+    pub(crate) fn payload(&self) -> &Bytes {
         match self {
             Message::V311(p) => &p.payload,
             Message::V5(p) => &p.payload,
         }
     }
 
-    pub fn properties(&self) -> Option<&PublishProperties> {
+    pub(crate) fn properties(&self) -> Option<&PublishProperties> {
         match self {
             Message::V311(_) => None,
             Message::V5(p) => p.properties.as_ref(),
@@ -292,7 +292,7 @@ impl Message {
     }
 
     /// Whether the broker awaits a PUBACK (and redelivers without one).
-    pub fn needs_ack(&self) -> bool {
+    pub(crate) fn needs_ack(&self) -> bool {
         match self {
             Message::V311(p) => p.qos != rumqttc::QoS::AtMostOnce,
             Message::V5(p) => p.qos != v5::mqttbytes::QoS::AtMostOnce,

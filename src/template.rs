@@ -339,7 +339,7 @@ mod tests {
             TemplateValues,
             Result<&'a str, char>,
         );
-        let cases: &[Case] = &[
+        let cases: &[Case<'_>] = &[
             (
                 &MQTT_TOPIC,
                 "t/{subject}/in",

@@ -1,6 +1,6 @@
 //! TLS for Ferry (rustls with the ring provider): listeners' server certificates, client
 //! certificate verification (mTLS) and the identity a client certificate carries; outbound
-//! connections in [`client`].
+//! connections in `tls::client`.
 
 mod client;
 

@@ -53,6 +53,8 @@ fn run(program: &Path, script: &str) {
             let _ = child.wait();
             break None;
         }
+        #[allow(clippy::disallowed_methods)]
+        // synchronous code polling a child process or a clock, off any runtime
         std::thread::sleep(Duration::from_millis(50));
     };
     let (out, err) = (out.join().unwrap(), err.join().unwrap());

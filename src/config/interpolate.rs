@@ -11,7 +11,7 @@
 //! comments a line break is refused.
 
 /// Returns the interpolated text, or the byte offset and message of the first problem.
-pub fn interpolate(
+pub(super) fn interpolate(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, (usize, String)> {

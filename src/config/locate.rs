@@ -11,13 +11,13 @@ use super::{
 };
 
 /// A precise error: key path, byte offset and message.
-pub type Located = (Vec<String>, Option<usize>, String);
+pub(super) type Located = (Vec<String>, Option<usize>, String);
 
 /// Components are internally tagged by `type`, which makes serde buffer them and lose the
 /// path and position of an error inside. When an error stops at `sources.<name>` or
 /// `sinks.<name>`, this deserializes that one table again straight into its variant's
 /// struct to find the exact key and line.
-pub fn component_error(root: &DeTable<'_>, key: &[String]) -> Option<Located> {
+pub(super) fn component_error(root: &DeTable<'_>, key: &[String]) -> Option<Located> {
     let [section, name] = key else { return None };
     let (_, value) = root
         .iter()
@@ -71,7 +71,7 @@ fn first_error<T: DeserializeOwned>(
 
 /// The dotted key an error concerns: the deserializer's path, plus the unknown field's name
 /// when serde reports one.
-pub fn key_of(path: &Path, message: &str) -> Vec<String> {
+pub(super) fn key_of(path: &Path, message: &str) -> Vec<String> {
     let mut key: Vec<String> = path
         .iter()
         .filter_map(|s| match s {
@@ -94,7 +94,7 @@ pub fn key_of(path: &Path, message: &str) -> Vec<String> {
 
 /// For "unknown variant `x`" errors whose path stops at a table (internally tagged enums
 /// lose the last step), finds the key in that table whose value is `x`.
-pub fn refine(root: &DeTable<'_>, key: &mut Vec<String>, message: &str) {
+pub(super) fn refine(root: &DeTable<'_>, key: &mut Vec<String>, message: &str) {
     let Some(variant) = message
         .strip_prefix("unknown variant `")
         .and_then(|m| m.split('`').next())
@@ -123,7 +123,7 @@ pub fn refine(root: &DeTable<'_>, key: &mut Vec<String>, message: &str) {
 }
 
 /// Byte offset of the deepest part of `key` present in the document.
-pub fn offset(root: &DeTable<'_>, key: &[String]) -> Option<usize> {
+pub(super) fn offset(root: &DeTable<'_>, key: &[String]) -> Option<usize> {
     let mut found = None;
     let mut table = Some(root);
     let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;

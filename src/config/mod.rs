@@ -413,70 +413,70 @@ pub struct HttpSinkConfig {
 pub type ContentMode = ferry_core::Mode;
 
 pub(crate) mod defaults {
-    pub fn watch() -> bool {
+    pub(crate) fn watch() -> bool {
         true
     }
-    pub fn debounce_ms() -> u64 {
+    pub(crate) fn debounce_ms() -> u64 {
         500
     }
-    pub fn path() -> String {
+    pub(crate) fn path() -> String {
         "/".into()
     }
-    pub fn max_body_bytes() -> usize {
+    pub(crate) fn max_body_bytes() -> usize {
         1024 * 1024
     }
-    pub fn ack_timeout_ms() -> u64 {
+    pub(crate) fn ack_timeout_ms() -> u64 {
         30_000
     }
-    pub fn enqueue_timeout_ms() -> u64 {
+    pub(crate) fn enqueue_timeout_ms() -> u64 {
         250
     }
-    pub fn max_concurrent_requests() -> usize {
+    pub(crate) fn max_concurrent_requests() -> usize {
         4096
     }
-    pub fn queue() -> usize {
+    pub(crate) fn queue() -> usize {
         1024
     }
-    pub fn timeout_ms() -> u64 {
+    pub(crate) fn timeout_ms() -> u64 {
         10_000
     }
-    pub fn in_flight() -> usize {
+    pub(crate) fn in_flight() -> usize {
         64
     }
-    pub fn file_in_flight() -> usize {
+    pub(crate) fn file_in_flight() -> usize {
         256
     }
-    pub fn log_level() -> String {
+    pub(crate) fn log_level() -> String {
         "info".into()
     }
-    pub fn shutdown_timeout_ms() -> u64 {
+    pub(crate) fn shutdown_timeout_ms() -> u64 {
         30_000
     }
-    pub fn prefetch() -> u16 {
+    pub(crate) fn prefetch() -> u16 {
         64
     }
-    pub fn routing_key() -> String {
+    pub(crate) fn routing_key() -> String {
         "{type}".into()
     }
-    pub fn qos() -> u8 {
+    pub(crate) fn qos() -> u8 {
         1
     }
-    pub fn max_connections() -> usize {
+    pub(crate) fn max_connections() -> usize {
         10_000
     }
-    pub fn header_read_timeout_ms() -> u64 {
+    pub(crate) fn header_read_timeout_ms() -> u64 {
         10_000
     }
-    pub fn body_read_timeout_ms() -> u64 {
+    pub(crate) fn body_read_timeout_ms() -> u64 {
         30_000
     }
-    pub fn ws_in_flight() -> usize {
+    pub(crate) fn ws_in_flight() -> usize {
         64
     }
-    pub fn idle_timeout_ms() -> u64 {
+    pub(crate) fn idle_timeout_ms() -> u64 {
         60_000
     }
-    pub fn ping_interval_ms() -> u64 {
+    pub(crate) fn ping_interval_ms() -> u64 {
         20_000
     }
 }

@@ -125,16 +125,16 @@ pub struct MqttSinkConfig {
 }
 
 mod mqtt_defaults {
-    pub fn session_expiry_secs() -> u32 {
+    pub(super) fn session_expiry_secs() -> u32 {
         86_400
     }
-    pub fn keep_alive_secs() -> u64 {
+    pub(super) fn keep_alive_secs() -> u64 {
         30
     }
-    pub fn inflight() -> u16 {
+    pub(super) fn inflight() -> u16 {
         64
     }
-    pub fn max_packet_bytes() -> u32 {
+    pub(super) fn max_packet_bytes() -> u32 {
         1024 * 1024
     }
 }
@@ -146,13 +146,13 @@ fn err(key: &str, message: impl Into<String>) -> CheckError {
 }
 
 /// Whether a broker URL asks for TLS (`mqtts://` or `ssl://`).
-pub fn uses_tls(url: &str) -> bool {
+pub(super) fn uses_tls(url: &str) -> bool {
     url.starts_with("mqtts://") || url.starts_with("ssl://")
 }
 
 /// Host and port of an `mqtt://host[:port]` (or `tcp://`) URL, or of an `mqtts://` (or
 /// `ssl://`) one for TLS; the port defaults to 1883, 8883 with TLS.
-pub fn broker_address(url: &str) -> Result<(String, u16), String> {
+pub(super) fn broker_address(url: &str) -> Result<(String, u16), String> {
     let (rest, default_port) = if let Some(rest) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))

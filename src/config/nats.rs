@@ -118,25 +118,25 @@ pub struct NatsStreamConfig {
 }
 
 mod defaults_nats {
-    pub fn reply_prefix() -> String {
+    pub(super) fn reply_prefix() -> String {
         "_INBOX.".into()
     }
-    pub fn source_in_flight() -> usize {
+    pub(super) fn source_in_flight() -> usize {
         256
     }
-    pub fn max_ack_pending() -> i64 {
+    pub(super) fn max_ack_pending() -> i64 {
         256
     }
-    pub fn ack_wait_secs() -> u64 {
+    pub(super) fn ack_wait_secs() -> u64 {
         30
     }
-    pub fn nak_delay_ms() -> u64 {
+    pub(super) fn nak_delay_ms() -> u64 {
         1_000
     }
-    pub fn publish_timeout_ms() -> u64 {
+    pub(super) fn publish_timeout_ms() -> u64 {
         5_000
     }
-    pub fn duplicate_window_secs() -> u64 {
+    pub(super) fn duplicate_window_secs() -> u64 {
         120
     }
 }

@@ -37,7 +37,7 @@ const SECRET_SUFFIXES: [&str; 6] = [
 const SECRET_TABLES: [&str; 1] = ["headers"];
 
 /// The config text with every secret value replaced.
-pub fn redact(text: &str) -> String {
+pub(super) fn redact(text: &str) -> String {
     let Ok(root) = DeTable::parse(text) else {
         return "# not shown: the file does not parse as TOML before interpolation\n".into();
     };
@@ -99,7 +99,7 @@ fn quoted(s: &str) -> String {
 
 /// A URL with its password (or bare token) and its query values redacted; `None` when the
 /// string holds nothing to redact. A value that is wholly a `${VAR}` reference is kept.
-pub fn redact_url(s: &str) -> Option<String> {
+pub(super) fn redact_url(s: &str) -> Option<String> {
     let scheme_end = s.find("://")? + 3;
     let (head, tail) = s.split_at(scheme_end);
     let authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());

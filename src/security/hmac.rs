@@ -22,7 +22,7 @@
 //! # Replay protection
 //!
 //! A signed timestamp outside `±tolerance_secs` of now is [`HmacError::Stale`]. After a
-//! signature verified, the message is recorded in the [`replay`] cache. The key is
+//! signature verified, the message is recorded in the `replay` cache. The key is
 //! `webhook-id` for Standard Webhooks, where the id is signed. For `github` and `generic` the
 //! id headers (`x-github-delivery`, `id_header`) are not covered by the signature and a
 //! replaying party could change them, so the verified signature itself is recorded too: the

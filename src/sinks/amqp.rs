@@ -38,7 +38,7 @@ struct Target {
     signer: Option<Signer>,
 }
 
-pub fn start(
+pub(super) fn start(
     name: &Arc<str>,
     config: &AmqpSinkConfig,
     rx: super::SinkQueue,

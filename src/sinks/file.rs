@@ -15,7 +15,7 @@ use super::{SinkContext, SinkError, SinkStats};
 use crate::config::{FileSinkConfig, StdoutSinkConfig};
 use crate::pipeline::Delivery;
 
-pub async fn start(
+pub(super) async fn start(
     name: &Arc<str>,
     config: &FileSinkConfig,
     rx: super::SinkQueue,
@@ -49,7 +49,7 @@ pub async fn start(
     Ok(())
 }
 
-pub fn start_stdout(
+pub(super) fn start_stdout(
     config: &StdoutSinkConfig,
     rx: super::SinkQueue,
     stats: SinkStats,
@@ -204,7 +204,7 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::R
 
 /// Encodes an event as one line. JSON data may hold line breaks as insignificant whitespace
 /// (never inside strings, where JSON escapes them), so they become spaces.
-pub fn encode_line(delivery: &Delivery, buf: &mut Vec<u8>) {
+pub(super) fn encode_line(delivery: &Delivery, buf: &mut Vec<u8>) {
     let start = buf.len();
     json::encode_into(&delivery.envelope.event, buf);
     for b in &mut buf[start..] {

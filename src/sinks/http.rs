@@ -38,7 +38,7 @@ struct Target {
 /// A granted `WebHook-Allowed-Rate` (requests per minute), enforced before each request.
 type RateLimiter = governor::DefaultDirectRateLimiter;
 
-pub fn start(
+pub(super) fn start(
     name: &Arc<str>,
     config: &HttpSinkConfig,
     rx: super::SinkQueue,
@@ -332,7 +332,7 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
 /// The Standard Webhooks message id of an event: `msg_` and the first 32 hex digits of SHA-256
 /// over `source`, a NUL byte and `id`. A retry of the event carries the same id (so a receiver
 /// can drop duplicates); events of different sources, whose ids may collide, do not.
-pub fn webhook_id(event: &ferry_core::CloudEvent) -> String {
+pub(super) fn webhook_id(event: &ferry_core::CloudEvent) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     hash.update(event.source().as_bytes());

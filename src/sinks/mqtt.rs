@@ -43,7 +43,7 @@ struct Target {
     signer: Option<Signer>,
 }
 
-pub fn start(
+pub(super) fn start(
     name: &Arc<str>,
     config: &MqttSinkConfig,
     rx: super::SinkQueue,

@@ -38,7 +38,7 @@ struct Link {
     jetstream: Option<Arc<jetstream::Context>>,
 }
 
-pub fn start(
+pub(super) fn start(
     name: &Arc<str>,
     config: &NatsSinkConfig,
     rx: super::SinkQueue,

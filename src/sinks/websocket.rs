@@ -79,7 +79,7 @@ struct Hub {
 }
 
 /// Binds the listener and starts the sink task. Returns the bound address.
-pub async fn start(
+pub(super) async fn start(
     name: &Arc<str>,
     config: &WebSocketSinkConfig,
     mut rx: super::SinkQueue,

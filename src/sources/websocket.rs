@@ -46,11 +46,11 @@ use crate::security::source::SourceSecurity;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
+    pub(super) const NORMAL: u16 = 1000;
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const UNSUPPORTED_DATA: u16 = 1003;
+    pub(super) const POLICY: u16 = 1008;
+    pub(super) const TOO_BIG: u16 = 1009;
 }
 
 /// Initial read and write buffer per connection (tungstenite grows them as needed).

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// How the log touches files. The defaults are the real operations; [`Os`] uses them all.
-pub trait Disk: Send + Sync + 'static {
+pub(super) trait Disk: Send + Sync + 'static {
     /// Appends `buf` to a segment opened for appending.
     fn write(&self, file: &mut File, buf: &[u8]) -> io::Result<()> {
         file.write_all(buf)
@@ -41,12 +41,12 @@ pub trait Disk: Send + Sync + 'static {
 }
 
 /// The real file system.
-pub struct Os;
+pub(super) struct Os;
 
 impl Disk for Os {}
 
 /// A segment read through a [`Disk`].
-pub struct DiskRead<'a> {
+pub(super) struct DiskRead<'a> {
     pub disk: &'a dyn Disk,
     pub file: &'a mut File,
 }

@@ -31,13 +31,13 @@ use super::record::{self, Parsed, HEADER, MAX_RECORD};
 
 /// A place in the log; ordered by segment, then offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
+pub(super) struct Position {
     pub segment: u64,
     pub offset: u64,
 }
 
 /// The log as found on disk.
-pub struct Opened {
+pub(super) struct Opened {
     pub writer: Writer,
     pub reader: Reader,
     pub cursor: Position,
@@ -49,12 +49,12 @@ pub struct Opened {
 }
 
 /// The largest event payload a spool of `max_bytes` can take and read back.
-pub fn max_payload(max_bytes: u64) -> u64 {
+pub(super) fn max_payload(max_bytes: u64) -> u64 {
     MAX_RECORD.min(max_bytes.saturating_sub(HEADER))
 }
 
 /// Opens (creating if needed) the log in `dir`, taking its lock.
-pub fn open(dir: &Path, segment_bytes: u64, disk: Arc<dyn Disk>) -> io::Result<Opened> {
+pub(super) fn open(dir: &Path, segment_bytes: u64, disk: Arc<dyn Disk>) -> io::Result<Opened> {
     fs::create_dir_all(dir)?;
     let lock = OpenOptions::new()
         .create(true)
@@ -174,7 +174,7 @@ pub fn open(dir: &Path, segment_bytes: u64, disk: Arc<dyn Disk>) -> io::Result<O
 }
 
 /// The appending half. Owns the lock.
-pub struct Writer {
+pub(super) struct Writer {
     dir: PathBuf,
     disk: Arc<dyn Disk>,
     file: File,
@@ -189,14 +189,14 @@ pub struct Writer {
 
 impl Writer {
     /// The end of the log.
-    pub fn head(&self) -> Position {
+    pub(super) fn head(&self) -> Position {
         self.head
     }
 
     /// Appends `records` framed records and syncs them (group commit: one `fdatasync` per
     /// batch). Returns the new end of the log. On error nothing of the batch stays: the
     /// partial write is cut off now, or before the next append writes anything.
-    pub fn append(&mut self, framed: &[u8], records: u64) -> io::Result<Position> {
+    pub(super) fn append(&mut self, framed: &[u8], records: u64) -> io::Result<Position> {
         if self.dirty {
             self.clean()?;
         }
@@ -238,7 +238,7 @@ impl Writer {
     }
 
     /// A task running an append died: the file may hold part of it.
-    pub fn mark_dirty(&mut self) {
+    pub(super) fn mark_dirty(&mut self) {
         self.dirty = true;
     }
 
@@ -286,7 +286,7 @@ fn write_unconfirmed(dir: &Path, head: Position) -> io::Result<()> {
 }
 
 /// Persists the cursor: written to a temporary file, synced, renamed over the old one.
-pub fn write_cursor(dir: &Path, cursor: Position) -> io::Result<()> {
+pub(super) fn write_cursor(dir: &Path, cursor: Position) -> io::Result<()> {
     let tmp = dir.join("cursor.tmp");
     let mut f = File::create(&tmp)?;
     writeln!(f, "{} {}", cursor.segment, cursor.offset)?;
@@ -296,7 +296,7 @@ pub fn write_cursor(dir: &Path, cursor: Position) -> io::Result<()> {
 }
 
 /// Deletes the segments before `segment` (fully delivered) and their counts.
-pub fn remove_before(dir: &Path, segment: u64) -> io::Result<()> {
+pub(super) fn remove_before(dir: &Path, segment: u64) -> io::Result<()> {
     for s in list(dir, "seg")?.into_iter().filter(|&s| s < segment) {
         fs::remove_file(segment_path(dir, s))?;
     }
@@ -362,7 +362,7 @@ fn read_count(dir: &Path, segment: u64) -> Option<u64> {
         .ok()
 }
 
-pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
 }
 

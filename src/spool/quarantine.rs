@@ -17,12 +17,18 @@ use std::path::{Path, PathBuf};
 use super::log::Position;
 
 /// The directory of quarantined bytes.
-pub fn dir(spool: &Path) -> PathBuf {
+pub(super) fn dir(spool: &Path) -> PathBuf {
     spool.join("quarantine")
 }
 
 /// Copies the bytes `from..to` of `segment` (the file at `path`) into the quarantine.
-pub fn span(spool: &Path, path: &Path, at: Position, to: u64, kind: &str) -> io::Result<PathBuf> {
+pub(super) fn span(
+    spool: &Path,
+    path: &Path,
+    at: Position,
+    to: u64,
+    kind: &str,
+) -> io::Result<PathBuf> {
     let mut src = File::open(path)?;
     src.seek(SeekFrom::Start(at.offset))?;
     write_file(spool, at, kind, |out| {
@@ -38,7 +44,12 @@ pub fn span(spool: &Path, path: &Path, at: Position, to: u64, kind: &str) -> io:
 }
 
 /// Keeps one record's payload.
-pub fn payload(spool: &Path, at: Position, kind: &str, payload: &[u8]) -> io::Result<PathBuf> {
+pub(super) fn payload(
+    spool: &Path,
+    at: Position,
+    kind: &str,
+    payload: &[u8],
+) -> io::Result<PathBuf> {
     write_file(spool, at, kind, |out| out.write_all(payload))
 }
 
@@ -64,7 +75,7 @@ fn write_file(
 }
 
 /// Appends one line to `<dir>/rejected.jsonl` and syncs it.
-pub fn reject(spool: &Path, line: &[u8]) -> io::Result<()> {
+pub(super) fn reject(spool: &Path, line: &[u8]) -> io::Result<()> {
     let path = spool.join("rejected.jsonl");
     let created = !path.exists();
     let mut f = OpenOptions::new().create(true).append(true).open(&path)?;

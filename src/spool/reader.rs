@@ -15,14 +15,14 @@ use super::quarantine;
 use super::record::{self, Parsed, HEADER};
 
 /// One record read back.
-pub struct Record {
+pub(super) struct Record {
     pub start: Position,
     pub end: Position,
     pub payload: Vec<u8>,
 }
 
 /// What the reader found next.
-pub enum Item {
+pub(super) enum Item {
     Record(Record),
     /// A corrupt span, copied into the quarantine and skipped.
     Corrupt {
@@ -32,7 +32,7 @@ pub enum Item {
 }
 
 impl Item {
-    pub fn end(&self) -> Position {
+    pub(super) fn end(&self) -> Position {
         match self {
             Item::Record(r) => r.end,
             Item::Corrupt { end, .. } => *end,
@@ -40,7 +40,7 @@ impl Item {
     }
 
     /// Bytes of the log it stands for.
-    pub fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         let (start, end) = match self {
             Item::Record(r) => (r.start, r.end),
             Item::Corrupt { start, end, .. } => (*start, *end),
@@ -50,7 +50,7 @@ impl Item {
 }
 
 /// See the module docs.
-pub struct Reader {
+pub(super) struct Reader {
     pub(super) dir: PathBuf,
     pub(super) disk: Arc<dyn Disk>,
     pub(super) pos: Position,
@@ -62,7 +62,7 @@ impl Reader {
     /// Up to `max` items between the read position and `head`. On an IO error the position
     /// stays at the first item not returned, so a later call picks up there; the error is
     /// returned only when nothing was read.
-    pub fn read(&mut self, head: Position, max: usize) -> io::Result<Vec<Item>> {
+    pub(super) fn read(&mut self, head: Position, max: usize) -> io::Result<Vec<Item>> {
         let mut out = Vec::new();
         match self.read_into(head, max, &mut out) {
             Err(e) if out.is_empty() => Err(e),
@@ -149,7 +149,7 @@ impl Reader {
     }
 
     /// Where the next record is read from.
-    pub fn position(&self) -> Position {
+    pub(super) fn position(&self) -> Position {
         self.pos
     }
 }

@@ -7,13 +7,13 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use super::disk::{Disk, DiskRead};
 
 /// Bytes before each record's payload.
-pub const HEADER: u64 = 8;
+pub(super) const HEADER: u64 = 8;
 /// The largest payload a record holds. The writer refuses larger events; a reader takes a
 /// larger length for corruption.
-pub const MAX_RECORD: u64 = 64 << 20;
+pub(super) const MAX_RECORD: u64 = 64 << 20;
 
 /// Frames a payload as one record. The caller keeps payloads within `1..=MAX_RECORD`.
-pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
+pub(super) fn frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -21,7 +21,7 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
 
 /// What the bytes at a position hold.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed {
+pub(super) enum Parsed {
     /// A whole record whose checksum matches.
     Record(Vec<u8>),
     /// No bytes left.
@@ -36,7 +36,7 @@ pub enum Parsed {
 
 /// Parses the next record from `r`, which holds `available` more bytes. Never allocates
 /// more than `available`.
-pub fn read_record(r: &mut impl Read, available: u64) -> io::Result<Parsed> {
+pub(super) fn read_record(r: &mut impl Read, available: u64) -> io::Result<Parsed> {
     if available == 0 {
         return Ok(Parsed::End);
     }
@@ -69,7 +69,7 @@ fn split_header(h: &[u8]) -> (u64, u32) {
 
 /// The first offset in `(bad, limit)` where a whole valid record starts, or `limit` when
 /// none does: the bytes from `bad` to it are the corrupt span. Reads in 1 MiB chunks.
-pub fn resync(disk: &dyn Disk, file: &mut File, bad: u64, limit: u64) -> io::Result<u64> {
+pub(super) fn resync(disk: &dyn Disk, file: &mut File, bad: u64, limit: u64) -> io::Result<u64> {
     const CHUNK: u64 = 1 << 20;
     let mut base = bad + 1;
     let mut buf = Vec::new();
@@ -110,7 +110,7 @@ pub fn resync(disk: &dyn Disk, file: &mut File, bad: u64, limit: u64) -> io::Res
 
 /// What a scan of one segment found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(super) struct Scan {
     /// Records (and corrupt spans, one each) at or after the `count_from` offset.
     pub events: u64,
     /// Records and corrupt spans in the whole scanned range.
@@ -125,7 +125,12 @@ pub struct Scan {
 
 /// Scans a segment from `from`, resyncing past corrupt records in the middle. Streams: memory
 /// stays at one buffer and the largest record.
-pub fn scan(disk: &dyn Disk, file: &mut File, from: u64, count_from: u64) -> io::Result<Scan> {
+pub(super) fn scan(
+    disk: &dyn Disk,
+    file: &mut File,
+    from: u64,
+    count_from: u64,
+) -> io::Result<Scan> {
     let len = file.metadata()?.len();
     let mut s = Scan {
         end: from.min(len),
@@ -176,7 +181,7 @@ pub fn scan(disk: &dyn Disk, file: &mut File, from: u64, count_from: u64) -> io:
 }
 
 /// Fills `buf`; false if the data ends first.
-pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {

@@ -50,7 +50,7 @@ struct Entry {
     failures: u32,
 }
 
-pub struct Replay {
+pub(super) struct Replay {
     name: Arc<str>,
     dir: PathBuf,
     /// Shared with the blocking task of each read, so a panic there does not lose it.
@@ -71,7 +71,7 @@ pub struct Replay {
 
 impl Replay {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         name: Arc<str>,
         dir: PathBuf,
         reader: Reader,
@@ -101,7 +101,7 @@ impl Replay {
         }
     }
 
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let (done_tx, mut done_rx) = mpsc::channel::<(u64, Outcome)>(self.window.max(1));
         let mut entries: VecDeque<Entry> = VecDeque::new();
         // Sequence number of `entries[0]`.

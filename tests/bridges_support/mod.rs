@@ -23,20 +23,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::common::TestGateway;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
-pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+pub(crate) const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Non-UTF-8 data: a binary-mode body must carry it untouched, a structured one as base64.
-pub const DATA: &[u8] = &[0, 159, 146, 150, 255];
+pub(crate) const DATA: &[u8] = &[0, 159, 146, 150, 255];
 
 /// A random suffix that keeps this run's queues, topics, subjects and streams apart.
-pub fn suffix() -> String {
+pub(crate) fn suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -55,7 +55,7 @@ where
 }
 
 /// Waits for `/readyz`: every source subscribed and every sink connected.
-pub async fn wait_ready(gw: &TestGateway) {
+pub(crate) async fn wait_ready(gw: &TestGateway) {
     let url = gw.admin("/readyz");
     eventually(
         20,
@@ -72,7 +72,7 @@ pub async fn wait_ready(gw: &TestGateway) {
 
 /// An event with every optional attribute, a String and an Integer extension and binary data.
 /// `route` is the String extension; the routes select on it.
-pub fn full_event(id: &str, route: &str) -> CloudEvent {
+pub(crate) fn full_event(id: &str, route: &str) -> CloudEvent {
     EventBuilder::new()
         .specversion("1.0")
         .id(id)
@@ -99,7 +99,7 @@ pub fn full_event(id: &str, route: &str) -> CloudEvent {
 /// What differs between the event sent and the event received. Attributes compare by their
 /// canonical string (binary headers carry extensions as strings, so `7` and `"7"` are equal),
 /// data by its bytes.
-pub fn differences(sent: &CloudEvent, got: &CloudEvent) -> Vec<String> {
+pub(crate) fn differences(sent: &CloudEvent, got: &CloudEvent) -> Vec<String> {
     let mut out = Vec::new();
     let names: BTreeSet<&str> = CORE_ATTRIBUTES
         .iter()
@@ -125,7 +125,7 @@ pub fn differences(sent: &CloudEvent, got: &CloudEvent) -> Vec<String> {
 // ---- RabbitMQ ---------------------------------------------------------------------------
 
 /// A connection and a channel in confirm mode; fails (never skips) without the broker.
-pub async fn rabbit() -> (Connection, Channel) {
+pub(crate) async fn rabbit() -> (Connection, Channel) {
     let connection = tokio::time::timeout(
         Duration::from_secs(10),
         Connection::connect(AMQP_URL, ConnectionProperties::default()),
@@ -143,7 +143,7 @@ pub async fn rabbit() -> (Connection, Channel) {
 
 /// Declares a queue the broker deletes a minute after its last use, so a failed run leaves
 /// nothing behind for long.
-pub async fn declare_queue(channel: &Channel, name: &str) {
+pub(crate) async fn declare_queue(channel: &Channel, name: &str) {
     let mut arguments = FieldTable::default();
     arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
     channel
@@ -153,7 +153,7 @@ pub async fn declare_queue(channel: &Channel, name: &str) {
 }
 
 /// Declares a topic exchange and a fresh queue bound to it for every routing key.
-pub async fn declare_exchange_to_queue(channel: &Channel, exchange: &str, queue: &str) {
+pub(crate) async fn declare_exchange_to_queue(channel: &Channel, exchange: &str, queue: &str) {
     channel
         .exchange_declare(
             exchange.into(),
@@ -180,7 +180,7 @@ pub async fn declare_exchange_to_queue(channel: &Channel, exchange: &str, queue:
 }
 
 /// Publishes to a queue through the default exchange and waits for the broker's confirm.
-pub async fn publish_to_queue(
+pub(crate) async fn publish_to_queue(
     channel: &Channel,
     queue: &str,
     properties: BasicProperties,
@@ -209,7 +209,7 @@ pub async fn publish_to_queue(
 }
 
 /// Messages ready in a queue.
-pub async fn ready_messages(channel: &Channel, queue: &str) -> u32 {
+pub(crate) async fn ready_messages(channel: &Channel, queue: &str) -> u32 {
     channel
         .queue_declare(
             queue.into(),
@@ -224,7 +224,7 @@ pub async fn ready_messages(channel: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
-pub async fn delete_amqp(channel: &Channel, queues: &[&str], exchanges: &[&str]) {
+pub(crate) async fn delete_amqp(channel: &Channel, queues: &[&str], exchanges: &[&str]) {
     for q in queues {
         let _ = channel
             .queue_delete((*q).into(), QueueDeleteOptions::default())
@@ -241,7 +241,7 @@ pub async fn delete_amqp(channel: &Channel, queues: &[&str], exchanges: &[&str])
 
 /// An MQTT 5 client: what it receives on its filters, and how many of its QoS 1 publishes the
 /// broker acknowledged.
-pub struct Mqtt5 {
+pub(crate) struct Mqtt5 {
     pub client: AsyncClient,
     pub messages: mpsc::UnboundedReceiver<Publish>,
     acked: watch::Receiver<usize>,
@@ -249,7 +249,7 @@ pub struct Mqtt5 {
 
 impl Mqtt5 {
     /// Connects and subscribes (QoS 1) to `filters`; returns once the broker confirmed them.
-    pub async fn connect(filters: &[String]) -> Mqtt5 {
+    pub(crate) async fn connect(filters: &[String]) -> Mqtt5 {
         let mut options = MqttOptions::new(format!("bridges-peer-{}", suffix()), "127.0.0.1", 1883);
         options.set_max_packet_size(Some(1 << 20));
         let (client, mut events) = AsyncClient::new(options, 1000);
@@ -305,7 +305,7 @@ impl Mqtt5 {
         }
     }
 
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         topic: &str,
         payload: Bytes,
@@ -318,20 +318,20 @@ impl Mqtt5 {
     }
 
     /// Waits until the broker acknowledged `n` publishes of this client in total.
-    pub async fn acked(&self, n: usize, secs: u64) -> Result<(), String> {
+    pub(crate) async fn acked(&self, n: usize, secs: u64) -> Result<(), String> {
         wait_acked(&self.acked, n, secs).await
     }
 }
 
 /// An MQTT 3.1.1 client: what it receives on its filter, and its acknowledged publishes.
-pub struct Mqtt311 {
+pub(crate) struct Mqtt311 {
     pub client: rumqttc::AsyncClient,
     pub messages: mpsc::UnboundedReceiver<rumqttc::Publish>,
     acked: watch::Receiver<usize>,
 }
 
 impl Mqtt311 {
-    pub async fn connect(filter: &str) -> Mqtt311 {
+    pub(crate) async fn connect(filter: &str) -> Mqtt311 {
         use rumqttc::{Event, Packet};
         let options =
             rumqttc::MqttOptions::new(format!("bridges-v3-{}", suffix()), "127.0.0.1", 1883);
@@ -377,7 +377,7 @@ impl Mqtt311 {
         }
     }
 
-    pub async fn acked(&self, n: usize, secs: u64) -> Result<(), String> {
+    pub(crate) async fn acked(&self, n: usize, secs: u64) -> Result<(), String> {
         wait_acked(&self.acked, n, secs).await
     }
 }
@@ -394,7 +394,7 @@ async fn wait_acked(acked: &watch::Receiver<usize>, n: usize, secs: u64) -> Resu
 
 // ---- NATS -------------------------------------------------------------------------------
 
-pub async fn nats() -> async_nats::Client {
+pub(crate) async fn nats() -> async_nats::Client {
     tokio::time::timeout(Duration::from_secs(10), async_nats::connect(NATS_URL))
         .await
         .ok()
@@ -402,7 +402,7 @@ pub async fn nats() -> async_nats::Client {
         .expect("nats-server with JetStream runs on 127.0.0.1:4222 (scripts/brokers starts it)")
 }
 
-pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) {
+pub(crate) async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) {
     js.create_stream(jetstream::stream::Config {
         name: name.into(),
         subjects: vec![subjects.into()],
@@ -413,7 +413,7 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &str) 
 }
 
 /// Messages stored in a stream.
-pub async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
+pub(crate) async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
     let mut stream = js.get_stream(name).await.expect("stream exists");
     stream.info().await.expect("stream info").state.messages
 }

@@ -16,7 +16,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
 /// A gateway started in-process, with a scratch directory for its files.
-pub struct TestGateway {
+pub(crate) struct TestGateway {
     pub gateway: Gateway,
     pub dir: tempfile::TempDir,
 }
@@ -24,7 +24,7 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from config text. `{dir}` in the text is replaced by a fresh
     /// temporary directory.
-    pub async fn start(text: &str) -> TestGateway {
+    pub(crate) async fn start(text: &str) -> TestGateway {
         ferry::tls::install_default_provider();
         // `FERRY_TEST_LOG=ferry=debug cargo test …` shows the gateway's logs of a test.
         if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
@@ -40,24 +40,24 @@ impl TestGateway {
         TestGateway { gateway, dir }
     }
 
-    pub fn url(&self, source: &str, path: &str) -> String {
+    pub(crate) fn url(&self, source: &str, path: &str) -> String {
         format!(
             "http://{}{path}",
             self.gateway.source_addr(source).expect("source")
         )
     }
 
-    pub fn admin(&self, path: &str) -> String {
+    pub(crate) fn admin(&self, path: &str) -> String {
         format!("http://{}{path}", self.gateway.admin_addr().expect("admin"))
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// The JSON lines a file sink wrote (complete ones: a line still being written, without
     /// its newline yet, is left for the next look).
-    pub fn lines(&self, name: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn lines(&self, name: &str) -> Vec<serde_json::Value> {
         match std::fs::read_to_string(self.path(name)) {
             Ok(text) => text
                 .split_inclusive('\n')
@@ -68,7 +68,7 @@ impl TestGateway {
         }
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         reqwest::get(self.admin("/metrics"))
             .await
             .expect("metrics")
@@ -80,13 +80,13 @@ impl TestGateway {
 
 /// A request the receiver got.
 #[derive(Debug)]
-pub struct Received {
+pub(crate) struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 /// A local HTTP endpoint: records each POST and answers with the current status.
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub addr: SocketAddr,
     pub rx: mpsc::UnboundedReceiver<Received>,
     status: Arc<AtomicU16>,
@@ -95,12 +95,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         Receiver::start_on("127.0.0.1:0".parse().expect("addr")).await
     }
 
     /// A receiver on a given address (to bring back a target that was down).
-    pub async fn start_on(addr: SocketAddr) -> Receiver {
+    pub(crate) async fn start_on(addr: SocketAddr) -> Receiver {
         ferry::tls::install_default_provider();
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -157,22 +157,22 @@ impl Receiver {
     }
 
     /// Answers each request only after this long.
-    pub fn set_delay_ms(&self, ms: u64) {
+    pub(crate) fn set_delay_ms(&self, ms: u64) {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
     }
 
     /// A `Retry-After` header on every answer (`None`: no header).
-    pub fn set_retry_after(&self, value: Option<&str>) {
+    pub(crate) fn set_retry_after(&self, value: Option<&str>) {
         *self.retry_after.lock().unwrap() = value.map(str::to_owned);
     }
 }
 
 /// A loopback address nothing listens on.
-pub async fn closed_port() -> SocketAddr {
+pub(crate) async fn closed_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -181,7 +181,7 @@ pub async fn closed_port() -> SocketAddr {
 
 /// A JSON event without the `traceparent`/`tracestate` Ferry adds when none came in (after
 /// checking that what is there is a valid trace context).
-pub fn without_trace(mut line: serde_json::Value) -> serde_json::Value {
+pub(crate) fn without_trace(mut line: serde_json::Value) -> serde_json::Value {
     if let Some(obj) = line.as_object_mut() {
         if let Some(t) = obj.remove("traceparent") {
             assert!(
@@ -194,13 +194,13 @@ pub fn without_trace(mut line: serde_json::Value) -> serde_json::Value {
 }
 
 /// The same for a decoded event.
-pub fn event_without_trace(mut event: ferry_core::CloudEvent) -> ferry_core::CloudEvent {
+pub(crate) fn event_without_trace(mut event: ferry_core::CloudEvent) -> ferry_core::CloudEvent {
     event.remove_extension("traceparent");
     event
 }
 
 /// The real `ferry` binary running a config, killed on drop (also when a test fails).
-pub struct FerryProcess {
+pub(crate) struct FerryProcess {
     pub child: std::process::Child,
     /// `source listening` / `sink listening` addresses by component name.
     pub addrs: std::collections::BTreeMap<String, String>,
@@ -214,7 +214,7 @@ pub struct FerryProcess {
 impl FerryProcess {
     /// Writes `config` to `dir/ferry.toml` and runs `ferry run` in `dir`; returns once it
     /// started (every listener is up).
-    pub fn start(dir: &Path, config: &str) -> FerryProcess {
+    pub(crate) fn start(dir: &Path, config: &str) -> FerryProcess {
         use std::io::BufRead as _;
         ferry::tls::install_default_provider();
         let path = dir.join("ferry.toml");
@@ -276,13 +276,13 @@ impl FerryProcess {
         process
     }
 
-    pub fn url(&self, source: &str, path: &str) -> String {
+    pub(crate) fn url(&self, source: &str, path: &str) -> String {
         format!("http://{}{path}", self.addrs[source])
     }
 
     /// Waits until `found` finds what it looks for in the log lines so far, at most `timeout`;
     /// woken by each new line.
-    pub async fn wait_log<T>(
+    pub(crate) async fn wait_log<T>(
         &self,
         what: &str,
         timeout: std::time::Duration,
@@ -306,16 +306,16 @@ impl FerryProcess {
         }
     }
 
-    pub fn admin(&self, path: &str) -> String {
+    pub(crate) fn admin(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends a signal (`"TERM"`, `"KILL"`).
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
@@ -324,7 +324,7 @@ impl FerryProcess {
     }
 
     /// Waits for the exit, at most `timeout`.
-    pub fn wait(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -334,12 +334,14 @@ impl FerryProcess {
                 std::time::Instant::now() < deadline,
                 "ferry did not exit in {timeout:?}"
             );
+            #[allow(clippy::disallowed_methods)]
+            // synchronous code polling a child process or a clock, off any runtime
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
     /// Resident memory in KiB (`VmRSS` of /proc/<pid>/status).
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
@@ -349,7 +351,7 @@ impl FerryProcess {
             .expect("VmRSS")
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         reqwest::get(self.admin("/metrics"))
             .await
             .expect("metrics")
@@ -368,7 +370,7 @@ impl Drop for FerryProcess {
 
 /// The value of a metric line such as `ferry_events_delivered_total{sink="out"}`; 0 when
 /// absent.
-pub fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
@@ -376,7 +378,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// A loopback endpoint that accepts connections and never answers (a stalled target).
-pub async fn stalled_endpoint() -> SocketAddr {
+pub(crate) async fn stalled_endpoint() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -392,7 +394,7 @@ pub async fn stalled_endpoint() -> SocketAddr {
 
 /// A private broker process of one test (nats-server, mosquitto) on its own port, with its
 /// files in `dir`; killed when dropped, also when the test fails.
-pub struct Broker {
+pub(crate) struct Broker {
     pub child: std::process::Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -401,7 +403,12 @@ pub struct Broker {
 impl Broker {
     /// Starts `program` and waits until it accepts connections on `port` (the signal that it
     /// is up).
-    pub fn spawn(program: &str, args: &[String], port: u16, dir: tempfile::TempDir) -> Broker {
+    pub(crate) fn spawn(
+        program: &str,
+        args: &[String],
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Broker {
         use std::process::{Command, Stdio};
         let child = Command::new(program)
             .args(args)
@@ -420,6 +427,8 @@ impl Broker {
                 std::time::Instant::now() < deadline,
                 "{program} did not listen"
             );
+            #[allow(clippy::disallowed_methods)]
+            // synchronous code polling a child process or a clock, off any runtime
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         broker
@@ -435,18 +444,22 @@ impl Drop for Broker {
 
 /// Eight random hex digits: part of the names (topics, queues, streams, client ids) one test
 /// uses, so tests run in parallel against the shared brokers.
-pub fn suffix() -> String {
+pub(crate) fn suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
 /// `prefix.` and a UUID v7: a name no other test uses.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Polls `check` every 25 ms until it yields a value, and returns it; fails naming `what`
 /// after `within`.
-pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(
+    within: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -465,7 +478,7 @@ where
 }
 
 /// Polls `check` every 25 ms until it is true; fails naming `what` after `within`.
-pub async fn until<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+pub(crate) async fn until<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -478,7 +491,7 @@ where
 }
 
 /// Waits until the gateway's `/readyz` answers 200.
-pub async fn ready(gw: &TestGateway, within: std::time::Duration) {
+pub(crate) async fn ready(gw: &TestGateway, within: std::time::Duration) {
     let url = gw.admin("/readyz");
     eventually(within, "the gateway to be ready", || async {
         let r = reqwest::get(&url).await.ok()?;

@@ -152,7 +152,7 @@ fn binary_decode_native_types() {
 fn binary_errors_name_the_header() {
     // (extra headers, attribute named by the error, header named by the error)
     type Case<'a> = (Vec<(&'a str, AMQPValue)>, &'a str, Option<&'a str>);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (vec![("ce-time", s("noon"))], "time", Some("ce-time")),
         (
             vec![("ce-big", AMQPValue::LongLongInt(1 << 40))],

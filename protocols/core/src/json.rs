@@ -253,7 +253,7 @@ struct EventVisitor;
 impl<'de> Visitor<'de> for EventVisitor {
     type Value = ParsedEvent;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudEvent JSON object")
     }
 
@@ -289,7 +289,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                         });
                     }
                     seen_data = true;
-                    match map.next_value::<Scalar>()? {
+                    match map.next_value::<Scalar<'_>>()? {
                         Scalar::Null => seen_data = false,
                         Scalar::Str(s) => data_base64 = Some(s.into_owned()),
                         other => {
@@ -304,7 +304,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                     }
                 }
                 name => {
-                    let value = map.next_value::<Scalar>()?;
+                    let value = map.next_value::<Scalar<'_>>()?;
                     if first_error.is_none() {
                         if let Err(e) = set_attribute(&mut builder, name, value) {
                             first_error = Some(e);
@@ -360,7 +360,11 @@ fn decode_data(
     Ok(())
 }
 
-fn set_attribute(builder: &mut EventBuilder, name: &str, value: Scalar) -> Result<(), EventError> {
+fn set_attribute(
+    builder: &mut EventBuilder,
+    name: &str,
+    value: Scalar<'_>,
+) -> Result<(), EventError> {
     let is_core = matches!(
         name,
         "specversion"
@@ -463,7 +467,7 @@ struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
     type Value = Scalar<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {

@@ -10,10 +10,10 @@ use crate::spool::disk::Disk;
 
 /// Fails the next `n` calls of one operation.
 #[derive(Default)]
-pub struct Fault(AtomicUsize);
+pub(super) struct Fault(AtomicUsize);
 
 impl Fault {
-    pub fn next(&self, n: usize) {
+    pub(super) fn next(&self, n: usize) {
         self.0.store(n, Ordering::SeqCst);
     }
 
@@ -34,7 +34,7 @@ impl Fault {
 type Hook = Box<dyn FnMut() + Send>;
 
 #[derive(Default)]
-pub struct Faulty {
+pub(super) struct Faulty {
     /// A failing write writes half of its bytes first (a short write, then ENOSPC).
     pub write: Fault,
     pub sync: Fault,
