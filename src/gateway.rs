@@ -1,7 +1,6 @@
 //! The running gateway: builds sinks, routes and sources from a config, and shuts them down
 //! in order (sources stop accepting and finish in-flight events, then sinks drain).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,75 +14,52 @@ use crate::admin;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::pipeline::{Generation, SharedGeneration};
+use crate::pipeline::SharedGeneration;
 use crate::reload;
 use crate::sinks::SinkContext;
 use crate::sources;
-use crate::topology;
+use crate::topology::Topology;
 
 pub use crate::topology::StartError;
 
 /// A running gateway.
 pub struct Gateway {
-    generation: SharedGeneration,
-    shutdown: CancellationToken,
-    sinks: TaskTracker,
+    topology: Arc<Topology>,
     admin: TaskTracker,
-    sink_addrs: BTreeMap<String, SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    shutdown_timeout: Duration,
     reloader: Arc<reload::Reloader>,
 }
 
 impl Gateway {
-    /// Starts everything the config names: sinks first, then routes, then sources, so an
-    /// event can never arrive before its route and sinks exist.
+    /// Starts the topology the config names (sinks, routes, sources: see
+    /// [`Topology::start`]), then the admin server.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         crate::tls::install_default_provider();
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let readiness = Readiness::default();
         let shutdown = CancellationToken::new();
-        let sink_tracker = TaskTracker::new();
         // Sinks see the generation that routes to them; it is filled in once they exist.
         let generation: SharedGeneration = Default::default();
         let cx = SinkContext {
             metrics: metrics.clone(),
-            tracker: sink_tracker.clone(),
+            tracker: TaskTracker::new(),
             readiness: readiness.clone(),
             generation: Arc::clone(&generation),
         };
-
-        let sink_set = topology::build_sinks(&config, &topology::RunningSinks::new(), &cx).await?;
-        let dedup = crate::router::DedupStore::default();
-        generation.store(Arc::new(topology::generation(
-            1, &config, &sink_set, &metrics, &dedup,
-        )?));
-        let sink_addrs = sink_set.addrs.clone();
-        let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
-        let reloader = Arc::new(reload::Reloader::new(
-            Arc::clone(&config_view),
-            Arc::clone(&generation),
-            sink_set.running,
-            cx.clone(),
-            metrics.clone(),
-            dedup,
-        ));
-
         let base = sources::SourceBase {
             generation: Arc::clone(&generation),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
         };
-        let mut running = std::collections::HashMap::new();
-        for (name, source) in &config.sources {
-            running.insert(
-                name.clone(),
-                sources::start(name, source, &base, None).await?,
-            );
-        }
-        reloader.install_sources(base, running).await;
+        let topology = Arc::new(Topology::start(&config, base, cx, metrics.clone()).await?);
+        let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let reloader = Arc::new(reload::Reloader::new(
+            Arc::clone(&config_view),
+            Arc::clone(&topology),
+            &metrics,
+        ));
 
         let admin_tracker = TaskTracker::new();
         let admin_addr = match &config.admin {
@@ -113,25 +89,21 @@ impl Gateway {
         };
 
         Ok(Gateway {
-            generation,
-            shutdown,
-            sinks: sink_tracker,
+            topology,
             admin: admin_tracker,
-            sink_addrs,
             admin_addr,
-            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
             reloader,
         })
     }
 
     /// The address a source is bound to (useful with port 0).
     pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.reloader.source_addr(name)
+        self.topology.source_addr(name)
     }
 
     /// The address a listening sink (WebSocket push) is bound to.
     pub fn sink_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.sink_addrs.get(name).copied()
+        self.topology.sink_addr(name)
     }
 
     /// Applies new configs to this gateway.
@@ -144,21 +116,14 @@ impl Gateway {
     }
 
     /// Graceful shutdown: stop accepting, let in-flight events finish, drain the sinks, all
-    /// within the configured deadline. Returns false if the deadline passed first.
+    /// within the deadline of the config in force (`shutdown_timeout_ms`, as the last
+    /// reload set it). Returns false if the deadline passed first.
     pub async fn shutdown(self) -> bool {
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        self.shutdown.cancel();
-        let sources_done = self.reloader.stop_sources(deadline).await;
-        // Dropping the last generation closes the sink queues; sinks then drain and stop.
-        self.generation.store(Arc::new(Generation::default()));
-        self.reloader.sinks.lock().await.clear();
-        drop(self.generation);
-        self.sinks.close();
-        let sinks_done = tokio::time::timeout_at(deadline, self.sinks.wait())
-            .await
-            .is_ok();
+        let timeout = Duration::from_millis(self.reloader.current().shutdown_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let done = self.topology.shutdown(deadline).await;
         self.admin.close();
         let _ = tokio::time::timeout_at(deadline, self.admin.wait()).await;
-        sources_done && sinks_done
+        done
     }
 }

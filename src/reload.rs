@@ -16,7 +16,7 @@
 //! reload. The admin listener and logging are not changed live: a reload that changes them is
 //! refused with a message saying so.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,10 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::SharedGeneration;
-use crate::sinks::SinkContext;
-use crate::sources::{self, SourceBase};
-use crate::topology::{build_sinks, generation, RunningSinks, StartError};
+use crate::topology::{StartError, Topology};
 
 /// What a reload changed, by component (`sink:orders`, `route:everything`, `policies`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -102,8 +99,6 @@ pub enum ReloadError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Start(#[from] StartError),
-    #[error("{0}")]
-    Source(#[from] crate::sources::SourceError),
     #[error("{0} cannot change without a restart yet; nothing was applied")]
     NeedsRestart(String),
 }
@@ -119,15 +114,10 @@ pub struct Report {
 
 /// Applies new configs to a running gateway, one at a time.
 pub struct Reloader {
-    pub(crate) config: Arc<ArcSwap<Config>>,
-    pub(crate) generation: SharedGeneration,
-    pub(crate) sinks: Mutex<RunningSinks>,
-    sources: Mutex<HashMap<String, sources::Running>>,
-    source_base: std::sync::OnceLock<SourceBase>,
-    source_addrs: std::sync::Mutex<BTreeMap<String, SocketAddr>>,
-    pub(crate) cx: SinkContext,
-    pub(crate) metrics: Metrics,
-    dedup: crate::router::DedupStore,
+    config: Arc<ArcSwap<Config>>,
+    topology: Arc<Topology>,
+    /// Held for the whole of a reload: one at a time.
+    busy: Mutex<()>,
     reloads_ok: Counter,
     reloads_failed: Counter,
     generation_gauge: Gauge,
@@ -136,11 +126,8 @@ pub struct Reloader {
 impl Reloader {
     pub(crate) fn new(
         config: Arc<ArcSwap<Config>>,
-        generation: SharedGeneration,
-        sinks: RunningSinks,
-        cx: SinkContext,
-        metrics: Metrics,
-        dedup: crate::router::DedupStore,
+        topology: Arc<Topology>,
+        metrics: &Metrics,
     ) -> Reloader {
         let reloads_ok = metrics
             .reloads
@@ -151,57 +138,20 @@ impl Reloader {
             .get_or_create(&crate::metrics::ResultLabels { result: "failure" })
             .clone();
         let generation_gauge = metrics.config_generation.clone();
-        generation_gauge.set(generation.load().number as i64);
+        generation_gauge.set(topology.generation().load().number as i64);
         Reloader {
             config,
-            generation,
-            sinks: Mutex::new(sinks),
-            sources: Mutex::new(HashMap::new()),
-            source_base: std::sync::OnceLock::new(),
-            source_addrs: std::sync::Mutex::new(BTreeMap::new()),
-            cx,
-            metrics,
-            dedup,
+            topology,
+            busy: Mutex::new(()),
             reloads_ok,
             reloads_failed,
             generation_gauge,
         }
     }
 
-    /// Hands the sources the gateway started to the reloader, which owns them from then on.
-    pub(crate) async fn install_sources(
-        &self,
-        base: SourceBase,
-        running: HashMap<String, sources::Running>,
-    ) {
-        let _ = self.source_base.set(base);
-        {
-            let mut addrs = self.source_addrs.lock().expect("addresses");
-            for (name, r) in &running {
-                if let Some(a) = r.addr {
-                    addrs.insert(name.clone(), a);
-                }
-            }
-        }
-        *self.sources.lock().await = running;
-    }
-
     /// The address a listening source is bound to.
     pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.source_addrs
-            .lock()
-            .expect("addresses")
-            .get(name)
-            .copied()
-    }
-
-    /// Stops every source (gateway shutdown); false if `deadline` passed first.
-    pub(crate) async fn stop_sources(&self, deadline: tokio::time::Instant) -> bool {
-        let running: Vec<_> = self.sources.lock().await.drain().map(|(_, r)| r).collect();
-        futures_util::future::join_all(running.into_iter().map(|r| r.stop(deadline)))
-            .await
-            .into_iter()
-            .all(|done| done)
+        self.topology.source_addr(name)
     }
 
     /// The config in force.
@@ -255,8 +205,7 @@ impl Reloader {
     }
 
     async fn apply(&self, new: Config) -> Result<Report, ReloadError> {
-        let mut running = self.sinks.lock().await;
-        let mut running_sources = self.sources.lock().await;
+        let _one_at_a_time = self.busy.lock().await;
         let old = self.config.load_full();
         let changes = diff(&old, &new);
         let fixed: Vec<&String> = changes
@@ -270,107 +219,19 @@ impl Reloader {
             let names: Vec<&str> = fixed.iter().map(|s| s.as_str()).collect();
             return Err(ReloadError::NeedsRestart(names.join(", ")));
         }
-        if changes.is_empty() {
+        let generation = if changes.is_empty() {
             // Nothing to apply (a comment, or a second trigger for the same change): the
             // generation stays.
-            let generation = self.generation.load().number;
-            let hash = new.origin.hash.clone();
-            self.config.store(Arc::new(new));
-            return Ok(Report {
-                generation,
-                hash,
-                changes,
-            });
-        }
-        // Sources: build what swaps in place, check what starts anew — nothing changes yet.
-        let mut in_place = Vec::new();
-        let mut replaced = Vec::new();
-        let mut added = Vec::new();
-        for (name, config) in &new.sources {
-            match running_sources.get(name) {
-                Some(r) if &r.config == config => {}
-                Some(r) => match r.prepare_in_place(config) {
-                    Some(prepared) => in_place.push((name.clone(), prepared?)),
-                    None => {
-                        // The old instance holds its address until it stops: bind only a
-                        // listener that moves.
-                        let same_address = listen_of(&r.config) == listen_of(config);
-                        let bound = sources::check(name, config, !same_address).await?;
-                        replaced.push((name.clone(), bound));
-                    }
-                },
-                None => added.push((name.clone(), sources::check(name, config, true).await?)),
-            }
-        }
-        let sinks = build_sinks(&new, &running, &self.cx).await?;
-        let number = self.generation.load().number + 1;
-        let generation = generation(number, &new, &sinks, &self.metrics, &self.dedup)?;
-        // The switch: one store; events already in flight keep the generation they loaded.
-        self.generation.store(Arc::new(generation));
-        for (name, prepared) in in_place {
-            if let Some(r) = running_sources.get_mut(&name) {
-                if let Some(live) = &r.live {
-                    prepared.commit(live);
-                }
-                r.config = new.sources[&name].clone();
-            }
-        }
-        let deadline =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(new.shutdown_timeout_ms);
-        let removed: Vec<String> = running_sources
-            .keys()
-            .filter(|n| !new.sources.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(r) = running_sources.remove(&name) {
-                if !r.stop(deadline).await {
-                    tracing::warn!(source = %name, "removed source did not finish its in-flight messages in time");
-                }
-            }
-            self.cx.readiness.remove(&format!("source:{name}"));
-            self.source_addrs.lock().expect("addresses").remove(&name);
-        }
-        let base = self.source_base.get().cloned();
-        for (name, bound) in replaced.into_iter().chain(added) {
-            if let Some(old) = running_sources.remove(&name) {
-                if !old.stop(deadline).await {
-                    tracing::warn!(source = %name, "replaced source did not finish its in-flight messages in time");
-                }
-            }
-            let Some(base) = &base else { continue };
-            match sources::start(&name, &new.sources[&name], base, bound).await {
-                Ok(r) => {
-                    let mut addrs = self.source_addrs.lock().expect("addresses");
-                    match r.addr {
-                        Some(a) => addrs.insert(name.clone(), a),
-                        None => addrs.remove(&name),
-                    };
-                    drop(addrs);
-                    running_sources.insert(name, r);
-                }
-                // Checked above; what is left (a port taken since) leaves the source stopped.
-                Err(e) => tracing::error!(source = %name, error = %e, "source could not start"),
-            }
-        }
-        for name in running.keys().filter(|n| !sinks.running.contains_key(*n)) {
-            self.cx.readiness.remove(&format!("sink:{name}"));
-        }
-        *running = sinks.running;
+            self.topology.generation().load().number
+        } else {
+            self.topology.apply(&new).await?
+        };
         let hash = new.origin.hash.clone();
         self.config.store(Arc::new(new));
         Ok(Report {
-            generation: number,
+            generation,
             hash,
             changes,
         })
-    }
-}
-
-fn listen_of(config: &crate::config::SourceConfig) -> Option<SocketAddr> {
-    match config {
-        crate::config::SourceConfig::Http(c) => Some(c.listen),
-        crate::config::SourceConfig::Websocket(c) => Some(c.listen),
-        _ => None,
     }
 }

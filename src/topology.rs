@@ -1,16 +1,196 @@
-//! The running topology's building blocks, shared by start and reload: the sinks of a config
-//! (reusing those that did not change), the generation compiled from them, and why either
-//! failed.
+//! The running topology: every source and sink of the gateway and the generation that routes
+//! between them, owned by one [`Topology`]. [`Topology::start`] builds it from a config,
+//! [`Topology::apply`] changes it to another (what a reload does once the new config is
+//! validated), [`Topology::shutdown`] stops it under one deadline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use crate::config::{Config, SinkConfig};
 use crate::metrics::Metrics;
-use crate::pipeline::{Generation, SinkHandle};
-use crate::router::RouteTable;
+use crate::pipeline::{Generation, SharedGeneration, SinkHandle};
+use crate::router::{DedupStore, RouteTable};
 use crate::sinks::{self, SinkContext};
-use crate::sources;
+use crate::sources::{self, SourceBase};
+
+/// Every running component: sources, sinks, and the generation between them.
+pub struct Topology {
+    generation: SharedGeneration,
+    sinks: Mutex<RunningSinks>,
+    sources: Mutex<HashMap<String, sources::Running>>,
+    source_addrs: std::sync::Mutex<BTreeMap<String, SocketAddr>>,
+    sink_addrs: BTreeMap<String, SocketAddr>,
+    base: SourceBase,
+    cx: SinkContext,
+    metrics: Metrics,
+    dedup: DedupStore,
+}
+
+impl Topology {
+    /// Starts everything `config` names: sinks first, then routes (generation 1), then
+    /// sources, so an event can never arrive before its route and sinks exist. `base` and
+    /// `cx` share the generation the sources and sinks see.
+    pub async fn start(
+        config: &Config,
+        base: SourceBase,
+        cx: SinkContext,
+        metrics: Metrics,
+    ) -> Result<Topology, StartError> {
+        let generation = Arc::clone(&base.generation);
+        let sink_set = build_sinks(config, &RunningSinks::new(), &cx).await?;
+        let dedup = DedupStore::default();
+        generation.store(Arc::new(self::generation(
+            1, config, &sink_set, &metrics, &dedup,
+        )?));
+        let mut running = HashMap::new();
+        let mut source_addrs = BTreeMap::new();
+        for (name, source) in &config.sources {
+            let r = sources::start(name, source, &base, None).await?;
+            if let Some(a) = r.addr {
+                source_addrs.insert(name.clone(), a);
+            }
+            running.insert(name.clone(), r);
+        }
+        Ok(Topology {
+            generation,
+            sinks: Mutex::new(sink_set.running),
+            sources: Mutex::new(running),
+            source_addrs: std::sync::Mutex::new(source_addrs),
+            sink_addrs: sink_set.addrs,
+            base,
+            cx,
+            metrics,
+            dedup,
+        })
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> &SharedGeneration {
+        &self.generation
+    }
+
+    /// The address a listening source is bound to.
+    pub fn source_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.source_addrs
+            .lock()
+            .expect("addresses")
+            .get(name)
+            .copied()
+    }
+
+    /// The address a listening sink (WebSocket push) started with is bound to.
+    pub fn sink_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.sink_addrs.get(name).copied()
+    }
+
+    /// Changes the running components to those of `new` (a checked config that differs from
+    /// the running one) and returns the new generation's number; on an error nothing
+    /// changed. Sources that swap their settings in place are prepared and sources that start
+    /// anew are checked (their listeners bound) first; then sinks are started (unchanged ones
+    /// kept), the generation is swapped in one store, and removed or replaced sources drain
+    /// and stop within `new.shutdown_timeout_ms`.
+    pub async fn apply(&self, new: &Config) -> Result<u64, StartError> {
+        let mut running = self.sinks.lock().await;
+        let mut running_sources = self.sources.lock().await;
+        // Sources: build what swaps in place, check what starts anew — nothing changes yet.
+        let mut in_place = Vec::new();
+        let mut replaced = Vec::new();
+        let mut added = Vec::new();
+        for (name, config) in &new.sources {
+            match running_sources.get(name) {
+                Some(r) if &r.config == config => {}
+                Some(r) => match r.prepare_in_place(config) {
+                    Some(prepared) => in_place.push((name.clone(), prepared?)),
+                    None => {
+                        // The old instance holds its address until it stops: bind only a
+                        // listener that moves.
+                        let same_address = listen_of(&r.config) == listen_of(config);
+                        let bound = sources::check(name, config, !same_address).await?;
+                        replaced.push((name.clone(), bound));
+                    }
+                },
+                None => added.push((name.clone(), sources::check(name, config, true).await?)),
+            }
+        }
+        let sinks = build_sinks(new, &running, &self.cx).await?;
+        let number = self.generation.load().number + 1;
+        let generation = generation(number, new, &sinks, &self.metrics, &self.dedup)?;
+        // The switch: one store; events already in flight keep the generation they loaded.
+        self.generation.store(Arc::new(generation));
+        for (name, prepared) in in_place {
+            if let Some(r) = running_sources.get_mut(&name) {
+                if let Some(live) = &r.live {
+                    prepared.commit(live);
+                }
+                r.config = new.sources[&name].clone();
+            }
+        }
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(new.shutdown_timeout_ms);
+        let removed: Vec<String> = running_sources
+            .keys()
+            .filter(|n| !new.sources.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(r) = running_sources.remove(&name) {
+                if !r.stop(deadline).await {
+                    tracing::warn!(source = %name, "removed source did not finish its in-flight messages in time");
+                }
+            }
+            self.cx.readiness.remove(&format!("source:{name}"));
+            self.source_addrs.lock().expect("addresses").remove(&name);
+        }
+        for (name, bound) in replaced.into_iter().chain(added) {
+            if let Some(old) = running_sources.remove(&name) {
+                if !old.stop(deadline).await {
+                    tracing::warn!(source = %name, "replaced source did not finish its in-flight messages in time");
+                }
+            }
+            match sources::start(&name, &new.sources[&name], &self.base, bound).await {
+                Ok(r) => {
+                    let mut addrs = self.source_addrs.lock().expect("addresses");
+                    match r.addr {
+                        Some(a) => addrs.insert(name.clone(), a),
+                        None => addrs.remove(&name),
+                    };
+                    drop(addrs);
+                    running_sources.insert(name, r);
+                }
+                // Checked above; what is left (a port taken since) leaves the source stopped.
+                Err(e) => tracing::error!(source = %name, error = %e, "source could not start"),
+            }
+        }
+        for name in running.keys().filter(|n| !sinks.running.contains_key(*n)) {
+            self.cx.readiness.remove(&format!("sink:{name}"));
+        }
+        *running = sinks.running;
+        Ok(number)
+    }
+
+    /// Stops everything by `deadline`: sources stop taking messages and finish in-flight
+    /// ones, then the generation is dropped, which closes the sink queues; sinks drain what
+    /// is queued and stop. False if the deadline passed first.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) -> bool {
+        self.base.shutdown.cancel();
+        let stopping: Vec<_> = self.sources.lock().await.drain().map(|(_, r)| r).collect();
+        let sources_done =
+            futures_util::future::join_all(stopping.into_iter().map(|r| r.stop(deadline)))
+                .await
+                .into_iter()
+                .all(|done| done);
+        self.generation.store(Arc::new(Generation::default()));
+        self.sinks.lock().await.clear();
+        self.cx.tracker.close();
+        let sinks_done = tokio::time::timeout_at(deadline, self.cx.tracker.wait())
+            .await
+            .is_ok();
+        sources_done && sinks_done
+    }
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,4 +291,12 @@ pub fn generation(
         sinks: sinks.handles.clone(),
         policies: crate::security::policy::Policies::new(config.policies.clone()),
     })
+}
+
+fn listen_of(config: &crate::config::SourceConfig) -> Option<SocketAddr> {
+    match config {
+        crate::config::SourceConfig::Http(c) => Some(c.listen),
+        crate::config::SourceConfig::Websocket(c) => Some(c.listen),
+        _ => None,
+    }
 }

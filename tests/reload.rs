@@ -251,3 +251,73 @@ async fn r2_reloading_a_dead_letter_sink_rewires_its_users() {
     assert_eq!(ids(&dir.path().join("b.jsonl")), ["2"]);
     assert_eq!(ids(&dir.path().join("a.jsonl")), ["1"]);
 }
+
+/// `shutdown_timeout_ms` follows the config in force: a reload that shortens it bounds the
+/// next shutdown, which is not held to the value the gateway started with.
+#[tokio::test]
+async fn shutdown_uses_the_shutdown_timeout_of_the_last_reload() {
+    let stalled = common::stalled_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = |timeout_ms: u64| {
+        format!(
+            r#"
+shutdown_timeout_ms = {timeout_ms}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.stuck]
+type = "http"
+url = "http://{stalled}/hook"
+timeout_ms = 600000
+
+[routes.all]
+from = ["web"]
+to = ["stuck"]
+"#
+        )
+    };
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, text(600_000)).unwrap();
+    let gw = Gateway::start(Config::load(&file).unwrap()).await.unwrap();
+    std::fs::write(&file, text(300)).unwrap();
+    gw.reloader().reload_file().await.expect("reload");
+    // An event held by the stalled target keeps the sink busy past any deadline.
+    let url = format!("http://{}/events", gw.source_addr("web").unwrap());
+    tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "held")
+            .header("ce-source", "/reload")
+            .header("ce-type", "t")
+            .body("{}")
+            .send()
+            .await;
+    });
+    let metrics = format!("http://{}/metrics", gw.admin_addr().unwrap());
+    common::until(
+        std::time::Duration::from_secs(10),
+        "the event in flight to the stalled target",
+        || async {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            common::metric(&text, "ferry_sink_in_flight{sink=\"stuck\"}") == 1.0
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let on_time = tokio::time::timeout(std::time::Duration::from_secs(20), gw.shutdown())
+        .await
+        .expect("shutdown is bounded by the reloaded shutdown_timeout_ms");
+    assert!(!on_time, "the held event could not finish");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
