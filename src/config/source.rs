@@ -1,0 +1,91 @@
+//! `[sources.<name>]`: the source kinds, and the HTTP source's table.
+
+use serde::Deserialize;
+
+use super::*;
+
+/// A source: where events come in.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Http(HttpSourceConfig),
+    Amqp(AmqpSourceConfig),
+    Mqtt(MqttSourceConfig),
+    Nats(NatsSourceConfig),
+    Websocket(WebSocketSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Http(_) => "http",
+            SourceConfig::Amqp(_) => "amqp",
+            SourceConfig::Mqtt(_) => "mqtt",
+            SourceConfig::Nats(_) => "nats",
+            SourceConfig::Websocket(_) => "websocket",
+        }
+    }
+
+    /// The socket address this source listens on, if it listens.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        match self {
+            SourceConfig::Http(c) => Some(c.listen),
+            SourceConfig::Websocket(c) => Some(c.listen),
+            SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    pub listen: SocketAddr,
+    /// The path events are POSTed to.
+    #[serde(default = "defaults::path")]
+    pub path: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// What to do with an event no route matches.
+    #[serde(default)]
+    pub unrouted: Unrouted,
+    /// How long a request waits for its sinks to confirm before answering 504.
+    #[serde(default = "defaults::ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// How long a request waits for room in a full sink queue before answering 503.
+    #[serde(default = "defaults::enqueue_timeout_ms")]
+    pub enqueue_timeout_ms: u64,
+    /// Most concurrent requests in progress; more wait for a slot (up to
+    /// `enqueue_timeout_ms`, then 503).
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Most open connections; one more is closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long a request head may take, from the connection opening or its first byte.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long reading a request body may take before 408.
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// How long a connection with no request in progress stays open without traffic.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// TLS (and mTLS) for the listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Authentication of senders.
+    #[serde(default)]
+    pub auth: Option<crate::security::source::AuthConfig>,
+    /// Rate limit per principal, client IP or source.
+    #[serde(default)]
+    pub rate_limit: Option<crate::security::ratelimit::RateLimitConfig>,
+    /// Refuse principals that no policy names.
+    #[serde(default)]
+    pub require_policy: bool,
+    /// Builds events from requests that are not CloudEvents (third-party webhooks).
+    #[serde(default)]
+    pub normalize: Option<NormalizeConfig>,
+    /// The answer to the CloudEvents Web Hook validation handshake (`OPTIONS`).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
