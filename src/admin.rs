@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -70,14 +71,10 @@ pub async fn start(
     let limits = Arc::new(arc_swap::ArcSwap::from_pointee(
         crate::listener::Limits::DEFAULT,
     ));
-    tracker.spawn(crate::listener::serve(
-        listener,
-        tls,
-        limits,
-        app,
-        shutdown,
-        Default::default(),
-    ));
+    tracker.spawn(
+        crate::listener::serve(listener, tls, limits, app, shutdown, Default::default())
+            .instrument(tracing::info_span!("admin")),
+    );
     Ok(addr)
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
@@ -70,37 +71,40 @@ pub fn spawn(reloader: Arc<Reloader>, debounce: Duration, shutdown: Cancellation
             return;
         }
     };
-    tokio::spawn(async move {
-        let mut dirs = BTreeSet::new();
-        loop {
-            // Follow the files of the config in force (a reload may name new ones).
-            let (now_files, now_dirs) = watched(&reloader);
-            for d in now_dirs.difference(&dirs) {
-                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
-                }
-            }
-            for d in dirs.difference(&now_dirs) {
-                let _ = watcher.unwatch(d);
-            }
-            dirs = now_dirs;
-            *files.write().expect("watched files") = now_files;
-
-            tokio::select! {
-                () = changed.notified() => {}
-                () = shutdown.cancelled() => return,
-            }
-            // Debounce: wait until the files have been quiet for a while.
+    tokio::spawn(
+        async move {
+            let mut dirs = BTreeSet::new();
             loop {
+                // Follow the files of the config in force (a reload may name new ones).
+                let (now_files, now_dirs) = watched(&reloader);
+                for d in now_dirs.difference(&dirs) {
+                    if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+                    }
+                }
+                for d in dirs.difference(&now_dirs) {
+                    let _ = watcher.unwatch(d);
+                }
+                dirs = now_dirs;
+                *files.write().expect("watched files") = now_files;
+
                 tokio::select! {
-                    () = changed.notified() => continue,
-                    () = tokio::time::sleep(debounce) => break,
+                    () = changed.notified() => {}
                     () = shutdown.cancelled() => return,
                 }
+                // Debounce: wait until the files have been quiet for a while.
+                loop {
+                    tokio::select! {
+                        () = changed.notified() => continue,
+                        () = tokio::time::sleep(debounce) => break,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                tracing::info!("config files changed; reloading");
+                // The outcome is logged and counted by the reloader.
+                let _ = reloader.reload_file_if_changed().await;
             }
-            tracing::info!("config files changed; reloading");
-            // The outcome is logged and counted by the reloader.
-            let _ = reloader.reload_file_if_changed().await;
         }
-    });
+        .instrument(tracing::info_span!("watch")),
+    );
 }

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use ferry_core::FailureKind;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -71,7 +72,9 @@ pub(super) fn start(
             })?,
     });
     cx.set_ready(name, false);
-    cx.tracker.spawn(run(rx, target, stats, cx.clone()));
+    cx.tracker.spawn(
+        run(rx, target, stats, cx.clone()).instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use ferry_core::{json, FailureKind};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -40,12 +41,15 @@ pub(super) async fn start(
         batch: config.in_flight,
         timeout: Duration::from_millis(config.timeout_ms),
     };
-    cx.tracker.spawn(run(
-        rx,
-        Output::File(JsonLinesFile::new(file, config.fsync)),
-        limits,
-        stats,
-    ));
+    cx.tracker.spawn(
+        run(
+            rx,
+            Output::File(JsonLinesFile::new(file, config.fsync)),
+            limits,
+            stats,
+        )
+        .instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(())
 }
 
@@ -59,12 +63,16 @@ pub(super) fn start_stdout(
         batch: config.in_flight,
         timeout: Duration::from_millis(config.timeout_ms),
     };
-    cx.tracker.spawn(run(
-        rx,
-        Output::Stdout(tokio::io::stdout(), Torn::default()),
-        limits,
-        stats,
-    ));
+    let span = tracing::info_span!("sink", sink = %stats.name);
+    cx.tracker.spawn(
+        run(
+            rx,
+            Output::Stdout(tokio::io::stdout(), Torn::default()),
+            limits,
+            stats,
+        )
+        .instrument(span),
+    );
 }
 
 /// `in_flight` and `timeout_ms` of a file or stdout sink.

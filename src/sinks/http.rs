@@ -9,6 +9,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use ferry_core::FailureKind;
 use http::{HeaderName, HeaderValue};
@@ -107,8 +108,10 @@ pub(super) fn start(
     }
     let permits = Arc::new(Semaphore::new(config.in_flight));
     let tracker = cx.tracker.clone();
-    cx.tracker
-        .spawn(run(rx, target, permits, stats, tracker, cx.clone()));
+    cx.tracker.spawn(
+        run(rx, target, permits, stats, tracker, cx.clone())
+            .instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use ferry_core::FailureKind;
@@ -102,7 +103,9 @@ pub(super) fn start(
             .transpose()
             .map_err(|(k, m)| err((vec!["sign".into(), k], m)))?,
     };
-    cx.tracker.spawn(run(target, rx, stats, cx.clone()));
+    cx.tracker.spawn(
+        run(target, rx, stats, cx.clone()).instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use async_nats::jetstream;
 use ferry_core::FailureKind;
@@ -68,8 +69,10 @@ pub(super) fn start(
             .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
     });
     cx.set_ready(name, false);
-    cx.tracker
-        .spawn(run(config.clone(), target, rx, stats, cx.clone()));
+    cx.tracker.spawn(
+        run(config.clone(), target, rx, stats, cx.clone())
+            .instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(())
 }
 

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -131,22 +132,28 @@ pub(super) async fn start(
         max_connections: config.max_connections,
         ..crate::listener::Limits::DEFAULT
     };
-    cx.tracker.spawn(crate::listener::serve(
-        listener,
-        tls,
-        Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
-        app,
-        hub.stop.clone(),
-        cx.metrics.listener(format!("sink:{name}")),
-    ));
-    cx.tracker.spawn(async move {
-        while let Some(delivery) = rx.recv().await {
-            hub.publish(&delivery);
-            stats.confirm(delivery);
+    cx.tracker.spawn(
+        crate::listener::serve(
+            listener,
+            tls,
+            Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
+            app,
+            hub.stop.clone(),
+            cx.metrics.listener(format!("sink:{name}")),
+        )
+        .instrument(tracing::info_span!("sink", sink = %name)),
+    );
+    cx.tracker.spawn(
+        async move {
+            while let Some(delivery) = rx.recv().await {
+                hub.publish(&delivery);
+                stats.confirm(delivery);
+            }
+            // The gateway is shutting down: subscribers get 1001 once their queues are sent.
+            hub.stop.cancel();
         }
-        // The gateway is shutting down: subscribers get 1001 once their queues are sent.
-        hub.stop.cancel();
-    });
+        .instrument(tracing::info_span!("sink", sink = %name)),
+    );
     Ok(addr)
 }
 

@@ -13,6 +13,7 @@
 //! out horizontally.
 
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use ferry_core::{EventErrorKind, Outcome};
@@ -53,7 +54,11 @@ pub async fn start(config: &AmqpSourceConfig, cx: SourceContext) -> Result<(), S
         in_flight: TaskTracker::new(),
         cx: cx.clone(),
     };
-    cx.tracker.spawn(consumer.supervise());
+    cx.tracker.spawn(
+        consumer
+            .supervise()
+            .instrument(tracing::info_span!("source", source = %cx.name())),
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Body;
@@ -148,14 +149,17 @@ pub async fn start(
         .with_state(Arc::clone(&live.state));
     let mut stats = cx.stats.metrics.listener(format!("source:{}", cx.name()));
     stats.connections = Some(cx.stats.connections.clone());
-    cx.tracker.spawn(crate::listener::serve(
-        listener,
-        Arc::clone(&live.tls),
-        Arc::clone(&live.limits),
-        app,
-        cx.shutdown.clone(),
-        stats,
-    ));
+    cx.tracker.spawn(
+        crate::listener::serve(
+            listener,
+            Arc::clone(&live.tls),
+            Arc::clone(&live.limits),
+            app,
+            cx.shutdown.clone(),
+            stats,
+        )
+        .instrument(tracing::info_span!("source", source = %cx.name())),
+    );
     cx.set_ready(true);
     Ok((addr, live))
 }

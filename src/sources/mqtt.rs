@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use ferry_core::{FailureKind, Outcome};
 use tokio::sync::mpsc;
@@ -90,7 +91,11 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
         normalizer,
         cx: cx.clone(),
     };
-    cx.tracker.spawn(source.supervise());
+    cx.tracker.spawn(
+        source
+            .supervise()
+            .instrument(tracing::info_span!("source", source = %cx.name())),
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::{HeaderMap, Subject};
@@ -49,7 +50,8 @@ pub async fn start(config: &NatsSourceConfig, cx: SourceContext) -> Result<(), S
         consuming: AtomicBool::new(false),
     });
     cx.set_ready(false);
-    cx.tracker.spawn(supervise(source));
+    cx.tracker
+        .spawn(supervise(source).instrument(tracing::info_span!("source", source = %cx.name())));
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::extract::State;
@@ -183,14 +184,17 @@ pub async fn start(
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         ..crate::listener::Limits::DEFAULT
     };
-    cx.tracker.spawn(crate::listener::serve(
-        listener,
-        Arc::clone(&live.tls),
-        Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
-        app,
-        cx.shutdown.clone(),
-        cx.stats.metrics.listener(format!("source:{}", cx.name())),
-    ));
+    cx.tracker.spawn(
+        crate::listener::serve(
+            listener,
+            Arc::clone(&live.tls),
+            Arc::new(arc_swap::ArcSwap::from_pointee(limits)),
+            app,
+            cx.shutdown.clone(),
+            cx.stats.metrics.listener(format!("source:{}", cx.name())),
+        )
+        .instrument(tracing::info_span!("source", source = %cx.name())),
+    );
     cx.set_ready(true);
     Ok((addr, live))
 }

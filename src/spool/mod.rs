@@ -28,6 +28,7 @@ mod replay;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tracing::Instrument;
 
 use ferry_core::{json, FailureKind};
 use prometheus_client::metrics::counter::Counter;
@@ -180,8 +181,16 @@ async fn start_on(
         size,
         cx,
     );
-    cx.tracker.spawn(writer.run(rx));
-    cx.tracker.spawn(replay.run());
+    cx.tracker.spawn(
+        writer
+            .run(rx)
+            .instrument(tracing::info_span!("spool", sink = %name, task = "writer")),
+    );
+    cx.tracker.spawn(
+        replay
+            .run()
+            .instrument(tracing::info_span!("spool", sink = %name, task = "replay")),
+    );
     Ok(tx)
 }
 
