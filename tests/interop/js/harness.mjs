@@ -7,6 +7,7 @@
 // its PID (SIGTERM, then SIGKILL if it does not exit).
 
 import { spawn } from "node:child_process";
+import { CloudEvent } from "cloudevents";
 import { randomUUID } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
@@ -299,4 +300,56 @@ export class Mailbox {
   leftovers() {
     return [...this.items.keys()];
   }
+}
+
+// --------------------------------------------------------------------------------------------
+// the events both scripts send: every attribute type, non-ASCII text, JSON, text and binary data,
+// data_base64, a trace context, and an event without datacontenttype
+
+export const TIME = "2026-11-24T10:00:00.000Z"; // what the SDK writes (toISOString), so sent === received
+const NON_ASCII = "Zoë – naïve ☕ 東京 🚀";
+
+export function sampleEvents(source) {
+  const base = (name) => ({ id: uid(`${name}-`), source, type: `dev.ferry.interop.${name}`, time: TIME });
+  return {
+    json: new CloudEvent({
+      ...base("json"),
+      datacontenttype: "application/json",
+      subject: NON_ASCII,
+      dataschema: "https://schemas.example.com/order.json",
+      tenant: "acme",
+      count: 42,
+      negative: -7,
+      flag: true,
+      off: false,
+      quoted: '50% "off" sale, Zoë',
+      data: { order: 17, total: 42.5, name: "Zoë ☕", tags: ["a", "b"], nested: { ok: true, none: null } },
+    }),
+    text: new CloudEvent({
+      ...base("text"),
+      datacontenttype: "text/plain; charset=utf-8",
+      subject: "plain text",
+      greeting: "grüße",
+      data: "héllo wörld ☕\nline two\t\"quoted\"",
+    }),
+    bytes: new CloudEvent({
+      ...base("bytes"),
+      datacontenttype: "application/octet-stream",
+      seq: 3,
+      data: new Uint8Array([0, 1, 2, 127, 128, 200, 254, 255, 10, 13, 0]),
+    }),
+    base64: new CloudEvent({
+      ...base("base64"),
+      datacontenttype: "image/png",
+      data_base64: Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00]).toString("base64"),
+    }),
+    trace: new CloudEvent({
+      ...base("trace"),
+      datacontenttype: "application/json",
+      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+      tracestate: "congo=t61rcWkgMzE",
+      data: { traced: true },
+    }),
+    nodct: new CloudEvent({ ...base("nodct"), data: { implicit: "json" } }),
+  };
 }

@@ -24,7 +24,7 @@
 
 import http from "node:http";
 import { CloudEvent, HTTP } from "cloudevents";
-import { diffViews, freePort, isTraceparent, Mailbox, runScript, startFerry, uid, view } from "./harness.mjs";
+import { diffViews, freePort, isTraceparent, Mailbox, runScript, sampleEvents, startFerry, TIME, uid, view } from "./harness.mjs";
 
 const CORE = new Set(["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"]);
 const NON_EXT = new Set([...CORE, "data", "data_base64"]);
@@ -195,57 +195,6 @@ function compareArrival(sent, inMode, outMode, arrival, traceHeader) {
 }
 
 // --------------------------------------------------------------------------------------------
-// the events
-
-const TIME = "2026-11-24T10:00:00.000Z"; // what the SDK writes (toISOString), so sent === received
-const NON_ASCII = "Zoë – naïve ☕ 東京 🚀";
-
-function events() {
-  const base = (name) => ({ id: uid(`${name}-`), source: "/interop/js-sdk", type: `dev.ferry.interop.${name}`, time: TIME });
-  return {
-    json: new CloudEvent({
-      ...base("json"),
-      datacontenttype: "application/json",
-      subject: NON_ASCII,
-      dataschema: "https://schemas.example.com/order.json",
-      tenant: "acme",
-      count: 42,
-      negative: -7,
-      flag: true,
-      off: false,
-      quoted: '50% "off" sale, Zoë',
-      data: { order: 17, total: 42.5, name: "Zoë ☕", tags: ["a", "b"], nested: { ok: true, none: null } },
-    }),
-    text: new CloudEvent({
-      ...base("text"),
-      datacontenttype: "text/plain; charset=utf-8",
-      subject: "plain text",
-      greeting: "grüße",
-      data: "héllo wörld ☕\nline two\t\"quoted\"",
-    }),
-    bytes: new CloudEvent({
-      ...base("bytes"),
-      datacontenttype: "application/octet-stream",
-      seq: 3,
-      data: new Uint8Array([0, 1, 2, 127, 128, 200, 254, 255, 10, 13, 0]),
-    }),
-    base64: new CloudEvent({
-      ...base("base64"),
-      datacontenttype: "image/png",
-      data_base64: Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00]).toString("base64"),
-    }),
-    trace: new CloudEvent({
-      ...base("trace"),
-      datacontenttype: "application/json",
-      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-      tracestate: "congo=t61rcWkgMzE",
-      data: { traced: true },
-    }),
-    nodct: new CloudEvent({ ...base("nodct"), data: { implicit: "json" } }),
-  };
-}
-
-// --------------------------------------------------------------------------------------------
 
 runScript(async (cases) => {
   const receiver = await startReceiver();
@@ -292,7 +241,7 @@ to = ["out_structured"]
     const jobs = [];
     for (const inMode of modes) {
       for (const outMode of modes) {
-        const evs = events();
+        const evs = sampleEvents("/interop/js-sdk");
         // an event without its own trace context, sent with a traceparent request header
         evs.traceheader = new CloudEvent({ id: uid("traceheader-"), source: "/interop/js-sdk", type: "dev.ferry.interop.traceheader", time: TIME, datacontenttype: "text/plain", data: "hop" });
         for (const [name, ev] of Object.entries(evs)) {
@@ -319,7 +268,7 @@ to = ["out_structured"]
     // ---- batches (docs/http.md: application/cloudevents-batch+json, all or nothing)
     for (const outMode of modes) {
       await cases.run(`http batch of 4 out=${outMode}`, async () => {
-        const evs = events();
+        const evs = sampleEvents("/interop/js-sdk");
         const batch = [evs.json, evs.text, evs.bytes, evs.nodct];
         const body = JSON.stringify(batch.map((e) => JSON.parse(HTTP.structured(e).body)));
         // sanity: the SDK reads our batch back as these events
@@ -342,7 +291,7 @@ to = ["out_structured"]
     });
 
     await cases.run("http batch with an invalid event -> 400, nothing delivered", async () => {
-      const good = events().json;
+      const good = sampleEvents("/interop/js-sdk").json;
       const bad = { specversion: "1.0", id: uid("bad-"), source: "/interop/js-sdk" }; // no type
       const body = JSON.stringify([JSON.parse(HTTP.structured(good).body), bad]);
       const res = await post(srcPort.structured, { "content-type": "application/cloudevents-batch+json" }, Buffer.from(body, "utf8"));
@@ -358,7 +307,7 @@ to = ["out_structured"]
       if (problem.index !== 1) diffs.push(`problem.index: expected 1 got ${JSON.stringify(problem.index)}`);
       if (problem.attribute !== "type") diffs.push(`problem.attribute: expected "type" got ${JSON.stringify(problem.attribute)}`);
       // a marker event after the refused batch: once it arrived, the batch's good event must not have
-      const marker = events().text;
+      const marker = sampleEvents("/interop/js-sdk").text;
       const m = encode(marker, "structured");
       const r2 = await post(srcPort.structured, m.headers, m.body);
       if (r2.status !== 202) diffs.push(`marker: source answered ${r2.status}`);

@@ -32,7 +32,7 @@
 
 import mqtt from "mqtt";
 import { CloudEvent, MQTT } from "cloudevents";
-import { diffViews, isTraceparent, Mailbox, runScript, startFerry, uid, view } from "./harness.mjs";
+import { diffViews, isTraceparent, Mailbox, runScript, sampleEvents, startFerry, uid, view } from "./harness.mjs";
 
 const BROKER = process.env.MQTT_URL ?? "mqtt://127.0.0.1:1883";
 const CORE = ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"];
@@ -163,57 +163,6 @@ function compare(sent, inMode, outMode, pub, arrival, inboundTrace) {
 }
 
 // --------------------------------------------------------------------------------------------
-// the events
-
-const TIME = "2026-11-24T10:00:00.000Z";
-const NON_ASCII = "Zoë – naïve ☕ 東京 🚀";
-
-function events() {
-  const base = (name) => ({ id: uid(`${name}-`), source: "/interop/js-sdk/mqtt", type: `dev.ferry.interop.${name}`, time: TIME });
-  return {
-    json: new CloudEvent({
-      ...base("json"),
-      datacontenttype: "application/json",
-      subject: NON_ASCII,
-      dataschema: "https://schemas.example.com/order.json",
-      tenant: "acme",
-      count: 42,
-      negative: -7,
-      flag: true,
-      off: false,
-      quoted: '50% "off" sale, Zoë',
-      data: { order: 17, total: 42.5, name: "Zoë ☕", tags: ["a", "b"], nested: { ok: true, none: null } },
-    }),
-    text: new CloudEvent({
-      ...base("text"),
-      datacontenttype: "text/plain; charset=utf-8",
-      subject: "plain text",
-      greeting: "grüße",
-      data: "héllo wörld ☕\nline two\t\"quoted\"",
-    }),
-    bytes: new CloudEvent({
-      ...base("bytes"),
-      datacontenttype: "application/octet-stream",
-      seq: 3,
-      data: new Uint8Array([0, 1, 2, 127, 128, 200, 254, 255, 10, 13, 0]),
-    }),
-    base64: new CloudEvent({
-      ...base("base64"),
-      datacontenttype: "image/png",
-      data_base64: Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00]).toString("base64"),
-    }),
-    trace: new CloudEvent({
-      ...base("trace"),
-      datacontenttype: "application/json",
-      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-      tracestate: "congo=t61rcWkgMzE",
-      data: { traced: true },
-    }),
-    nodct: new CloudEvent({ ...base("nodct"), data: { implicit: "json" } }),
-  };
-}
-
-// --------------------------------------------------------------------------------------------
 
 runScript(async (cases) => {
   const run = uid();
@@ -302,24 +251,24 @@ to = ["out_structured"]
       );
     for (const inMode of modes) {
       for (const outMode of modes) {
-        for (const [name, ev] of Object.entries(events())) {
+        for (const [name, ev] of Object.entries(sampleEvents("/interop/js-sdk/mqtt"))) {
           one(`mqtt ${name} in=${inMode} out=${outMode}`, ev, inMode, outMode, encode(ev, inMode));
         }
         // MQTT.binary without its Content Type: datacontenttype only as the user property (the
         // binding's example), which docs/mqtt.md accepts when Content Type is absent
         if (inMode === "binary") {
-          const ev = events().text;
+          const ev = sampleEvents("/interop/js-sdk/mqtt").text;
           const pub = encode(ev, "binary");
           delete pub.properties.contentType;
           one(`mqtt dct-user-property-only in=binary out=${outMode}`, ev, inMode, outMode, pub);
           // Content Type and a different datacontenttype user property: Content Type wins
-          const ev2 = events().json;
+          const ev2 = sampleEvents("/interop/js-sdk/mqtt").json;
           const pub2 = encode(ev2, "binary");
           pub2.properties.userProperties.datacontenttype = "text/plain";
           one(`mqtt dct-content-type-wins in=binary out=${outMode}`, ev2, inMode, outMode, pub2);
         } else {
           // a structured message with a traceparent user property (transport trace context)
-          const ev = events().json;
+          const ev = sampleEvents("/interop/js-sdk/mqtt").json;
           const pub = encode(ev, "structured");
           const trace = `00-${uid().replace(/-/g, "")}-0123456789abcdef-01`;
           pub.properties.userProperties = { traceparent: trace };
