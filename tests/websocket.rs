@@ -670,3 +670,57 @@ async fn s4_session_closes_when_a_reload_removes_its_key() {
         .unwrap();
     assert_eq!(next_json(&mut new).await["data"]["status"], 202);
 }
+
+/// A client that sends but never reads its acknowledgements loses its session once the
+/// server could not write to it for `idle_timeout_ms`, instead of holding it (and a
+/// connection slot) until shutdown.
+#[tokio::test]
+async fn a_client_that_reads_no_acknowledgements_is_disconnected() {
+    let config = SOURCE.replace(
+        "max_message_bytes = 4096",
+        "max_message_bytes = 4096\nmax_in_flight = 4\nidle_timeout_ms = 1000\nping_interval_ms = 500",
+    );
+    let gw = TestGateway::start(&config).await;
+    let addr = gw.gateway.source_addr("devices").unwrap();
+    // A small receive buffer, so unread acknowledgements back up to the server soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "cloudevents.json".parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut tx, rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        let padding = "x".repeat(2000);
+        for i in 0.. {
+            let e = json!({"specversion": "1.0", "id": format!("unread-{i}"), "source": "/devices/d1", "type": "com.example.reading", "data": {"pad": padding}});
+            if tx.send(Message::text(e.to_string())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let metric = "ferry_websocket_closed_total{component=\"source:devices\",reason=\"too_slow\"}";
+    common::until(
+        Duration::from_secs(30),
+        "the session of the client that reads nothing closed as too slow",
+        || async { common::metric(&gw.metrics().await, metric) == 1.0 },
+    )
+    .await;
+    common::until(
+        Duration::from_secs(15),
+        "its connection released",
+        || async {
+            common::metric(
+                &gw.metrics().await,
+                "ferry_source_connections{source=\"devices\"}",
+            ) == 0.0
+        },
+    )
+    .await;
+    sender.abort();
+    drop(rx);
+    gw.gateway.shutdown().await;
+}

@@ -424,6 +424,12 @@ impl Connection<'_> {
         let (mut sink, mut stream) = socket.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(config.max_in_flight + 8);
         let ping_every = Duration::from_millis(config.ping_interval_ms);
+        // A client that takes no frame for `idle_timeout_ms` (it stopped reading) is gone: the
+        // writer gives up, so acknowledgements, the close and the session's slot are not held
+        // by it until shutdown, or after.
+        let write_timeout = Duration::from_millis(config.idle_timeout_ms);
+        let stalled = tokio_util::sync::CancellationToken::new();
+        let writer_stalled = stalled.clone();
         let writer = tokio::spawn(async move {
             let mut ping =
                 tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -436,11 +442,16 @@ impl Connection<'_> {
                     _ = ping.tick() => Message::Ping(Bytes::new()),
                 };
                 let closing = matches!(message, Message::Close(_));
-                if sink.send(message).await.is_err() || closing {
-                    break;
+                match tokio::time::timeout(write_timeout, sink.send(message)).await {
+                    Ok(Ok(())) if !closing => {}
+                    Ok(_) => break,
+                    Err(_) => {
+                        writer_stalled.cancel();
+                        return sink;
+                    }
                 }
             }
-            let _ = sink.close().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
             sink
         });
 
@@ -466,6 +477,8 @@ impl Connection<'_> {
                     Err(_) => break End::Shutdown,
                 },
                 _ = shutdown.cancelled() => break End::Shutdown,
+                // The writer gave up on a client that reads nothing: stop reading too.
+                () = stalled.cancelled() => break End::Client,
                 () = &mut expired => break End::Close(close::POLICY, "token expired"),
                 () = &mut superseded => match self.recheck() {
                     Some(current) => {
@@ -478,6 +491,8 @@ impl Connection<'_> {
             let next = tokio::select! {
                 n = tokio::time::timeout(idle, stream.next()) => n,
                 _ = shutdown.cancelled() => break End::Shutdown,
+                // The writer gave up on a client that reads nothing: stop reading too.
+                () = stalled.cancelled() => break End::Client,
                 () = &mut expired => break End::Close(close::POLICY, "token expired"),
                 () = &mut superseded => match self.recheck() {
                     Some(current) => {
@@ -531,7 +546,13 @@ impl Connection<'_> {
         };
         // Every outstanding acknowledgement goes out before the close frame.
         let _ = in_flight.acquire_many(config.max_in_flight as u32).await;
+        let too_slow = stalled.is_cancelled();
         let (code, reason, label) = match end {
+            _ if too_slow => (
+                close::POLICY,
+                "too slow: acknowledgements not read",
+                "too_slow",
+            ),
             End::Client => (close::NORMAL, "bye", "client"),
             End::Shutdown => (close::GOING_AWAY, "server shutting down", "shutdown"),
             End::Idle => (close::NORMAL, "idle timeout", "idle"),
