@@ -223,8 +223,8 @@ impl SourceSecurity {
     /// The checks that need no body, to run before reading it: a request that presents no
     /// credential where one is required, or whose webhook signature headers are missing,
     /// too large or outside the timestamp window, is refused here exactly as
-    /// [`SourceSecurity::authenticate`] would refuse it. Tokens and signatures are verified
-    /// only by `authenticate`.
+    /// [`SourceSecurity::authenticate`] would refuse it. A bearer token is verified here too
+    /// (it needs no body); signatures are verified only by `authenticate`.
     pub fn precheck(
         &self,
         peer: Option<&Peer>,
@@ -242,9 +242,14 @@ impl SourceSecurity {
                 None => missing = missing.or(Some("mtls")),
             }
         }
-        if auth.jwt.is_some() {
+        if let Some(jwt) = &auth.jwt {
             match bearer(headers, query) {
-                Some(_) => presented = true,
+                // A token needs no body: verify it now, so a forged one costs no body read
+                // (any credential presented must be valid, so it would be refused anyway).
+                Some(token) => match jwt.verify(&token) {
+                    Ok(_) => presented = true,
+                    Err(e) => return Err(invalid_token(&e)),
+                },
                 None => missing = missing.or(Some("jwt")),
             }
         }
@@ -305,16 +310,7 @@ impl SourceSecurity {
                             id: claims.sub,
                         })
                     }
-                    Err(e) => {
-                        let reason = format!("invalid token ({}): {e}", e.reason());
-                        return Err(Unauthenticated {
-                            method: "jwt",
-                            challenge: invalid_token_challenge(&reason),
-                            reason,
-                            header: Some("authorization".into()),
-                            refusal: Refusal::Credentials,
-                        });
-                    }
+                    Err(e) => return Err(invalid_token(&e)),
                 },
                 None => missing.push("jwt"),
             }
@@ -447,6 +443,18 @@ impl SourceSecurity {
             principal.stamp(e);
         }
         Ok(grants)
+    }
+}
+
+/// The refusal of a bearer token that did not verify.
+fn invalid_token(e: &super::jwt::JwtError) -> Unauthenticated {
+    let reason = format!("invalid token ({}): {e}", e.reason());
+    Unauthenticated {
+        method: "jwt",
+        challenge: invalid_token_challenge(&reason),
+        reason,
+        header: Some("authorization".into()),
+        refusal: Refusal::Credentials,
     }
 }
 
