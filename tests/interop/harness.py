@@ -240,6 +240,17 @@ def canonical(attrs):
     return {k: text(v) for k, v in attrs.items()}
 
 
+CORE_ATTRIBUTES = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype",
+                   "dataschema"}
+
+
+def extensions_as_strings(attrs):
+    """What a binding that carries extensions in text headers delivers: every extension as its
+    canonical string, core attributes as they are."""
+    strings = canonical(attrs)
+    return {k: (v if k in CORE_ATTRIBUTES else strings[k]) for k, v in attrs.items()}
+
+
 def compare_event(report, case, sent, got):
     """Exact comparison of a decoded event with the sent one: every attribute (Ferry's added
     `traceparent` aside) and the data."""

@@ -9,7 +9,7 @@ from paho.mqtt.properties import Properties
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from harness import MOSQUITTO, Ferry, Report, canonical, compare_event, sample_events, uid
+from harness import MOSQUITTO, Ferry, Report, canonical, compare_event, extensions_as_strings, sample_events, uid
 
 report = Report("paho-mqtt")
 run = uid()
@@ -49,7 +49,6 @@ client_id = "ferry-out-s-{run}"
 from = ["mqtt5", "mqtt311"]
 to = ["binary", "structured"]
 """
-CORE = {"specversion", "id", "source", "type", "subject", "time", "dataschema"}
 fmt = JSONFormat()
 
 
@@ -81,14 +80,6 @@ def binary_message(event):
     return fmt.write_data(event.get_data(), attrs.get("datacontenttype")), props
 
 
-def canonical_ext(event):
-    """The event's attributes with extensions as canonical strings (what binary mode carries);
-    core attributes keep their types."""
-    attrs = event.get_attributes()
-    strings = canonical(attrs)
-    return {k: (v if k in CORE or k == "datacontenttype" else strings[k]) for k, v in attrs.items()}
-
-
 def decode(mode, m):
     if mode == "structured":
         report.check("structured Content Type", "application/cloudevents+json; charset=utf-8",
@@ -114,7 +105,7 @@ with Ferry(CONFIG) as ferry:
                 if how == "5 binary":
                     payload, props = binary_message(event)
                     pub5.publish(f"{TOPIC}/in5/x", payload, qos=1, properties=props).wait_for_publish(10)
-                    sent = CloudEvent(attributes=canonical_ext(event), data=event.get_data())
+                    sent = CloudEvent(attributes=extensions_as_strings(event.get_attributes()), data=event.get_data())
                 elif how == "5 structured":
                     props = Properties(PacketTypes.PUBLISH)
                     props.ContentType = "application/cloudevents+json; charset=utf-8"
@@ -128,7 +119,7 @@ with Ferry(CONFIG) as ferry:
                     expected = sent
                     if mode == "binary":
                         # Binary output carries extensions as canonical strings.
-                        expected = CloudEvent(attributes=canonical_ext(sent), data=sent.get_data())
+                        expected = CloudEvent(attributes=extensions_as_strings(sent.get_attributes()), data=sent.get_data())
                     compare_event(report, f"{case} -> {mode}", expected, got)
 
             report.run(case, one)

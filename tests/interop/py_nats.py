@@ -9,7 +9,7 @@ import nats
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from harness import NATS, Ferry, Report, canonical, compare_event, sample_events, uid
+from harness import NATS, Ferry, Report, canonical, compare_event, extensions_as_strings, sample_events, uid
 
 report = Report("nats-py")
 run = uid()
@@ -44,15 +44,11 @@ stream = {{ name = "{STREAM}", subjects = ["{SUBJ}.js.>"] }}
 from = ["nats"]
 to = ["binary", "structured", "stream"]
 """
-CORE = {"specversion", "id", "source", "type", "subject", "time", "dataschema", "datacontenttype"}
 fmt = JSONFormat()
 
 
 def strings_for_extensions(event):
-    attrs = event.get_attributes()
-    strings = canonical(attrs)
-    return CloudEvent(attributes={k: (v if k in CORE else strings[k]) for k, v in attrs.items()},
-                      data=event.get_data())
+    return CloudEvent(attributes=extensions_as_strings(event.get_attributes()), data=event.get_data())
 
 
 def binary_headers(event):
