@@ -2,32 +2,26 @@
 //! confirms. A delivery is confirmed only when the broker acked the publish and did not return
 //! it as unroutable (`mandatory`).
 //!
-//! One task owns the connection: it connects with backoff (declaring the exchange if
-//! configured), hands each delivery to a publish task within the `in_flight` window, and
-//! reconnects when the channel or connection drops. While disconnected, deliveries wait in the
-//! sink queue.
+//! The sink driver (`driver.rs`) connects with backoff, publishes within the `in_flight`
+//! window and reconnects when the channel or connection drops; this file says how to open a
+//! confirm-mode channel (declaring the exchange if configured) and how to publish one event.
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
-use ferry_core::FailureKind;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::Semaphore;
 
+use super::driver::{self, Attempt, Publisher, Refusal};
 use super::{SinkContext, SinkError, SinkStats};
-use crate::backoff::Backoff;
 use crate::config::AmqpSinkConfig;
-use crate::pipeline::Delivery;
+use crate::pipeline::Envelope;
 use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template};
 
 /// How long connecting (TCP + AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an idle sink checks its channel, so readiness drops soon after a disconnect.
-const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What every publish needs, shared by the publish tasks.
 struct Target {
@@ -72,110 +66,57 @@ pub(super) fn start(
             })?,
     });
     cx.set_ready(name, false);
-    cx.tracker.spawn(
-        run(rx, target, stats, cx.clone()).instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    driver::spawn(Amqp(target), rx, stats, config.in_flight, cx);
     Ok(())
+}
+
+struct Amqp(Arc<Target>);
+
+impl Publisher for Amqp {
+    type Link = Session;
+    const KIND: &'static str = "AMQP";
+
+    async fn connect(&self, lost: Option<&Session>) -> Result<Session, String> {
+        // A channel closed by the broker (e.g. publishing to a missing exchange) leaves the
+        // connection usable: keep it and open a new channel.
+        let connection = lost
+            .filter(|s| s.connection.status().connected())
+            .map(|s| Arc::clone(&s.connection));
+        open_session(&self.0, connection)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn is_open(&self, session: &Session) -> bool {
+        session.channel.status().connected() && session.connection.status().connected()
+    }
+
+    fn publish(
+        &self,
+        session: &Arc<Session>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        let (target, session) = (Arc::clone(&self.0), Arc::clone(session));
+        let event = Arc::clone(&events[0]);
+        async move { vec![publish(&target, &session.channel, &event).await] }
+    }
+
+    async fn close(&self, session: Arc<Session>) {
+        let _ = session.connection.close(200, "shutting down".into()).await;
+    }
 }
 
 /// An open connection with a confirm-mode channel.
 struct Session {
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: Channel,
-}
-
-impl Session {
-    fn is_open(&self) -> bool {
-        self.channel.status().connected() && self.connection.status().connected()
-    }
-}
-
-async fn run(mut rx: super::SinkQueue, target: Arc<Target>, stats: SinkStats, cx: SinkContext) {
-    let permits = Arc::new(Semaphore::new(target.config.in_flight));
-    let mut backoff = Backoff::reconnect();
-    // A delivery taken from the queue while the channel was down, published after reconnect.
-    let mut pending: Option<Delivery> = None;
-    let mut connection: Option<Connection> = None;
-    'connect: loop {
-        let session = match open(&target, connection.take()).await {
-            Ok(session) => session,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(sink = %target.name, error = %e, retry_in_ms = delay.as_millis() as u64, "AMQP sink cannot connect");
-                let sleep = tokio::time::sleep(delay);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => continue 'connect,
-                        d = rx.recv(), if pending.is_none() => match d {
-                            Some(d) => pending = Some(d),
-                            // Shutdown while disconnected: unresolved deliveries are not
-                            // delivered, so their senders redeliver.
-                            None => break 'connect,
-                        },
-                    }
-                }
-            }
-        };
-        backoff.reset();
-        tracing::info!(sink = %target.name, exchange = %target.config.exchange, "AMQP sink connected");
-        cx.set_ready(&target.name, true);
-        let mut health = tokio::time::interval(HEALTH_INTERVAL);
-        loop {
-            let delivery = match pending.take() {
-                Some(d) => d,
-                None => tokio::select! {
-                    d = rx.recv() => match d {
-                        Some(d) => d,
-                        None => {
-                            finish(&permits, &target, session).await;
-                            cx.set_ready(&target.name, false);
-                            return;
-                        }
-                    },
-                    _ = health.tick() => {
-                        if session.is_open() { continue } else { break }
-                    }
-                },
-            };
-            if !session.is_open() {
-                pending = Some(delivery);
-                break;
-            }
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break 'connect;
-            };
-            let (target, stats, channel) =
-                (Arc::clone(&target), stats.clone(), session.channel.clone());
-            cx.tracker.spawn(async move {
-                stats.in_flight.inc();
-                publish(&target, &channel, delivery, &stats).await;
-                stats.in_flight.dec();
-                drop(permit);
-            });
-        }
-        cx.set_ready(&target.name, false);
-        tracing::warn!(sink = %target.name, "AMQP sink disconnected; reconnecting");
-        // A channel closed by the broker (e.g. publishing to a missing exchange) leaves the
-        // connection usable: keep it and open a new channel.
-        if session.connection.status().connected() {
-            connection = Some(session.connection);
-        }
-    }
-    cx.set_ready(&target.name, false);
 }
 
 /// Connects (or reuses a live connection), opens a confirm-mode channel and declares the
 /// exchange if configured.
-async fn open(target: &Target, connection: Option<Connection>) -> Result<Session, String> {
-    open_session(target, connection)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 async fn open_session(
     target: &Target,
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
 ) -> Result<Session, lapin::Error> {
     let connection = match connection {
         Some(c) => c,
@@ -187,7 +128,7 @@ async fn open_session(
                     .map_err(|(key, m)| {
                         lapin::Error::from(std::io::Error::other(format!("{}: {m}", key.join("."))))
                     })?;
-            connect(&target.config.url, properties, tls).await?
+            Arc::new(connect(&target.config.url, properties, tls).await?)
         }
     };
     let channel = connection.create_channel().await?;
@@ -231,10 +172,10 @@ async fn connect(
     }
 }
 
-/// Publishes one delivery and resolves it from the broker's answer.
-async fn publish(target: &Target, channel: &Channel, delivery: Delivery, stats: &SinkStats) {
-    let signed = (target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
-    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
+/// Publishes one event; the broker's answer decides.
+async fn publish(target: &Target, channel: &Channel, envelope: &Envelope) -> Attempt {
+    let signed = (target.signer.as_ref()).map(|s| s.sign_event(&envelope.event));
+    let event = signed.as_ref().unwrap_or(&envelope.event);
     let rendered = target.routing_key.render_address(
         &template::AMQP_ROUTING_KEY,
         target.config.template_values,
@@ -244,12 +185,9 @@ async fn publish(target: &Target, channel: &Channel, delivery: Delivery, stats: 
         Ok(k) if k.len() <= 255 => k,
         Ok(k) => {
             let message = format!("routing key is {} bytes; AMQP allows 255", k.len());
-            return stats.fail(delivery, FailureKind::Permanent, message);
+            return Err(Refusal::permanent(message));
         }
-        Err(e) => {
-            let message = format!("routing_key: {e}");
-            return stats.fail(delivery, FailureKind::Permanent, message);
-        }
+        Err(e) => return Err(Refusal::permanent(format!("routing_key: {e}"))),
     };
     let (mut properties, body) = ferry_amqp::encode(event, target.mode, target.prefix);
     if target.config.persistent {
@@ -277,39 +215,20 @@ async fn publish(target: &Target, channel: &Channel, delivery: Delivery, stats: 
     .await;
     let exchange = &target.config.exchange;
     match confirmed {
-        Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => stats.confirm(delivery),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-            let message = format!(
-                "exchange {exchange:?} returned the message with routing key {routing_key:?}: {} {} (no queue is bound for it)",
-                returned.reply_code, returned.reply_text
-            );
-            stats.fail(delivery, FailureKind::Permanent, message);
-        }
-        Ok(Ok(Confirmation::Nack(_))) => stats.fail(
-            delivery,
-            FailureKind::Retryable,
-            format!("the broker nacked the publish to exchange {exchange:?}"),
-        ),
-        Ok(Err(e)) => stats.fail(
-            delivery,
-            FailureKind::Retryable,
-            format!("publish to exchange {exchange:?} failed: {e}"),
-        ),
-        Err(_) => stats.fail(
-            delivery,
-            FailureKind::Retryable,
-            format!(
-                "no publisher confirm from exchange {exchange:?} within {} ms",
-                target.config.confirm_timeout_ms
-            ),
-        ),
+        Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(Refusal::permanent(format!(
+            "exchange {exchange:?} returned the message with routing key {routing_key:?}: {} {} (no queue is bound for it)",
+            returned.reply_code, returned.reply_text
+        ))),
+        Ok(Ok(Confirmation::Nack(_))) => Err(Refusal::retryable(format!(
+            "the broker nacked the publish to exchange {exchange:?}"
+        ))),
+        Ok(Err(e)) => Err(Refusal::retryable(format!(
+            "publish to exchange {exchange:?} failed: {e}"
+        ))),
+        Err(_) => Err(Refusal::retryable(format!(
+            "no publisher confirm from exchange {exchange:?} within {} ms",
+            target.config.confirm_timeout_ms
+        ))),
     }
-}
-
-/// After the queue closed: waits for in-flight publishes, then closes the connection.
-async fn finish(permits: &Semaphore, target: &Target, session: Session) {
-    let all = u32::try_from(target.config.in_flight).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
-    let _ = session.connection.close(200, "shutting down".into()).await;
-    tracing::info!(sink = %target.name, "AMQP sink closed");
 }

@@ -1,20 +1,20 @@
 //! `file` and `stdout` sinks: JSON lines, one structured-mode event per line.
 //!
-//! Flush policy: the task takes up to `in_flight` (256) queued events at once, writes them with one
-//! `write` call and flushes to the operating system, then confirms them. With
+//! Flush policy: the sink driver hands over up to `in_flight` (256) queued events at once; they
+//! are written with one `write` call and flushed to the operating system, then confirmed. With
 //! `fsync = true` it also waits for `fdatasync` before confirming, so a confirmed event
 //! survives a power cut, not only a crash of Ferry.
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
-use ferry_core::{json, FailureKind};
+use ferry_core::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::driver::{self, Attempt, Publisher, Refusal};
 use super::{SinkContext, SinkError, SinkStats};
 use crate::config::{FileSinkConfig, StdoutSinkConfig};
-use crate::pipeline::Delivery;
+use crate::pipeline::Envelope;
 
 pub(super) async fn start(
     name: &Arc<str>,
@@ -41,15 +41,8 @@ pub(super) async fn start(
         batch: config.in_flight,
         timeout: Duration::from_millis(config.timeout_ms),
     };
-    cx.tracker.spawn(
-        run(
-            rx,
-            Output::File(JsonLinesFile::new(file, config.fsync)),
-            limits,
-            stats,
-        )
-        .instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    let output = Output::File(JsonLinesFile::new(file, config.fsync));
+    spawn(output, limits, rx, stats, cx);
     Ok(())
 }
 
@@ -63,16 +56,58 @@ pub(super) fn start_stdout(
         batch: config.in_flight,
         timeout: Duration::from_millis(config.timeout_ms),
     };
-    let span = tracing::info_span!("sink", sink = %stats.name);
-    cx.tracker.spawn(
-        run(
-            rx,
-            Output::Stdout(tokio::io::stdout(), Torn::default()),
-            limits,
-            stats,
-        )
-        .instrument(span),
-    );
+    let output = Output::Stdout(tokio::io::stdout(), Torn::default());
+    spawn(output, limits, rx, stats, cx);
+}
+
+fn spawn(output: Output, limits: Limits, rx: super::SinkQueue, stats: SinkStats, cx: &SinkContext) {
+    let lines = Lines {
+        output: Arc::new(tokio::sync::Mutex::new(output)),
+        timeout: limits.timeout,
+        batch: limits.batch,
+    };
+    driver::spawn(lines, rx, stats, limits.batch, cx);
+}
+
+struct Lines {
+    /// Batches are written one at a time, in the order they were handed over.
+    output: Arc<tokio::sync::Mutex<Output>>,
+    timeout: Duration,
+    batch: usize,
+}
+
+impl Publisher for Lines {
+    type Link = Arc<tokio::sync::Mutex<Output>>;
+    const KIND: &'static str = "file";
+
+    async fn connect(&self, _lost: Option<&Self::Link>) -> Result<Self::Link, String> {
+        Ok(Arc::clone(&self.output))
+    }
+
+    fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn publish(
+        &self,
+        output: &Arc<Self::Link>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        let mut buf = Vec::with_capacity(events.len() * 512);
+        for envelope in events {
+            encode_line(envelope, &mut buf);
+        }
+        let (output, timeout, n) = (Arc::clone(output), self.timeout, events.len());
+        async move {
+            let result = output.lock().await.write(&buf, timeout).await;
+            (0..n)
+                .map(|_| match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Refusal::retryable(format!("write failed: {e}"))),
+                })
+                .collect()
+        }
+    }
 }
 
 /// `in_flight` and `timeout_ms` of a file or stdout sink.
@@ -212,35 +247,15 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::R
 
 /// Encodes an event as one line. JSON data may hold line breaks as insignificant whitespace
 /// (never inside strings, where JSON escapes them), so they become spaces.
-pub(super) fn encode_line(delivery: &Delivery, buf: &mut Vec<u8>) {
+pub(super) fn encode_line(envelope: &Envelope, buf: &mut Vec<u8>) {
     let start = buf.len();
-    json::encode_into(&delivery.envelope.event, buf);
+    json::encode_into(&envelope.event, buf);
     for b in &mut buf[start..] {
         if *b == b'\n' || *b == b'\r' {
             *b = b' ';
         }
     }
     buf.push(b'\n');
-}
-
-async fn run(mut rx: super::SinkQueue, mut out: Output, limits: Limits, stats: SinkStats) {
-    let mut batch = Vec::with_capacity(limits.batch.min(1024));
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while rx.recv_many(&mut batch, limits.batch).await > 0 {
-        buf.clear();
-        for d in &batch {
-            encode_line(d, &mut buf);
-        }
-        stats.in_flight.set(batch.len() as i64);
-        let result = out.write(&buf, limits.timeout).await;
-        stats.in_flight.set(0);
-        for d in batch.drain(..) {
-            match &result {
-                Ok(()) => stats.confirm(d),
-                Err(e) => stats.fail(d, FailureKind::Retryable, format!("write failed: {e}")),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,16 +9,14 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 use ferry_core::FailureKind;
 use http::{HeaderName, HeaderValue};
-use tokio::sync::Semaphore;
 
+use super::driver::{self, Attempt, Publisher, Refusal};
 use super::{SinkContext, SinkError, SinkStats};
-use crate::backoff::Backoff;
 use crate::config::HttpSinkConfig;
-use crate::pipeline::Delivery;
+use crate::pipeline::Envelope;
 use crate::security::signing::{SignConfig, SignScheme, Signer};
 
 struct Target {
@@ -106,13 +104,50 @@ pub(super) fn start(
     if target.handshake.is_some() {
         cx.set_ready(name, false);
     }
-    let permits = Arc::new(Semaphore::new(config.in_flight));
-    let tracker = cx.tracker.clone();
-    cx.tracker.spawn(
-        run(rx, target, permits, stats, tracker, cx.clone())
-            .instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    driver::spawn(Http(target), rx, stats, config.in_flight, cx);
     Ok(())
+}
+
+struct Http(Arc<Target>);
+
+impl Publisher for Http {
+    /// The rate the target granted in the handshake, if it set one.
+    type Link = Option<RateLimiter>;
+    const KIND: &'static str = "HTTP";
+
+    /// With the handshake, connecting is asking the target's permission: until it grants it
+    /// the sink is not ready and deliveries wait in its queue (at shutdown they are dropped
+    /// undelivered, not acknowledged).
+    async fn connect(&self, _lost: Option<&Self::Link>) -> Result<Self::Link, String> {
+        let target = &self.0;
+        let Some(origin) = &target.handshake else {
+            return Ok(None);
+        };
+        match handshake(target, origin).await {
+            Grant::Granted(rate) => {
+                tracing::info!(sink = %target.name, url = %target.shown_url, rate_per_minute = ?rate, "web hook handshake granted");
+                Ok(rate
+                    .and_then(NonZeroU32::new)
+                    .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))))
+            }
+            Grant::Refused(why) => Err(format!("web hook handshake refused: {why}")),
+        }
+    }
+
+    async fn ready(&self, limiter: &Self::Link) {
+        if let Some(limiter) = limiter {
+            limiter.until_ready().await;
+        }
+    }
+
+    fn publish(
+        &self,
+        _limiter: &Arc<Self::Link>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        let (target, envelope) = (Arc::clone(&self.0), Arc::clone(&events[0]));
+        async move { vec![deliver(&target, &envelope).await] }
+    }
 }
 
 /// What the target answered to the validation handshake.
@@ -176,70 +211,11 @@ fn grant(status: http::StatusCode, headers: &http::HeaderMap, origin: &HeaderVal
     }
 }
 
-async fn run(
-    mut rx: super::SinkQueue,
-    target: Arc<Target>,
-    permits: Arc<Semaphore>,
-    stats: SinkStats,
-    tracker: tokio_util::task::TaskTracker,
-    cx: SinkContext,
-) {
-    let mut limiter: Option<RateLimiter> = None;
-    if let Some(origin) = &target.handshake {
-        let mut backoff = Backoff::reconnect();
-        loop {
-            match handshake(&target, origin).await {
-                Grant::Granted(rate) => {
-                    tracing::info!(sink = %target.name, url = %target.shown_url, rate_per_minute = ?rate, "web hook handshake granted");
-                    limiter = rate
-                        .and_then(NonZeroU32::new)
-                        .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
-                    cx.set_ready(&target.name, true);
-                    break;
-                }
-                Grant::Refused(why) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = %target.name, reason = %why, retry_in_ms = delay.as_millis() as u64, "web hook handshake refused; not delivering");
-                    // Deliveries wait in the bounded queue meanwhile; at shutdown they are
-                    // dropped undelivered (not acknowledged).
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = rx_closed(&rx) => return,
-                    }
-                }
-            }
-        }
-    }
-    while let Some(delivery) = rx.recv().await {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        if let Some(limiter) = &limiter {
-            limiter.until_ready().await;
-        }
-        let target = Arc::clone(&target);
-        let stats = stats.clone();
-        tracker.spawn(async move {
-            stats.in_flight.inc();
-            deliver(&target, delivery, &stats).await;
-            stats.in_flight.dec();
-            drop(permit);
-        });
-    }
-}
-
-/// Resolves once every sender of the queue is gone (shutdown).
-async fn rx_closed(rx: &super::SinkQueue) {
-    while !rx.is_closed() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
+async fn deliver(target: &Target, envelope: &Envelope) -> Attempt {
     let signed = (target.signer.as_ref())
         .filter(|s| s.scheme() == SignScheme::HmacSha256)
-        .map(|s| s.sign_event(&delivery.envelope.event));
-    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
+        .map(|s| s.sign_event(&envelope.event));
+    let event = signed.as_ref().unwrap_or(&envelope.event);
     let (mut headers, body) = ferry_http::encode(event, target.mode);
     for (k, v) in &target.headers {
         headers.insert(k, v.clone());
@@ -266,8 +242,7 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
         }
     }
     // The protocol's own trace header for this hop: same trace, new span.
-    if let Some(ferry_core::AttributeRef::Str(t)) = delivery.envelope.event.attribute("traceparent")
-    {
+    if let Some(ferry_core::AttributeRef::Str(t)) = envelope.event.attribute("traceparent") {
         if let Some(v) =
             crate::trace::next_hop(t).and_then(|v| http::HeaderValue::from_str(&v).ok())
         {
@@ -282,7 +257,7 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
         .send()
         .await;
     match result {
-        Ok(resp) if resp.status().is_success() => stats.confirm(delivery),
+        Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => {
             let status = resp.status();
             // A 409 with Retry-After is a receiver saying "this message is still being
@@ -307,12 +282,11 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
                 .flatten()
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::delivery::parse_retry_after);
-            stats.fail_after(
-                delivery,
+            Err(Refusal {
                 kind,
-                format!("{} answered {status}", target.shown_url),
+                message: format!("{} answered {status}", target.shown_url),
                 retry_after,
-            );
+            })
         }
         Err(e) => {
             let what = if e.is_timeout() {
@@ -322,12 +296,12 @@ async fn deliver(target: &Target, delivery: Delivery, stats: &SinkStats) {
             } else {
                 "request failed"
             };
-            stats.fail(
-                delivery,
-                FailureKind::Retryable,
-                // reqwest's text names the URL with its query: leave it out.
-                format!("{} {what}: {}", target.shown_url, e.without_url()),
-            );
+            // reqwest's text names the URL with its query: leave it out.
+            Err(Refusal::retryable(format!(
+                "{} {what}: {}",
+                target.shown_url,
+                e.without_url()
+            )))
         }
     }
 }

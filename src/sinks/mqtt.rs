@@ -8,22 +8,26 @@
 //! written takes that packet id; the PUBACK carrying the id then confirms it. When the
 //! connection drops, every delivery not yet confirmed fails `Retryable` and the next connection
 //! starts from a fresh client (a clean session), so nothing is republished behind our back.
+//!
+//! A task per connection polls the event loop and resolves each publish's answer; the sink
+//! driver (`driver.rs`) does the rest.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
 
 use bytes::Bytes;
-use ferry_core::FailureKind;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use tokio::time::Instant;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::driver::{self, Attempt, Publisher, Refusal};
 use super::{SinkContext, SinkError, SinkStats};
-use crate::backoff::Backoff;
 use crate::config::{MqttProtocol, MqttSinkConfig};
 use crate::mqtt_client::{self as client, Client, EventLoop, Options, Wire};
-use crate::pipeline::Delivery;
+use crate::pipeline::Envelope;
 use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template, TemplateValues};
 
@@ -103,68 +107,131 @@ pub(super) fn start(
             .transpose()
             .map_err(|(k, m)| err((vec!["sign".into(), k], m)))?,
     };
-    cx.tracker.spawn(
-        run(target, rx, stats, cx.clone()).instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    let in_flight = target.in_flight;
+    let mqtt = Mqtt {
+        target: Arc::new(target),
+        tracker: cx.tracker.clone(),
+    };
+    driver::spawn(mqtt, rx, stats, in_flight, cx);
     Ok(())
 }
 
-async fn run(target: Target, mut rx: super::SinkQueue, stats: SinkStats, cx: SinkContext) {
-    let mut backoff = Backoff::reconnect();
-    loop {
+struct Mqtt {
+    target: Arc<Target>,
+    tracker: TaskTracker,
+}
+
+/// One connection: the client, and the answers its event loop task resolves.
+struct Link {
+    client: Client,
+    /// The largest PUBLISH packet this connection may carry, in bytes.
+    max_packet: usize,
+    answers: Arc<Mutex<Answers>>,
+    /// Cancelled when the event loop task ended.
+    ended: CancellationToken,
+    task: tokio::task::AbortHandle,
+}
+
+/// Where each publish's answer goes.
+#[derive(Default)]
+struct Answers {
+    /// Queued publishes not yet written, oldest first.
+    unwritten: VecDeque<oneshot::Sender<Attempt>>,
+    /// Written QoS 1 publishes awaiting their PUBACK, by packet id.
+    awaiting: HashMap<u16, oneshot::Sender<Attempt>>,
+    /// Why the connection is unusable, once it is.
+    lost: Option<String>,
+}
+
+impl Answers {
+    /// The connection is gone: nothing pending was confirmed.
+    fn lose(&mut self, error: String) {
+        let message = format!("MQTT connection lost before PUBACK: {error}");
+        let pending = self
+            .unwritten
+            .drain(..)
+            .chain(self.awaiting.drain().map(|(_, tx)| tx));
+        for tx in pending {
+            let _ = tx.send(Err(Refusal::retryable(message.clone())));
+        }
+        self.lost.get_or_insert(error);
+    }
+}
+
+impl Link {
+    fn lose(&self, error: String) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.lose(error);
+        }
+    }
+}
+
+impl Publisher for Mqtt {
+    type Link = Link;
+    const KIND: &'static str = "MQTT";
+
+    async fn connect(&self, lost: Option<&Link>) -> Result<Link, String> {
+        if let Some(lost) = lost {
+            lost.task.abort();
+            lost.lose("reconnecting".into());
+        }
+        let target = &self.target;
         let (client, mut events) = client::new(&target.options);
-        let broker_max = tokio::select! {
-            r = connect(&mut events, target.timeout) => r,
-            // Shutdown while the broker is away: queued deliveries are dropped undelivered.
-            () = closed(&rx) => return,
-        };
-        let broker_max = match broker_max {
-            Ok(max) => max,
-            Err(e) => {
-                tracing::warn!(sink = %target.name, error = %e, "MQTT connection failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => continue,
-                    () = closed(&rx) => return,
-                }
-            }
-        };
+        let broker_max = connect(&mut events, target.timeout).await?;
         tracing::info!(sink = %target.name, client_id = %target.options.client_id, "MQTT connected");
-        backoff.reset();
-        cx.set_ready(&target.name, true);
         // The largest packet either side accepts: a bigger one would fail at encoding (or
         // make the broker disconnect), taking every delivery in flight with it.
         let max_packet = broker_max.map_or(target.options.max_packet_bytes, |b| {
             b.min(target.options.max_packet_bytes)
         });
-        let mut session = Session::new(&target, &stats, max_packet as usize);
-        let result = session.run(&client, &mut events, &mut rx).await;
-        cx.set_ready(&target.name, false);
-        match result {
-            Ok(()) => {
-                client.disconnect();
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while events.poll().await.is_ok() {}
-                })
-                .await;
-                tracing::info!(sink = %target.name, "MQTT sink closed");
-                return;
-            }
-            Err(e) => {
-                session.fail_all(&e);
-                tracing::warn!(sink = %target.name, error = %e, "MQTT connection lost");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
+        let answers = Arc::new(Mutex::new(Answers::default()));
+        let ended = CancellationToken::new();
+        let task = self.tracker.spawn(
+            answer(events, Arc::clone(&answers), ended.clone())
+                .instrument(tracing::info_span!("sink", sink = %target.name)),
+        );
+        Ok(Link {
+            client,
+            max_packet: max_packet as usize,
+            answers,
+            ended,
+            task: task.abort_handle(),
+        })
+    }
+
+    fn is_open(&self, link: &Link) -> bool {
+        link.answers.lock().is_ok_and(|a| a.lost.is_none())
+    }
+
+    fn publish(
+        &self,
+        link: &Arc<Link>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        let answer = publish(&self.target, link, &events[0]);
+        let (timeout, link) = (self.target.timeout, Arc::clone(link));
+        async move {
+            let attempt = match answer {
+                Err(refusal) => Err(refusal),
+                Ok(rx) => match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(attempt)) => attempt,
+                    Ok(Err(_)) => Err(Refusal::retryable("MQTT connection lost before PUBACK")),
+                    Err(_) => {
+                        // A broker that does not answer in time: start over on a new connection.
+                        let error = format!("no PUBACK within {} ms", timeout.as_millis());
+                        link.lose(error.clone());
+                        Err(Refusal::retryable(error))
+                    }
+                },
+            };
+            vec![attempt]
         }
     }
-}
 
-/// Resolves once the queue is closed and empty (shutdown with nothing left to deliver).
-async fn closed(rx: &super::SinkQueue) {
-    loop {
-        if rx.is_closed() && rx.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    async fn close(&self, link: Arc<Link>) {
+        link.client.disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), link.ended.cancelled()).await;
+        link.task.abort();
     }
 }
 
@@ -184,173 +251,111 @@ async fn connect(events: &mut EventLoop, timeout: Duration) -> Result<Option<u32
     .map_err(|_| "no CONNACK in time".to_owned())?
 }
 
-/// The deliveries of one connection.
-struct Session<'a> {
-    target: &'a Target,
-    stats: &'a SinkStats,
-    /// The largest PUBLISH packet this connection may carry, in bytes.
-    max_packet: usize,
-    /// Queued publishes not yet written, oldest first, with their deadline.
-    unwritten: VecDeque<(Delivery, Instant)>,
-    /// Written QoS 1 publishes awaiting their PUBACK, by packet id.
-    awaiting: HashMap<u16, (Delivery, Instant)>,
-}
-
-impl<'a> Session<'a> {
-    fn new(target: &'a Target, stats: &'a SinkStats, max_packet: usize) -> Self {
-        Session {
-            target,
-            stats,
-            max_packet,
-            unwritten: VecDeque::new(),
-            awaiting: HashMap::new(),
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.unwritten.len() + self.awaiting.len()
-    }
-
-    /// Delivers until the queue closes and everything pending is confirmed (`Ok`), or the
-    /// connection is lost (`Err`, pending deliveries are left for [`Self::fail_all`]).
-    async fn run(
-        &mut self,
-        client: &Client,
-        events: &mut EventLoop,
-        rx: &mut super::SinkQueue,
-    ) -> Result<(), String> {
-        let mut rx_open = true;
-        loop {
-            if !rx_open && self.pending() == 0 {
-                return Ok(());
-            }
-            let deadline = self
-                .unwritten
-                .front()
-                .map(|(_, d)| *d)
-                .into_iter()
-                .chain(self.awaiting.values().map(|(_, d)| *d))
-                .min();
-            tokio::select! {
-                d = rx.recv(), if rx_open && self.pending() < self.target.in_flight => match d {
-                    Some(d) => self.publish(client, d)?,
-                    None => rx_open = false,
-                },
-                ev = events.poll() => match ev? {
-                    Wire::Published { pkid } => self.written(pkid),
-                    Wire::PubAck { pkid, refused } => self.acked(pkid, refused),
-                    Wire::Disconnect(reason) => return Err(format!("broker disconnected: {reason}")),
-                    _ => {}
-                },
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    return Err(format!("no PUBACK within {} ms", self.target.timeout.as_millis()));
+/// Polls a connection's event loop and resolves the answers: written (QoS 0) or PUBACK
+/// (QoS 1). rumqttc writes queued publishes strictly in order, so the oldest unwritten one
+/// takes the packet id it reports.
+async fn answer(mut events: EventLoop, answers: Arc<Mutex<Answers>>, ended: CancellationToken) {
+    let error = loop {
+        let wire = match events.poll().await {
+            Ok(w) => w,
+            Err(e) => break e,
+        };
+        let Ok(mut a) = answers.lock() else {
+            break "poisoned".to_owned();
+        };
+        match wire {
+            Wire::Published { pkid } => {
+                let Some(tx) = a.unwritten.pop_front() else {
+                    continue;
+                };
+                if pkid == 0 {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    a.awaiting.insert(pkid, tx);
                 }
             }
-        }
-    }
-
-    fn publish(&mut self, client: &Client, delivery: Delivery) -> Result<(), String> {
-        let signed = (self.target.signer.as_ref()).map(|s| s.sign_event(&delivery.envelope.event));
-        let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
-        let t = self.target;
-        let rendered = t
-            .topic
-            .render_address(&template::MQTT_TOPIC, t.values, |n| {
-                template::event_attribute(event, n)
-            });
-        let topic = match rendered {
-            Ok(t) if t.len() > MAX_TOPIC_BYTES => {
-                let message = format!(
-                    "the topic is {} bytes; MQTT allows {MAX_TOPIC_BYTES}",
-                    t.len()
-                );
-                self.stats.fail(delivery, FailureKind::Permanent, message);
-                return Ok(());
+            Wire::PubAck { pkid, refused } => {
+                if let Some(tx) = a.awaiting.remove(&pkid) {
+                    let attempt = match refused {
+                        None => Ok(()),
+                        Some(reason) => Err(Refusal::permanent(format!(
+                            "broker refused the publish: {reason}"
+                        ))),
+                    };
+                    let _ = tx.send(attempt);
+                }
             }
-            Ok(t) if t.is_empty() || t.contains(['+', '#', '\0']) => {
-                let message = format!("topic {t:?} is not a valid topic name");
-                self.stats.fail(delivery, FailureKind::Permanent, message);
-                return Ok(());
-            }
-            Ok(t) => t,
-            Err(e) => {
-                self.stats
-                    .fail(delivery, FailureKind::Permanent, format!("topic: {e}"));
-                return Ok(());
-            }
-        };
-        let (payload, properties): (Bytes, Option<PublishProperties>) = match t.protocol {
-            MqttProtocol::V5 => {
-                let (payload, p) = ferry_mqtt::encode_v5(event, t.mode);
-                (payload, Some(p))
-            }
-            MqttProtocol::V311 => (ferry_mqtt::encode_v311(event), None),
-        };
-        let size = packet_size(t.protocol, &topic, t.qos, &payload, properties.as_ref());
-        if size > self.max_packet {
-            let message = format!(
-                "the PUBLISH packet would be {size} bytes; this connection takes at most {} (max_packet_bytes, or the broker's Maximum Packet Size)",
-                self.max_packet
-            );
-            self.stats.fail(delivery, FailureKind::Permanent, message);
-            return Ok(());
+            Wire::Disconnect(reason) => break format!("broker disconnected: {reason}"),
+            _ => {}
         }
-        if let Err(e) = client.publish(topic, t.qos, t.retain, payload, properties) {
-            self.stats.fail(
-                delivery,
-                FailureKind::Retryable,
-                format!("publish failed: {e}"),
-            );
-            return Err(e);
-        }
-        self.stats.in_flight.inc();
-        self.unwritten
-            .push_back((delivery, Instant::now() + t.timeout));
-        Ok(())
+    };
+    if let Ok(mut a) = answers.lock() {
+        a.lose(error);
     }
+    ended.cancel();
+}
 
-    fn written(&mut self, pkid: u16) {
-        let Some((delivery, deadline)) = self.unwritten.pop_front() else {
-            return;
-        };
-        if pkid == 0 {
-            self.stats.in_flight.dec();
-            self.stats.confirm(delivery);
-        } else {
-            self.awaiting.insert(pkid, (delivery, deadline));
+/// Hands one event to the client; its answer comes on the returned channel.
+fn publish(
+    t: &Target,
+    link: &Link,
+    envelope: &Envelope,
+) -> Result<oneshot::Receiver<Attempt>, Refusal> {
+    let signed = (t.signer.as_ref()).map(|s| s.sign_event(&envelope.event));
+    let event = signed.as_ref().unwrap_or(&envelope.event);
+    let rendered = t
+        .topic
+        .render_address(&template::MQTT_TOPIC, t.values, |n| {
+            template::event_attribute(event, n)
+        });
+    let topic = match rendered {
+        Ok(t) if t.len() > MAX_TOPIC_BYTES => {
+            return Err(Refusal::permanent(format!(
+                "the topic is {} bytes; MQTT allows {MAX_TOPIC_BYTES}",
+                t.len()
+            )));
         }
-    }
-
-    fn acked(&mut self, pkid: u16, refused: Option<String>) {
-        let Some((delivery, _)) = self.awaiting.remove(&pkid) else {
-            return;
-        };
-        self.stats.in_flight.dec();
-        match refused {
-            None => self.stats.confirm(delivery),
-            Some(reason) => self.stats.fail(
-                delivery,
-                FailureKind::Permanent,
-                format!("broker refused the publish: {reason}"),
-            ),
+        Ok(t) if t.is_empty() || t.contains(['+', '#', '\0']) => {
+            return Err(Refusal::permanent(format!(
+                "topic {t:?} is not a valid topic name"
+            )));
         }
-    }
-
-    /// The connection is gone: nothing pending was confirmed.
-    fn fail_all(&mut self, error: &str) {
-        let pending = self
-            .unwritten
-            .drain(..)
-            .chain(self.awaiting.drain().map(|(_, v)| v));
-        for (delivery, _) in pending {
-            self.stats.in_flight.dec();
-            self.stats.fail(
-                delivery,
-                FailureKind::Retryable,
-                format!("MQTT connection lost before PUBACK: {error}"),
-            );
+        Ok(t) => t,
+        Err(e) => return Err(Refusal::permanent(format!("topic: {e}"))),
+    };
+    let (payload, properties): (Bytes, Option<PublishProperties>) = match t.protocol {
+        MqttProtocol::V5 => {
+            let (payload, p) = ferry_mqtt::encode_v5(event, t.mode);
+            (payload, Some(p))
         }
+        MqttProtocol::V311 => (ferry_mqtt::encode_v311(event), None),
+    };
+    let size = packet_size(t.protocol, &topic, t.qos, &payload, properties.as_ref());
+    if size > link.max_packet {
+        return Err(Refusal::permanent(format!(
+            "the PUBLISH packet would be {size} bytes; this connection takes at most {} (max_packet_bytes, or the broker's Maximum Packet Size)",
+            link.max_packet
+        )));
     }
+    let Ok(mut answers) = link.answers.lock() else {
+        return Err(Refusal::retryable("MQTT connection lost"));
+    };
+    if let Some(lost) = &answers.lost {
+        return Err(Refusal::retryable(format!(
+            "MQTT connection lost before PUBACK: {lost}"
+        )));
+    }
+    // Under the lock: the event loop task matches writes to this queue in the same order.
+    if let Err(e) = link
+        .client
+        .publish(topic, t.qos, t.retain, payload, properties)
+    {
+        answers.lose(e.clone());
+        return Err(Refusal::retryable(format!("publish failed: {e}")));
+    }
+    let (tx, rx) = oneshot::channel();
+    answers.unwritten.push_back(tx);
+    Ok(rx)
 }
 
 /// The encoded size of a PUBLISH packet, as the client will write it.
@@ -392,12 +397,5 @@ fn varint_len(n: usize) -> usize {
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -6,17 +6,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 use async_nats::jetstream;
 use ferry_core::FailureKind;
-use tokio::sync::{watch, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio::sync::watch;
 
+use super::driver::{self, Attempt, Publisher, Refusal};
 use super::{SinkContext, SinkError, SinkStats};
-use crate::backoff::Backoff;
 use crate::config::NatsSinkConfig;
-use crate::pipeline::Delivery;
+use crate::pipeline::Envelope;
 use crate::security::signing::{SignConfig, Signer};
 use crate::template::{self, Template, TemplateValues};
 
@@ -31,12 +29,17 @@ struct Target {
     signer: Option<Signer>,
 }
 
-/// A live connection and how publishes on it are confirmed.
-#[derive(Clone)]
+/// A live connection and how publishes on it are confirmed. The client reconnects by itself.
 struct Link {
     client: async_nats::Client,
-    /// `None` for core NATS: confirmed by a flush (see [`deliver_core`]).
-    jetstream: Option<Arc<jetstream::Context>>,
+    /// `None` for core NATS: confirmed by a flush (see [`publish_core`]).
+    jetstream: Option<jetstream::Context>,
+    connected: watch::Receiver<bool>,
+    /// Disconnects since the client connected: a flush confirms only publishes made since
+    /// the last one.
+    disconnects: Arc<AtomicU64>,
+    /// Core NATS batches are written in the order they were published.
+    order: tokio::sync::Mutex<()>,
 }
 
 pub(super) fn start(
@@ -69,99 +72,66 @@ pub(super) fn start(
             .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
     });
     cx.set_ready(name, false);
-    cx.tracker.spawn(
-        run(config.clone(), target, rx, stats, cx.clone())
-            .instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    let nats = Nats {
+        config: config.clone(),
+        target,
+        cx: cx.clone(),
+    };
+    driver::spawn(nats, rx, stats, config.in_flight, cx);
     Ok(())
 }
 
-async fn run(
+struct Nats {
     config: NatsSinkConfig,
     target: Arc<Target>,
-    mut rx: super::SinkQueue,
-    stats: SinkStats,
     cx: SinkContext,
-) {
-    let name = Arc::clone(&target.name);
-    let (connected_tx, mut connected) = watch::channel(false);
-    let disconnects = Arc::new(AtomicU64::new(0));
-    // A delivery taken from the queue while there was no connection yet.
-    let mut held: Option<Delivery> = None;
-    let mut backoff = Backoff::reconnect();
-    let link = loop {
-        let attempt = connect(&config, &name, &cx, &connected_tx, &disconnects);
-        let outcome = tokio::select! {
-            outcome = attempt => Some(outcome),
-            next = rx.recv(), if held.is_none() => match next {
-                Some(d) => { held = Some(d); None }
-                // Shut down before ever connecting: nothing was taken, nothing to finish.
-                None => return,
-            },
-        };
-        match outcome {
-            Some(Ok(link)) => break link,
-            Some(Err(e)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(sink = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "NATS sink cannot connect");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    next = rx.recv(), if held.is_none() => match next {
-                        Some(d) => held = Some(d),
-                        None => return,
-                    },
-                }
-            }
-            None => {}
-        }
-    };
-    let permits = Arc::new(Semaphore::new(config.in_flight));
-    let tracker = TaskTracker::new();
-    let mut batch = Vec::with_capacity(config.in_flight);
-    'deliveries: loop {
-        // While disconnected, deliveries wait in the bounded queue (sources push back).
-        if connected.wait_for(|up| *up).await.is_err() {
-            break;
-        }
-        match held.take() {
-            Some(d) => batch.push(d),
-            None => {
-                // JetStream takes no more than it can start publishing now, so the rest stay
-                // in the queue (and in its metrics) meanwhile.
-                let limit = match link.jetstream {
-                    None => config.in_flight,
-                    Some(_) => permits.available_permits().max(1),
-                };
-                if rx.recv_many(&mut batch, limit).await == 0 {
-                    break;
-                }
-            }
-        }
-        let Some(js) = &link.jetstream else {
-            deliver_core(&target, &link.client, &disconnects, &mut batch, &stats).await;
-            continue;
-        };
-        for delivery in batch.drain(..) {
-            // The semaphore is never closed: acquiring cannot fail.
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break 'deliveries;
-            };
-            let (target, stats, js) = (Arc::clone(&target), stats.clone(), Arc::clone(js));
-            tracker.spawn(async move {
-                stats.in_flight.inc();
-                deliver_jetstream(&target, &js, delivery, &stats).await;
-                stats.in_flight.dec();
-                drop(permit);
-            });
+}
+
+impl Publisher for Nats {
+    type Link = Link;
+    const KIND: &'static str = "NATS";
+
+    async fn connect(&self, _lost: Option<&Link>) -> Result<Link, String> {
+        connect(&self.config, &self.target.name, &self.cx).await
+    }
+
+    /// While the client reconnects, deliveries wait in the bounded queue (sources push back).
+    fn ready(&self, link: &Link) -> impl std::future::Future<Output = ()> + Send {
+        let mut connected = link.connected.clone();
+        async move {
+            let _ = connected.wait_for(|up| *up).await;
         }
     }
-    tracker.close();
-    tracker.wait().await;
-    if let Err(e) = link.client.flush().await {
-        tracing::debug!(sink = %name, error = %e, "final flush failed");
+
+    /// Core NATS confirms a batch with one flush; JetStream each event by its PubAck.
+    fn batch(&self) -> usize {
+        if self.config.jetstream {
+            1
+        } else {
+            self.config.in_flight
+        }
     }
-    cx.set_ready(&name, false);
-    tracing::info!(sink = %name, "NATS sink closed");
+
+    fn publish(
+        &self,
+        link: &Arc<Link>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        let (target, link) = (Arc::clone(&self.target), Arc::clone(link));
+        let events = events.to_vec();
+        async move {
+            match &link.jetstream {
+                None => publish_core(&target, &link, &events).await,
+                Some(js) => vec![publish_jetstream(&target, js, &events[0]).await],
+            }
+        }
+    }
+
+    async fn close(&self, link: Arc<Link>) {
+        if let Err(e) = link.client.flush().await {
+            tracing::debug!(sink = %self.target.name, error = %e, "final flush failed");
+        }
+    }
 }
 
 /// Connects once, declares the stream if configured, and reports readiness from the
@@ -170,14 +140,14 @@ async fn connect(
     config: &NatsSinkConfig,
     name: &Arc<str>,
     cx: &SinkContext,
-    connected: &watch::Sender<bool>,
-    disconnects: &Arc<AtomicU64>,
 ) -> Result<Link, String> {
+    let (connected, connected_rx) = watch::channel(false);
+    let disconnects = Arc::new(AtomicU64::new(0));
     let events = {
         let name = Arc::clone(name);
         let cx = cx.clone();
         let connected = connected.clone();
-        let disconnects = Arc::clone(disconnects);
+        let disconnects = Arc::clone(&disconnects);
         move |event: async_nats::Event| {
             match event {
                 async_nats::Event::Connected => {
@@ -216,28 +186,30 @@ async fn connect(
             .await
             .map_err(|e| format!("cannot declare stream `{}`: {e}", stream.name))?;
         }
-        Some(Arc::new(js))
+        Some(js)
     } else {
         None
     };
     tracing::info!(sink = %name, url = %crate::redacted_url::redacted_url(&config.url), jetstream = config.jetstream, "NATS sink connected");
     connected.send_replace(true);
-    cx.set_ready(name, true);
-    Ok(Link { client, jetstream })
+    Ok(Link {
+        client,
+        jetstream,
+        connected: connected_rx,
+        disconnects,
+        order: tokio::sync::Mutex::new(()),
+    })
 }
 
 /// The subject, headers and payload of a delivery (with `Nats-Msg-Id` for JetStream), or why
 /// it can never be published.
 fn outbound(
     target: &Target,
-    delivery: &Delivery,
+    envelope: &Envelope,
     jetstream: bool,
 ) -> Result<(async_nats::Subject, async_nats::HeaderMap, bytes::Bytes), String> {
-    let signed = target
-        .signer
-        .as_ref()
-        .map(|s| s.sign_event(&delivery.envelope.event));
-    let event = signed.as_ref().unwrap_or(&delivery.envelope.event);
+    let signed = (target.signer.as_ref()).map(|s| s.sign_event(&envelope.event));
+    let event = signed.as_ref().unwrap_or(&envelope.event);
     let subject = match &target.literal_subject {
         Some(s) => s.clone(),
         None => {
@@ -279,38 +251,34 @@ type PublishResult = Result<(), (FailureKind, String)>;
 /// Core NATS has no acknowledgement: the publishes of a batch count as confirmed once a flush
 /// that started after them reached the server's socket with no disconnect since before the
 /// first. One flush (a round trip through the client's connection task) covers the batch.
-async fn deliver_core(
-    target: &Target,
-    client: &async_nats::Client,
-    disconnects: &AtomicU64,
-    batch: &mut Vec<Delivery>,
-    stats: &SinkStats,
-) {
+async fn publish_core(target: &Target, link: &Link, events: &[Arc<Envelope>]) -> Vec<Attempt> {
     use async_nats::client::PublishErrorKind;
-    let epoch = disconnects.load(Ordering::SeqCst);
+    let order = link.order.lock().await;
+    let epoch = link.disconnects.load(Ordering::SeqCst);
     // One deadline for the batch: a publish that is ready at once arms no timer.
     let deadline = tokio::time::Instant::now() + target.timeout;
     let timed_out = || format!("not flushed within {} ms", target.timeout.as_millis());
-    stats.in_flight.set(batch.len() as i64);
-    let mut published = Vec::with_capacity(batch.len());
+    let mut attempts: Vec<Result<async_nats::Subject, Refusal>> = Vec::with_capacity(events.len());
     let mut expired = false;
-    for delivery in batch.drain(..) {
+    for envelope in events {
         if expired {
             // Past the deadline the flush cannot succeed: publishing would only make duplicates.
-            stats.fail(delivery, FailureKind::Retryable, timed_out());
+            attempts.push(Err(Refusal::retryable(timed_out())));
             continue;
         }
-        let (subject, headers, payload) = match outbound(target, &delivery, false) {
+        let (subject, headers, payload) = match outbound(target, envelope, false) {
             Ok(m) => m,
             Err(message) => {
-                stats.fail(delivery, FailureKind::Permanent, message);
+                attempts.push(Err(Refusal::permanent(message)));
                 continue;
             }
         };
-        let publish = client.publish_with_headers(subject.clone(), headers, payload);
+        let publish = link
+            .client
+            .publish_with_headers(subject.clone(), headers, payload);
         let (kind, message) = match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(())) => {
-                published.push((delivery, subject));
+                attempts.push(Ok(subject));
                 continue;
             }
             Ok(Err(e)) => {
@@ -327,49 +295,47 @@ async fn deliver_core(
                 (FailureKind::Retryable, timed_out())
             }
         };
-        stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"));
+        attempts.push(Err(Refusal::new(
+            kind,
+            format!("publish to `{subject}`: {message}"),
+        )));
     }
-    if !published.is_empty() {
-        let failure = match tokio::time::timeout_at(deadline, client.flush()).await {
-            Ok(Ok(())) if disconnects.load(Ordering::SeqCst) == epoch => None,
+    drop(order);
+    let mut failure = None;
+    if attempts.iter().any(Result::is_ok) {
+        failure = match tokio::time::timeout_at(deadline, link.client.flush()).await {
+            Ok(Ok(())) if link.disconnects.load(Ordering::SeqCst) == epoch => None,
             Ok(Ok(())) => Some("the connection dropped before the flush completed".to_owned()),
             Ok(Err(e)) => Some(format!("flush failed: {e}")),
             Err(_) => Some(timed_out()),
         };
-        for (delivery, subject) in published {
-            match &failure {
-                None => stats.confirm(delivery),
-                Some(message) => stats.fail(
-                    delivery,
-                    FailureKind::Retryable,
-                    format!("publish to `{subject}`: {message}"),
-                ),
-            }
-        }
     }
-    stats.in_flight.set(0);
+    attempts
+        .into_iter()
+        .map(|attempt| match (attempt, &failure) {
+            (Ok(_), None) => Ok(()),
+            (Ok(subject), Some(message)) => Err(Refusal::retryable(format!(
+                "publish to `{subject}`: {message}"
+            ))),
+            (Err(refusal), _) => Err(refusal),
+        })
+        .collect()
 }
 
-async fn deliver_jetstream(
+async fn publish_jetstream(
     target: &Target,
     js: &jetstream::Context,
-    delivery: Delivery,
-    stats: &SinkStats,
-) {
-    let (subject, headers, payload) = match outbound(target, &delivery, true) {
-        Ok(m) => m,
-        Err(message) => return stats.fail(delivery, FailureKind::Permanent, message),
-    };
-    match publish_jetstream(js, subject.clone(), headers, payload).await {
-        Ok(()) => stats.confirm(delivery),
-        Err((kind, message)) => {
-            stats.fail(delivery, kind, format!("publish to `{subject}`: {message}"))
-        }
-    }
+    envelope: &Envelope,
+) -> Attempt {
+    let (subject, headers, payload) =
+        outbound(target, envelope, true).map_err(Refusal::permanent)?;
+    publish_acked(js, subject.clone(), headers, payload)
+        .await
+        .map_err(|(kind, message)| Refusal::new(kind, format!("publish to `{subject}`: {message}")))
 }
 
 /// JetStream: confirmed by the stream's PubAck (a duplicate `Nats-Msg-Id` is acknowledged too).
-async fn publish_jetstream(
+async fn publish_acked(
     js: &jetstream::Context,
     subject: async_nats::Subject,
     headers: async_nats::HeaderMap,

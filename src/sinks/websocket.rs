@@ -39,11 +39,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::driver::{self, Attempt, Publisher};
 use super::{SinkContext, SinkError, SinkStats};
 use crate::config::{SlowClient, WebSocketSinkConfig};
 use crate::listener::Peer;
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivery, SharedGeneration};
+use crate::pipeline::{Envelope, SharedGeneration};
 use crate::problem::Problem;
 use crate::router::{Filter, FilterConfig, Subject};
 use crate::security::principal::Principal;
@@ -83,7 +84,7 @@ struct Hub {
 pub(super) async fn start(
     name: &Arc<str>,
     config: &WebSocketSinkConfig,
-    mut rx: super::SinkQueue,
+    rx: super::SinkQueue,
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<SocketAddr, SinkError> {
@@ -143,25 +144,50 @@ pub(super) async fn start(
         )
         .instrument(tracing::info_span!("sink", sink = %name)),
     );
-    cx.tracker.spawn(
-        async move {
-            while let Some(delivery) = rx.recv().await {
-                hub.publish(&delivery);
-                stats.confirm(delivery);
-            }
-            // The gateway is shutting down: subscribers get 1001 once their queues are sent.
-            hub.stop.cancel();
-        }
-        .instrument(tracing::info_span!("sink", sink = %name)),
-    );
+    driver::spawn(Push(hub), rx, stats, PUSH_BATCH, cx);
     Ok(addr)
 }
 
+/// How many events the push sink hands to its subscribers' queues at once.
+const PUSH_BATCH: usize = 256;
+
+struct Push(Arc<Hub>);
+
+impl Publisher for Push {
+    type Link = ();
+    const KIND: &'static str = "WebSocket push";
+
+    async fn connect(&self, _lost: Option<&()>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn batch(&self) -> usize {
+        PUSH_BATCH
+    }
+
+    /// Queued for every connected subscriber whose filter matches: confirmed.
+    fn publish(
+        &self,
+        _: &Arc<()>,
+        events: &[Arc<Envelope>],
+    ) -> impl std::future::Future<Output = Vec<Attempt>> + Send + 'static {
+        for envelope in events {
+            self.0.publish(envelope);
+        }
+        std::future::ready(events.iter().map(|_| Ok(())).collect())
+    }
+
+    /// The gateway is shutting down: subscribers get 1001 once their queues are sent.
+    async fn close(&self, _: Arc<()>) {
+        self.0.stop.cancel();
+    }
+}
+
 impl Hub {
-    fn publish(&self, delivery: &Delivery) {
+    fn publish(&self, envelope: &Envelope) {
         let subject = Subject {
-            event: &delivery.envelope.event,
-            metadata: &delivery.envelope.metadata,
+            event: &envelope.event,
+            metadata: &envelope.metadata,
         };
         let Ok(subscribers) = self.subscribers.read() else {
             return;
@@ -169,7 +195,7 @@ impl Hub {
         let mut text: Option<Utf8Bytes> = None;
         // Policies apply to authenticated subscribers.
         let generation = self.config.auth.is_some().then(|| self.generation.load());
-        let event = &delivery.envelope.event;
+        let event = &envelope.event;
         for sub in subscribers.values() {
             let allowed = generation.as_ref().is_none_or(|g| {
                 g.policies
@@ -191,7 +217,7 @@ impl Hub {
             }
             // Encoded once per event, shared by every subscriber.
             let text = text
-                .get_or_insert_with(|| ferry_websocket::encode(&delivery.envelope.event).into())
+                .get_or_insert_with(|| ferry_websocket::encode(&envelope.event).into())
                 .clone();
             let Ok(mut queue) = sub.queue.lock() else {
                 continue;
