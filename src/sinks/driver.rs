@@ -70,7 +70,8 @@ pub(super) trait Publisher: Send + Sync + 'static {
         std::future::ready(())
     }
 
-    /// How many events one [`Publisher::publish`] may take.
+    /// How many events one [`Publisher::publish`] may take. A publisher that takes more than
+    /// one has one publish under way at a time.
     fn batch(&self) -> usize {
         1
     }
@@ -268,11 +269,18 @@ async fn deliver<P: Publisher>(publisher: &P, st: &mut State, link: &Arc<P::Link
     // Held deliveries are at most one publish's worth: the rest wait in the queue (and in
     // its metrics).
     let batch = publisher.batch().max(1);
+    // A publisher that batches has one publish under way at a time: meanwhile deliveries
+    // gather in the queue, and the next publish takes them all (one write, one flush).
+    let one_at_a_time = batch > 1;
     loop {
         if !st.rx_open && st.held.is_empty() && st.sent.is_empty() && st.outbox.is_empty() {
             return Ended::Closed;
         }
-        let room = st.limit - st.sent_count;
+        let room = if one_at_a_time && !st.sent.is_empty() {
+            0
+        } else {
+            st.limit - st.sent_count
+        };
         let publish = room > 0 && !st.held.is_empty();
         let take = room > 0 && st.held.is_empty() && st.rx_open && st.retries.len() < st.retry_room;
         let due = st.next_retry();
