@@ -9,6 +9,7 @@
 //! confirmation counts as handled for the inbound acknowledgement. Otherwise the sender gets
 //! the failure (5xx, nack, no PUBACK) and retries itself.
 
+use crate::key_error::KeyError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,9 +96,9 @@ fn default_probe_interval() -> u64 {
 }
 
 impl BreakerConfig {
-    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), KeyError> {
         if self.probe_interval_ms == 0 {
-            return Err(("probe_interval_ms", "must be greater than 0".into()));
+            return Err(KeyError::at("probe_interval_ms", "must be greater than 0"));
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ pub mod delivery;
 pub mod file_ref;
 pub mod gateway;
 pub mod health;
+pub mod key_error;
 pub mod keyed;
 pub mod listener;
 pub mod metrics;

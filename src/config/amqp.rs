@@ -1,6 +1,7 @@
 //! AMQP 0-9-1 source and sink configuration (RabbitMQ, via lapin). Every key is documented in
 //! docs/amqp.md.
 
+use crate::key_error::KeyError;
 use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
@@ -189,10 +190,10 @@ fn key(k: &str) -> Vec<String> {
     k.split('.').map(str::to_owned).collect()
 }
 
-fn check_url(url: &str) -> Result<(), (Vec<String>, String)> {
+fn check_url(url: &str) -> Result<(), KeyError> {
     url.parse::<lapin::uri::AMQPUri>()
         .map(|_| ())
-        .map_err(|e| (key("url"), format!("invalid AMQP URL: {e}")))
+        .map_err(|e| KeyError::new(key("url"), format!("invalid AMQP URL: {e}")))
 }
 
 /// The TLS material for lapin that a URL and `tls` table ask for: `amqps://` URLs use TLS
@@ -200,10 +201,10 @@ fn check_url(url: &str) -> Result<(), (Vec<String>, String)> {
 pub fn client_tls(
     url: &str,
     tls: Option<&ClientTlsConfig>,
-) -> Result<lapin::tcp::OwnedTLSConfig, (Vec<String>, String)> {
+) -> Result<lapin::tcp::OwnedTLSConfig, KeyError> {
     match (url.starts_with("amqps://"), tls) {
         (false, None) => Ok(lapin::tcp::OwnedTLSConfig::default()),
-        (false, Some(_)) => Err((key("tls"), "TLS needs an amqps:// URL".into())),
+        (false, Some(_)) => Err(KeyError::new(key("tls"), "TLS needs an amqps:// URL")),
         (true, None) => Ok(lapin::tcp::OwnedTLSConfig::default()),
         (true, Some(tls)) => tls.amqp().map_err(ClientTlsError::into_check),
     }
@@ -240,21 +241,21 @@ impl ExchangeDeclare {
 
 impl AmqpSourceConfig {
     /// Protocol-specific checks; the key is relative to the component.
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_url(&self.url)?;
         if self.queue.is_empty() {
-            return Err((key("queue"), "queue must not be empty".into()));
+            return Err(KeyError::new(key("queue"), "queue must not be empty"));
         }
         if self.prefetch == 0 {
-            return Err((
+            return Err(KeyError::new(
                 key("prefetch"),
-                "prefetch must be greater than 0 (0 would mean unlimited)".into(),
+                "prefetch must be greater than 0 (0 would mean unlimited)",
             ));
         }
         if self.max_message_bytes == 0 {
-            return Err((
+            return Err(KeyError::new(
                 key("max_message_bytes"),
-                "max_message_bytes must be greater than 0".into(),
+                "max_message_bytes must be greater than 0",
             ));
         }
         client_tls(&self.url, self.tls.as_ref())?;
@@ -263,23 +264,26 @@ impl AmqpSourceConfig {
 }
 
 impl AmqpSinkConfig {
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_url(&self.url)?;
         client_tls(&self.url, self.tls.as_ref())?;
         if let Some(sign) = &self.sign {
-            sign.check_event_signing()
-                .map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+            sign.check_event_signing().map_err(|e| e.under(&["sign"]))?;
         }
-        crate::template::Template::parse(&self.routing_key).map_err(|e| (key("routing_key"), e))?;
+        crate::template::Template::parse(&self.routing_key)
+            .map_err(|e| KeyError::new(key("routing_key"), e))?;
         if self.in_flight == 0 {
-            return Err((key("in_flight"), "in_flight must be greater than 0".into()));
+            return Err(KeyError::new(
+                key("in_flight"),
+                "in_flight must be greater than 0",
+            ));
         }
         if let Some(d) = &self.declare {
             if !matches!(
                 d.exchange_type.as_str(),
                 "direct" | "fanout" | "topic" | "headers"
             ) {
-                return Err((
+                return Err(KeyError::new(
                     key("declare.exchange_type"),
                     format!(
                         "unknown exchange type {:?}: use direct, fanout, topic or headers",
@@ -288,9 +292,9 @@ impl AmqpSinkConfig {
                 ));
             }
             if self.exchange.is_empty() {
-                return Err((
+                return Err(KeyError::new(
                     key("declare"),
-                    "the default exchange (\"\") cannot be declared".into(),
+                    "the default exchange (\"\") cannot be declared",
                 ));
             }
         }
@@ -328,9 +332,9 @@ mode = "binary"
         );
         assert!(ce.declare.unwrap().durable);
         let bad: AmqpSinkConfig = toml::from_str(&text.replace("{type}", "{type")).unwrap();
-        assert_eq!(bad.check().unwrap_err().0, vec!["routing_key"]);
+        assert_eq!(bad.check().unwrap_err().key, vec!["routing_key"]);
         let bad: AmqpSinkConfig = toml::from_str(&text.replace("amqp://", "http://")).unwrap();
-        assert_eq!(bad.check().unwrap_err().0, vec!["url"]);
+        assert_eq!(bad.check().unwrap_err().key, vec!["url"]);
 
         let source: AmqpSourceConfig = toml::from_str(
             r##"
@@ -349,12 +353,12 @@ declare = { dead_letter_exchange = "dlx", bindings = [{ exchange = "orders", rou
             prefetch: 0,
             ..source
         };
-        assert_eq!(zero.check().unwrap_err().0, vec!["prefetch"]);
+        assert_eq!(zero.check().unwrap_err().key, vec!["prefetch"]);
         let zero = AmqpSourceConfig {
             prefetch: 1,
             max_message_bytes: 0,
             ..zero
         };
-        assert_eq!(zero.check().unwrap_err().0, vec!["max_message_bytes"]);
+        assert_eq!(zero.check().unwrap_err().key, vec!["max_message_bytes"]);
     }
 }

@@ -1,19 +1,15 @@
 //! HTTP source and sink settings beyond the basics: the Web Hook validation handshake and the
 //! sink's outbound security (TLS, bearer token, signing).
 
+use crate::key_error::KeyError;
 use serde::Deserialize;
 
 use super::HttpSinkConfig;
 use crate::security::signing::SignScheme;
 use crate::tls::ClientTlsError;
 
-type CheckError = (Vec<String>, String);
-
-fn err(key: &[&str], message: impl Into<String>) -> CheckError {
-    (
-        key.iter().map(|k| (*k).to_owned()).collect(),
-        message.into(),
-    )
+fn err(key: &[&str], message: impl Into<String>) -> KeyError {
+    KeyError::new(key.iter().map(|k| (*k).to_owned()).collect(), message)
 }
 
 /// How an HTTP source answers the CloudEvents Web Hook validation handshake: an `OPTIONS`
@@ -33,12 +29,12 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
-    pub fn check(&self) -> Result<(), CheckError> {
+    pub fn check(&self) -> Result<(), KeyError> {
         for (i, origin) in self.allowed_origins.iter().enumerate() {
             if origin.is_empty() || http::HeaderValue::from_str(origin).is_err() {
-                return Err((
+                return Err(KeyError::new(
                     vec!["webhook".into(), "allowed_origins".into(), i.to_string()],
-                    "an origin must be a non-empty DNS name".into(),
+                    "an origin must be a non-empty DNS name",
                 ));
             }
         }
@@ -63,7 +59,7 @@ impl WebhookConfig {
 
 impl HttpSinkConfig {
     /// Checks TLS, token, signing and handshake settings; reads the files they name.
-    pub(super) fn check_outbound(&self, url: &reqwest::Url) -> Result<(), CheckError> {
+    pub(super) fn check_outbound(&self, url: &reqwest::Url) -> Result<(), KeyError> {
         if let Some(tls) = &self.tls {
             if url.scheme() != "https" {
                 return Err(err(&["tls"], "TLS settings need an https:// URL"));
@@ -96,7 +92,7 @@ impl HttpSinkConfig {
             }
         }
         if let Some(sign) = &self.sign {
-            sign.check().map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+            sign.check().map_err(|e| e.under(&["sign"]))?;
             if sign.scheme == SignScheme::StandardWebhooks
                 && self
                     .headers
@@ -145,7 +141,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 mod tests {
     use super::*;
 
-    fn sink(extra: &str) -> Result<(), CheckError> {
+    fn sink(extra: &str) -> Result<(), KeyError> {
         let config: HttpSinkConfig =
             toml::from_str(&format!("url = \"https://example.com/x\"\n{extra}")).unwrap();
         let url = reqwest::Url::parse(&config.url).unwrap();
@@ -170,7 +166,7 @@ mod tests {
             ("origin = \"\"", &["origin"]),
         ];
         for (extra, key) in cases {
-            let (got, message) = sink(extra).unwrap_err();
+            let KeyError { key: got, message } = sink(extra).unwrap_err();
             assert_eq!(got, key.to_vec(), "{extra}: {message}");
         }
         assert!(sink(
@@ -181,7 +177,7 @@ mod tests {
             toml::from_str("url = \"http://example.com/x\"\ntls = { server_name = \"x\" }")
                 .unwrap();
         let url = reqwest::Url::parse(&plain.url).unwrap();
-        assert_eq!(plain.check_outbound(&url).unwrap_err().0, vec!["tls"]);
+        assert_eq!(plain.check_outbound(&url).unwrap_err().key, vec!["tls"]);
     }
 
     /// M5: a token or signing secret is not sent to a plain `http://` target off this host
@@ -192,7 +188,7 @@ mod tests {
             let config: HttpSinkConfig =
                 toml::from_str(&format!("url = \"{url}\"\n{extra}")).unwrap();
             let parsed = reqwest::Url::parse(&config.url).unwrap();
-            config.check_outbound(&parsed).map_err(|(key, _)| key)
+            config.check_outbound(&parsed).map_err(|e| e.key)
         };
         let token = "bearer_token = \"t0k3n\"";
         let sign = "sign = { scheme = \"hmac-sha256\", secret = \"s3cret\" }";
@@ -241,6 +237,9 @@ mod tests {
             allowed_origins: vec![],
             allowed_rate: Some(0),
         };
-        assert_eq!(bad.check().unwrap_err().0, vec!["webhook", "allowed_rate"]);
+        assert_eq!(
+            bad.check().unwrap_err().key,
+            vec!["webhook", "allowed_rate"]
+        );
     }
 }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::file_ref::FileRef;
+pub use crate::key_error::KeyError;
 pub use crate::pipeline::Unrouted;
 pub use amqp::{client_tls as amqp_client_tls, AmqpSinkConfig, AmqpSourceConfig};
 pub use error::ConfigError;
@@ -34,6 +35,7 @@ pub use mqtt::{
 };
 pub use nats::{connect_options as nats_connect_options, NatsSinkConfig, NatsSourceConfig};
 pub use sink::{FileSinkConfig, HttpSinkConfig, SinkConfig, StdoutSinkConfig};
+use source::{check_path, positive};
 pub use source::{HttpSourceConfig, SourceConfig};
 pub use websocket::{SlowClient, WebSocketSinkConfig, WebSocketSourceConfig};
 
@@ -238,9 +240,9 @@ impl Config {
                 });
             ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
         })?;
-        config.check().map_err(|(key, message)| {
-            let offset = locate::offset(&root, &key);
-            ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
+        config.check().map_err(|e| {
+            let offset = locate::offset(&root, &e.key);
+            ConfigError::from_parts(path, &text, offset, Some(e.dotted()), e.message)
         })?;
         let mut config = config;
         config.origin = Origin {

@@ -1,5 +1,6 @@
 //! MQTT 3.1.1 / 5 source and sink configuration (Mosquitto and others, via rumqttc).
 
+use crate::key_error::KeyError;
 use serde::Deserialize;
 
 use super::{defaults, ContentMode, Unrouted};
@@ -139,10 +140,8 @@ mod mqtt_defaults {
     }
 }
 
-type CheckError = (Vec<String>, String);
-
-fn err(key: &str, message: impl Into<String>) -> CheckError {
-    (vec![key.to_owned()], message.into())
+fn err(key: &str, message: impl Into<String>) -> KeyError {
+    KeyError::at(key, message)
 }
 
 /// Whether a broker URL asks for TLS (`mqtts://` or `ssl://`).
@@ -189,7 +188,7 @@ pub(super) fn broker_address(url: &str) -> Result<(String, u16), String> {
 pub fn client_tls(
     url: &str,
     tls: Option<&ClientTlsConfig>,
-) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, CheckError> {
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, KeyError> {
     match (uses_tls(url), tls) {
         (false, None) => Ok(None),
         (false, Some(_)) => Err(err("tls", "TLS needs an mqtts:// URL")),
@@ -203,7 +202,7 @@ pub fn client_tls(
 }
 
 /// Reads the password (from its file, if it is a `file:` reference).
-pub fn resolve_password(password: Option<&Secret>) -> Result<Option<String>, CheckError> {
+pub fn resolve_password(password: Option<&Secret>) -> Result<Option<String>, KeyError> {
     password
         .map(|p| {
             p.resolve(std::path::Path::new(".")).map_err(|e| {
@@ -214,7 +213,7 @@ pub fn resolve_password(password: Option<&Secret>) -> Result<Option<String>, Che
         .transpose()
 }
 
-fn check_common(url: &str, qos: u8, keep_alive_secs: u64) -> Result<(), CheckError> {
+fn check_common(url: &str, qos: u8, keep_alive_secs: u64) -> Result<(), KeyError> {
     broker_address(url).map_err(|m| err("url", m))?;
     if qos > 1 {
         return Err(err("qos", "qos must be 0 or 1"));
@@ -229,7 +228,7 @@ fn check_common(url: &str, qos: u8, keep_alive_secs: u64) -> Result<(), CheckErr
 }
 
 /// A topic name to publish to: not empty, no wildcards.
-fn check_topic_name(key: &str, topic: &str) -> Result<(), CheckError> {
+fn check_topic_name(key: &str, topic: &str) -> Result<(), KeyError> {
     if topic.is_empty() || topic.contains(['+', '#', '\0']) {
         return Err(err(
             key,
@@ -245,17 +244,14 @@ impl MqttSourceConfig {
         broker_address(&self.url)
     }
 
-    pub fn check(&self) -> Result<(), CheckError> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_common(&self.url, self.qos, self.keep_alive_secs)?;
         if self.topics.is_empty() {
             return Err(err("topics", "at least one topic filter is required"));
         }
         for (i, filter) in self.topics.iter().enumerate() {
             if !valid_filter(filter) {
-                return Err((
-                    vec!["topics".into(), i.to_string()],
-                    format!("invalid topic filter {filter:?}: `#` must be last and `+`/`#` fill a whole level"),
-                ));
+                return Err(KeyError::new(vec!["topics".into(), i.to_string()], format!("invalid topic filter {filter:?}: `#` must be last and `+`/`#` fill a whole level")));
             }
         }
         if let Some(group) = &self.share_group {
@@ -303,7 +299,7 @@ impl MqttSinkConfig {
         broker_address(&self.url)
     }
 
-    pub fn check(&self) -> Result<(), CheckError> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_common(&self.url, self.qos, self.keep_alive_secs)?;
         if self.protocol == MqttProtocol::V311 && self.mode == ContentMode::Binary {
             return Err(err(
@@ -333,8 +329,7 @@ impl MqttSinkConfig {
         resolve_password(self.password.as_ref())?;
         client_tls(&self.url, self.tls.as_ref())?;
         if let Some(sign) = &self.sign {
-            sign.check_event_signing()
-                .map_err(|(k, m)| (vec!["sign".into(), k], m))?;
+            sign.check_event_signing().map_err(|e| e.under(&["sign"]))?;
         }
         Ok(())
     }
@@ -386,7 +381,7 @@ mod tests {
             "url = \"mqtt://127.0.0.1\"\ntopic = \"t\"\nusername = \"u\"\npassword = \"file:/nonexistent/p\"",
         )
         .unwrap();
-        assert_eq!(missing.check().unwrap_err().0, vec!["password"]);
+        assert_eq!(missing.check().unwrap_err().key, vec!["password"]);
     }
 
     #[test]

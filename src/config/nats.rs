@@ -1,5 +1,6 @@
 //! NATS (core and JetStream) source and sink configuration (via async-nats).
 
+use crate::key_error::KeyError;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -141,19 +142,19 @@ mod defaults_nats {
     }
 }
 
-type CheckError = (Vec<String>, String);
-
 fn key(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|p| (*p).to_owned()).collect()
 }
 
 /// Every comma-separated server address parses.
-fn check_url(url: &str) -> Result<(), CheckError> {
+fn check_url(url: &str) -> Result<(), KeyError> {
     for server in url.split(',') {
         server
             .trim()
             .parse::<async_nats::ServerAddr>()
-            .map_err(|e| (key(&["url"]), format!("invalid NATS server address: {e}")))?;
+            .map_err(|e| {
+                KeyError::new(key(&["url"]), format!("invalid NATS server address: {e}"))
+            })?;
     }
     Ok(())
 }
@@ -199,54 +200,53 @@ fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_name(name: &str, what: &[&str]) -> Result<(), CheckError> {
+fn check_name(name: &str, what: &[&str]) -> Result<(), KeyError> {
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ".*>".contains(c)) {
-        return Err((
+        return Err(KeyError::new(
             key(what),
-            "must be non-empty without whitespace, `.`, `*` or `>`".into(),
+            "must be non-empty without whitespace, `.`, `*` or `>`",
         ));
     }
     Ok(())
 }
 
 impl NatsSourceConfig {
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_url(&self.url)?;
         if let Some(tls) = &self.tls {
             tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
         }
-        check_subject(&self.subject, true).map_err(|m| (key(&["subject"]), m))?;
+        check_subject(&self.subject, true).map_err(|m| KeyError::new(key(&["subject"]), m))?;
         if let Some(group) = &self.queue_group {
             if group.is_empty() || group.chars().any(char::is_whitespace) {
-                return Err((
+                return Err(KeyError::new(
                     key(&["queue_group"]),
-                    "must be non-empty without whitespace".into(),
+                    "must be non-empty without whitespace",
                 ));
             }
         }
         if self.in_flight == 0 {
-            return Err((key(&["in_flight"]), "must be at least 1".into()));
+            return Err(KeyError::new(key(&["in_flight"]), "must be at least 1"));
         }
         if let Some(js) = &self.jetstream {
             if self.queue_group.is_some() {
-                return Err((
+                return Err(KeyError::new(
                     key(&["queue_group"]),
-                    "a JetStream consumer is shared through its durable name, not a queue group"
-                        .into(),
+                    "a JetStream consumer is shared through its durable name, not a queue group",
                 ));
             }
             check_name(&js.stream, &["jetstream", "stream"])?;
             check_name(&js.durable, &["jetstream", "durable"])?;
             if js.max_ack_pending < 1 {
-                return Err((
+                return Err(KeyError::new(
                     key(&["jetstream", "max_ack_pending"]),
-                    "must be at least 1".into(),
+                    "must be at least 1",
                 ));
             }
             if js.ack_wait_secs == 0 {
-                return Err((
+                return Err(KeyError::new(
                     key(&["jetstream", "ack_wait_secs"]),
-                    "must be at least 1".into(),
+                    "must be at least 1",
                 ));
             }
         }
@@ -255,43 +255,47 @@ impl NatsSourceConfig {
 }
 
 impl NatsSinkConfig {
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         check_url(&self.url)?;
         if let Some(tls) = &self.tls {
             tls.client_config(&[]).map_err(ClientTlsError::into_check)?;
         }
         if let Some(sign) = &self.sign {
-            sign.check_event_signing()
-                .map_err(|(k, m)| (key(&["sign", &k]), m))?;
+            sign.check_event_signing().map_err(|e| e.under(&["sign"]))?;
         }
-        let template = Template::parse(&self.subject).map_err(|m| (key(&["subject"]), m))?;
+        let template =
+            Template::parse(&self.subject).map_err(|m| KeyError::new(key(&["subject"]), m))?;
         if let Some(literal) = template.as_literal() {
-            check_subject(literal, false).map_err(|m| (key(&["subject"]), m))?;
+            check_subject(literal, false).map_err(|m| KeyError::new(key(&["subject"]), m))?;
         } else if self.subject.chars().any(char::is_whitespace) {
-            return Err((key(&["subject"]), "must not contain whitespace".into()));
+            return Err(KeyError::new(
+                key(&["subject"]),
+                "must not contain whitespace",
+            ));
         }
         if self.in_flight == 0 {
-            return Err((key(&["in_flight"]), "must be at least 1".into()));
+            return Err(KeyError::new(key(&["in_flight"]), "must be at least 1"));
         }
         if self.timeout_ms == 0 {
-            return Err((key(&["timeout_ms"]), "must be at least 1".into()));
+            return Err(KeyError::new(key(&["timeout_ms"]), "must be at least 1"));
         }
         if let Some(stream) = &self.stream {
             if !self.jetstream {
-                return Err((
+                return Err(KeyError::new(
                     key(&["stream"]),
-                    "a stream declaration needs `jetstream = true`".into(),
+                    "a stream declaration needs `jetstream = true`",
                 ));
             }
             check_name(&stream.name, &["stream", "name"])?;
             if stream.subjects.is_empty() {
-                return Err((
+                return Err(KeyError::new(
                     key(&["stream", "subjects"]),
-                    "list at least one subject".into(),
+                    "list at least one subject",
                 ));
             }
             for s in &stream.subjects {
-                check_subject(s, true).map_err(|m| (key(&["stream", "subjects"]), m))?;
+                check_subject(s, true)
+                    .map_err(|m| KeyError::new(key(&["stream", "subjects"]), m))?;
             }
         }
         Ok(())
@@ -302,11 +306,11 @@ impl NatsSinkConfig {
 mod tests {
     use super::*;
 
-    fn source(text: &str) -> Result<(), CheckError> {
+    fn source(text: &str) -> Result<(), KeyError> {
         toml::from_str::<NatsSourceConfig>(text).unwrap().check()
     }
 
-    fn sink(text: &str) -> Result<(), CheckError> {
+    fn sink(text: &str) -> Result<(), KeyError> {
         toml::from_str::<NatsSinkConfig>(text).unwrap().check()
     }
 
@@ -332,7 +336,7 @@ jetstream = true"#,
     #[test]
     fn checks_name_the_key() {
         let base = "url = \"nats://127.0.0.1:4222\"\n";
-        let cases: Vec<(Result<(), CheckError>, &[&str])> = vec![
+        let cases: Vec<(Result<(), KeyError>, &[&str])> = vec![
             (source(&format!("{base}subject = \"a..b\"")), &["subject"]),
             (source(&format!("{base}subject = \"a.>.b\"")), &["subject"]),
             (
@@ -367,7 +371,7 @@ jetstream = true"#,
             ),
         ];
         for (got, want) in cases {
-            let (key, message) = got.unwrap_err();
+            let crate::config::KeyError { key, message } = got.unwrap_err();
             assert_eq!(
                 key,
                 want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),

@@ -202,3 +202,102 @@ pub struct HttpSinkConfig {
     #[serde(default)]
     pub allow_insecure: bool,
 }
+
+impl SinkConfig {
+    /// The sink's own rules: its delivery policy and its kind's settings; keys below the sink.
+    pub(super) fn check(&self) -> Result<(), KeyError> {
+        if let Some(r) = self.retry() {
+            if r.max_attempts == 0
+                || r.initial_backoff_ms == 0
+                || r.max_backoff_ms < r.initial_backoff_ms
+            {
+                return Err(KeyError::at(
+                    "retry",
+                    "max_attempts and initial_backoff_ms must be > 0, max_backoff_ms >= initial_backoff_ms",
+                ));
+            }
+        }
+        positive("queue", self.queue() as u64)?;
+        if let Some(spool) = self.spool() {
+            spool.check().map_err(|e| e.under(&["spool"]))?;
+        }
+        (self.circuit_breaker().check()).map_err(|e| e.under(&["circuit_breaker"]))?;
+        match self {
+            SinkConfig::File(FileSinkConfig {
+                in_flight,
+                timeout_ms,
+                ..
+            })
+            | SinkConfig::Stdout(StdoutSinkConfig {
+                in_flight,
+                timeout_ms,
+                ..
+            }) => {
+                if *in_flight == 0 || *timeout_ms == 0 {
+                    return Err(KeyError::at(
+                        "in_flight",
+                        "in_flight and timeout_ms must be greater than 0",
+                    ));
+                }
+                Ok(())
+            }
+            SinkConfig::Http(c) => c.check_sink(),
+            SinkConfig::Amqp(c) => c.check(),
+            SinkConfig::Mqtt(c) => c.check(),
+            SinkConfig::Nats(c) => c.check(),
+            SinkConfig::Websocket(c) => c.check(),
+        }
+    }
+}
+
+impl HttpSinkConfig {
+    fn check_sink(&self) -> Result<(), KeyError> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| KeyError::at("url", format!("invalid URL: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(KeyError::at("url", "URL scheme must be http or https"));
+        }
+        if self.in_flight == 0 {
+            return Err(KeyError::at(
+                "in_flight",
+                "in_flight must be greater than 0",
+            ));
+        }
+        for header in self.headers.keys() {
+            if ::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(KeyError::new(
+                    vec!["headers".into(), header.clone()],
+                    "not a valid header name",
+                ));
+            }
+        }
+        self.check_outbound(&url)
+    }
+}
+
+impl WebSocketSinkConfig {
+    fn check(&self) -> Result<(), KeyError> {
+        check_path(&self.path)?;
+        if self.max_connections == 0 || self.ping_interval_ms == 0 {
+            return Err(KeyError::at(
+                "max_connections",
+                "max_connections and ping_interval_ms must be greater than 0",
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            if auth.hmac.is_some() {
+                return Err(KeyError::new(
+                    vec!["auth".into(), "hmac".into()],
+                    "a subscriber's upgrade request has no body to sign: use jwt or mtls",
+                ));
+            }
+            if auth.mtls && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                return Err(KeyError::new(
+                    vec!["auth".into(), "mtls".into()],
+                    "mtls needs `tls.client_ca`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

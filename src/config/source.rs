@@ -89,3 +89,105 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     pub webhook: WebhookConfig,
 }
+
+impl SourceConfig {
+    /// The source's own rules; keys below the source.
+    pub(super) fn check(&self) -> Result<(), KeyError> {
+        let normalize = match self {
+            SourceConfig::Http(c) => {
+                c.check()?;
+                &c.normalize
+            }
+            SourceConfig::Amqp(c) => {
+                c.check()?;
+                &c.normalize
+            }
+            SourceConfig::Mqtt(c) => {
+                c.check()?;
+                &c.normalize
+            }
+            SourceConfig::Nats(c) => {
+                c.check()?;
+                &c.normalize
+            }
+            SourceConfig::Websocket(c) => {
+                c.check()?;
+                &c.normalize
+            }
+        };
+        if let Some(n) = normalize {
+            crate::normalize::Normalizer::compile(n)
+                .map_err(|(key, message)| KeyError::new(vec!["normalize".into(), key], message))?;
+        }
+        Ok(())
+    }
+}
+
+impl HttpSourceConfig {
+    fn check(&self) -> Result<(), KeyError> {
+        check_path(&self.path)?;
+        for (key, v) in [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            positive(key, v)?;
+        }
+        self.webhook.check()?;
+        check_auth(self.auth.as_ref())
+    }
+}
+
+impl WebSocketSourceConfig {
+    fn check(&self) -> Result<(), KeyError> {
+        check_path(&self.path)?;
+        for (key, v) in [
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_connections", self.max_connections),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            positive(key, v as u64)?;
+        }
+        if self.ping_interval_ms == 0 || self.ping_interval_ms >= self.idle_timeout_ms {
+            return Err(KeyError::at(
+                "ping_interval_ms",
+                "ping_interval_ms must be greater than 0 and less than idle_timeout_ms",
+            ));
+        }
+        check_auth(self.auth.as_ref())
+    }
+}
+
+/// A listener's path.
+pub(super) fn check_path(path: &str) -> Result<(), KeyError> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(KeyError::at("path", "path must start with `/`"))
+    }
+}
+
+/// A count or duration that must not be 0.
+pub(super) fn positive(key: &str, value: u64) -> Result<(), KeyError> {
+    if value == 0 {
+        Err(KeyError::at(key, format!("{key} must be greater than 0")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a source's `auth` table (HMAC settings and secrets); keys below the source.
+pub(super) fn check_auth(
+    auth: Option<&crate::security::source::AuthConfig>,
+) -> Result<(), KeyError> {
+    match auth {
+        Some(auth) => auth.check().map_err(|e| e.under(&["auth"])),
+        None => Ok(()),
+    }
+}

@@ -267,10 +267,10 @@ impl fmt::Debug for HmacVerifier {
 impl HmacConfig {
     /// Checks the settings and reads the secrets (`file:` paths relative to `base_dir`), as
     /// loading does; an error names the key at fault below the `hmac` table.
-    pub fn check(&self, base_dir: &Path) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self, base_dir: &Path) -> Result<(), crate::key_error::KeyError> {
         self.keys(base_dir)
             .map(|_| ())
-            .map_err(|(key, error)| (key, error.to_string()))
+            .map_err(|(key, error)| crate::key_error::KeyError::new(key, error.to_string()))
     }
 
     /// The settings of the scheme and the active keys; an error carries the key path below

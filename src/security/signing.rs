@@ -12,6 +12,7 @@
 //!   in that order; an absent attribute hashes as the empty string. It does not depend on the
 //!   protocol or content mode the event travels in.
 
+use crate::key_error::KeyError;
 use ::hmac::{Hmac, Mac};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -47,38 +48,35 @@ pub enum SignScheme {
 
 impl SignConfig {
     /// Checks that the secret can be read and decoded. Errors are keyed below `sign`.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         self.signer().map(|_| ())
     }
 
     /// [`SignConfig::check`] for a broker sink, which can only sign the event itself.
-    pub fn check_event_signing(&self) -> Result<(), (String, String)> {
+    pub fn check_event_signing(&self) -> Result<(), KeyError> {
         if self.scheme != SignScheme::HmacSha256 {
-            return Err((
-                "scheme".into(),
-                "broker sinks sign the event: use scheme = \"hmac-sha256\" (standard-webhooks signs HTTP requests)".into(),
-            ));
+            return Err(KeyError::at("scheme", "broker sinks sign the event: use scheme = \"hmac-sha256\" (standard-webhooks signs HTTP requests)"));
         }
         self.check()
     }
 
     /// Reads the secret (from its file, if it is a `file:` reference).
-    pub fn signer(&self) -> Result<Signer, (String, String)> {
+    pub fn signer(&self) -> Result<Signer, KeyError> {
         let secret = self
             .secret
             .resolve(std::path::Path::new("."))
             .map_err(|e| {
                 let file = self.secret.file().unwrap_or_default();
-                ("secret".to_owned(), format!("cannot read {file}: {e}"))
+                KeyError::at("secret", format!("cannot read {file}: {e}"))
             })?;
         if secret.is_empty() {
-            return Err(("secret".into(), "the secret is empty".into()));
+            return Err(KeyError::at("secret", "the secret is empty"));
         }
         let key = match self.scheme {
             SignScheme::StandardWebhooks => standard_webhooks_key(&secret),
             SignScheme::HmacSha256 => event_signing_key(&secret),
         }
-        .map_err(|e| ("secret".into(), e.to_string()))?;
+        .map_err(|e| KeyError::at("secret", e.to_string()))?;
         Ok(Signer {
             scheme: self.scheme,
             key,
@@ -329,7 +327,7 @@ mod tests {
             }
             .check()
             .unwrap_err();
-            assert_eq!(err.0, "secret");
+            assert_eq!(err.key, ["secret"]);
         }
         assert!(!format!("{:?}", signer(SignScheme::HmacSha256, "hunter2")).contains("hunter2"));
     }

@@ -1,6 +1,7 @@
 //! The security checks a listening source runs on each message: authenticate, rate-limit,
 //! authorise, stamp the principal.
 
+use crate::key_error::KeyError;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -47,14 +48,11 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// Checks what can be checked when the config is read (the HMAC settings and secrets);
     /// an error names the key below the `auth` table.
-    pub fn check(&self) -> Result<(), (Vec<String>, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         if let Some(hmac) = &self.hmac {
             // Secret files resolve against the working directory, as when the source is built.
             hmac.check(std::path::Path::new("."))
-                .map_err(|(mut key, message)| {
-                    key.insert(0, "hmac".into());
-                    (key, message)
-                })?;
+                .map_err(|e| e.under(&["hmac"]))?;
         }
         Ok(())
     }

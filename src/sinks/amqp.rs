@@ -40,10 +40,6 @@ pub(super) fn start(
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
-    config.check().map_err(|(key, message)| SinkError::Config {
-        sink: name.to_string(),
-        message: format!("{}: {message}", key.join(".")),
-    })?;
     let routing_key =
         Template::parse(&config.routing_key).map_err(|message| SinkError::Config {
             sink: name.to_string(),
@@ -60,9 +56,9 @@ pub(super) fn start(
             .as_ref()
             .map(SignConfig::signer)
             .transpose()
-            .map_err(|(key, message)| SinkError::Config {
+            .map_err(|e| SinkError::Config {
                 sink: name.to_string(),
-                message: format!("sign.{key}: {message}"),
+                message: e.under(&["sign"]).to_string(),
             })?,
     });
     cx.set_ready(name, false);
@@ -125,9 +121,7 @@ async fn open_session(
                 .with_connection_name(format!("ferry sink {}", target.name).into());
             let tls =
                 crate::config::amqp_client_tls(&target.config.url, target.config.tls.as_ref())
-                    .map_err(|(key, m)| {
-                        lapin::Error::from(std::io::Error::other(format!("{}: {m}", key.join("."))))
-                    })?;
+                    .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
             Arc::new(connect(&target.config.url, properties, tls).await?)
         }
     };

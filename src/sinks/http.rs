@@ -97,7 +97,7 @@ pub(super) fn start(
             .as_ref()
             .map(SignConfig::signer)
             .transpose()
-            .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
+            .map_err(|e| err(e.under(&["sign"]).to_string()))?,
         handshake: origin.clone().filter(|_| config.webhook_handshake),
         origin,
     });

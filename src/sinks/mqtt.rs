@@ -55,17 +55,18 @@ pub(super) fn start(
     stats: SinkStats,
     cx: &SinkContext,
 ) -> Result<(), SinkError> {
-    let err = |(key, message): (Vec<String>, String)| SinkError::Config {
+    // The config was checked when it was loaded: what is left to fail here is reading files.
+    let err = |e: crate::config::KeyError| SinkError::Config {
         sink: name.to_string(),
-        message: format!("{}: {message}", key.join(".")),
+        message: e.to_string(),
     };
-    config.check().map_err(err)?;
     let (host, port) = config
         .broker_address()
-        .map_err(|m| err((vec!["url".into()], m)))?;
+        .map_err(|m| err(crate::config::KeyError::at("url", m)))?;
     let password = crate::config::mqtt_password(config.password.as_ref()).map_err(err)?;
     let tls = crate::config::mqtt_client_tls(&config.url, config.tls.as_ref()).map_err(err)?;
-    let topic = Template::parse(&config.topic).map_err(|m| err((vec!["topic".into()], m)))?;
+    let topic =
+        Template::parse(&config.topic).map_err(|m| err(crate::config::KeyError::at("topic", m)))?;
     let in_flight = config.in_flight.min(usize::from(u16::MAX));
     let client_id = config
         .client_id
@@ -105,7 +106,7 @@ pub(super) fn start(
             .as_ref()
             .map(SignConfig::signer)
             .transpose()
-            .map_err(|(k, m)| err((vec!["sign".into(), k], m)))?,
+            .map_err(|e| err(e.under(&["sign"])))?,
     };
     let in_flight = target.in_flight;
     let mqtt = Mqtt {

@@ -52,9 +52,6 @@ pub(super) fn start(
         message,
     };
     let subject = Template::parse(&config.subject).map_err(|m| err(format!("subject: {m}")))?;
-    config
-        .check()
-        .map_err(|(key, message)| err(format!("{}: {message}", key.join("."))))?;
     let target = Arc::new(Target {
         name: Arc::clone(name),
         literal_subject: subject.as_literal().map(async_nats::Subject::from),
@@ -67,7 +64,7 @@ pub(super) fn start(
             .as_ref()
             .map(SignConfig::signer)
             .transpose()
-            .map_err(|(k, m)| err(format!("sign.{k}: {m}")))?,
+            .map_err(|e| err(e.under(&["sign"]).to_string()))?,
     });
     cx.set_ready(name, false);
     let nats = Nats {

@@ -39,13 +39,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts consuming in the background; reconnects on its own. Readiness is reported through
 /// the context while connected.
 pub async fn start(config: &AmqpSourceConfig, cx: SourceContext) -> Result<(), SourceError> {
-    let config_error = |message: String| SourceError::Config {
-        source_name: cx.name().to_owned(),
-        message,
-    };
-    config
-        .check()
-        .map_err(|(key, message)| config_error(format!("{}: {message}", key.join("."))))?;
     let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     cx.set_ready(false);
     let consumer = Consumer {
@@ -126,9 +119,7 @@ impl Consumer {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("ferry source {}", self.cx.name()).into());
         let tls = crate::config::amqp_client_tls(&self.config.url, self.config.tls.as_ref())
-            .map_err(|(key, m)| {
-                lapin::Error::from(std::io::Error::other(format!("{}: {m}", key.join("."))))
-            })?;
+            .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
         let connection = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             Connection::connect_with_config(

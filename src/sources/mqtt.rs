@@ -44,13 +44,10 @@ pub async fn start(config: &MqttSourceConfig, cx: SourceContext) -> Result<(), S
         source_name: cx.name().to_owned(),
         message,
     };
-    config
-        .check()
-        .map_err(|(key, m)| err(format!("{}: {m}", key.join("."))))?;
     let (host, port) = config
         .broker_address()
         .map_err(|m| err(format!("url: {m}")))?;
-    let keyed = |(key, m): (Vec<String>, String)| err(format!("{}: {m}", key.join(".")));
+    let keyed = |e: crate::config::KeyError| err(e.to_string());
     let password = crate::config::mqtt_password(config.password.as_ref()).map_err(keyed)?;
     let tls = crate::config::mqtt_client_tls(&config.url, config.tls.as_ref()).map_err(keyed)?;
     let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;

@@ -34,13 +34,6 @@ const ERROR_HEADER: &str = "Ferry-Error";
 /// Starts consuming in the background; reconnects on its own. Readiness is reported through
 /// the context while connected and consuming.
 pub async fn start(config: &NatsSourceConfig, cx: SourceContext) -> Result<(), SourceError> {
-    let config_error = |message: String| SourceError::Config {
-        source_name: cx.name().to_owned(),
-        message,
-    };
-    config
-        .check()
-        .map_err(|(key, message)| config_error(format!("{}: {message}", key.join("."))))?;
     let normalizer = super::normalizer(cx.name(), config.normalize.as_ref())?;
     let source = Arc::new(Source {
         config: config.clone(),

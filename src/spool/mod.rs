@@ -25,6 +25,7 @@ mod reader;
 mod record;
 mod replay;
 
+use crate::key_error::KeyError;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -78,12 +79,15 @@ const WRITE_BATCH: usize = 512;
 const CURSOR_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SpoolConfig {
-    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), KeyError> {
         if self.path.as_os_str().is_empty() {
-            return Err(("path", "must not be empty".into()));
+            return Err(KeyError::at("path", "must not be empty"));
         }
         if self.max_bytes < MIN_BYTES {
-            return Err(("max_bytes", format!("must be at least {MIN_BYTES}")));
+            return Err(KeyError::at(
+                "max_bytes",
+                format!("must be at least {MIN_BYTES}"),
+            ));
         }
         Ok(())
     }

@@ -54,8 +54,8 @@ impl ClientTlsError {
     }
 
     /// The error as a config check error, keyed below `tls`.
-    pub fn into_check(self) -> (Vec<String>, String) {
-        (vec!["tls".into(), self.key.into()], self.message)
+    pub fn into_check(self) -> crate::key_error::KeyError {
+        crate::key_error::KeyError::new(vec!["tls".into(), self.key.into()], self.message)
     }
 }
 

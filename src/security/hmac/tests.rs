@@ -627,9 +627,10 @@ fn standard_webhooks_secrets_are_read_like_the_reference_libraries() {
     assert!(verify(&verifier, &headers, SW_BODY, SW_TIMESTAMP).is_ok());
     for secret in ["raw text secret", "whsec_", "whsec_!!!"] {
         let shown = secret.trim_start_matches("whsec_");
-        let (key, message) = config(Scheme::StandardWebhooks, &["", secret])
-            .check(Path::new("."))
-            .unwrap_err();
+        let crate::key_error::KeyError { key, message } =
+            config(Scheme::StandardWebhooks, &["", secret])
+                .check(Path::new("."))
+                .unwrap_err();
         assert_eq!(key, ["secrets", "1"], "{secret}");
         assert!(
             message.contains("base64") && (shown.is_empty() || !message.contains(shown)),
@@ -640,7 +641,7 @@ fn standard_webhooks_secrets_are_read_like_the_reference_libraries() {
         generic("md5", "hex", None, false)
             .check(Path::new("."))
             .unwrap_err()
-            .0,
+            .key,
         ["algorithm"]
     );
 }
