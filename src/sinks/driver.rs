@@ -29,6 +29,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+
+/// Publishes under way at once for a publisher that batches (see [`Publisher::batch`]).
+pub(super) const BATCHED_PUBLISHES: usize = 2;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -71,7 +74,8 @@ pub(super) trait Publisher: Send + Sync + 'static {
     }
 
     /// How many events one [`Publisher::publish`] may take. A publisher that takes more than
-    /// one has one publish under way at a time.
+    /// one has at most [`BATCHED_PUBLISHES`] publishes under way, and keeps their writes in
+    /// order itself.
     fn batch(&self) -> usize {
         1
     }
@@ -269,14 +273,15 @@ async fn deliver<P: Publisher>(publisher: &P, st: &mut State, link: &Arc<P::Link
     // Held deliveries are at most one publish's worth: the rest wait in the queue (and in
     // its metrics).
     let batch = publisher.batch().max(1);
-    // A publisher that batches has one publish under way at a time: meanwhile deliveries
-    // gather in the queue, and the next publish takes them all (one write, one flush).
-    let one_at_a_time = batch > 1;
+    // A publisher that batches has at most two publishes under way: one being confirmed (a
+    // flush) while the next is written. Meanwhile deliveries gather in the queue, and the
+    // next publish takes them all (one write, one flush), instead of many small batches.
+    let publishes = if batch > 1 { BATCHED_PUBLISHES } else { usize::MAX };
     loop {
         if !st.rx_open && st.held.is_empty() && st.sent.is_empty() && st.outbox.is_empty() {
             return Ended::Closed;
         }
-        let room = if one_at_a_time && !st.sent.is_empty() {
+        let room = if st.sent.len() >= publishes {
             0
         } else {
             st.limit - st.sent_count

@@ -38,6 +38,8 @@ struct Link {
     /// Disconnects since the client connected: a flush confirms only publishes made since
     /// the last one.
     disconnects: Arc<AtomicU64>,
+    /// Core NATS batches are written in the order they were published.
+    order: tokio::sync::Mutex<()>,
 }
 
 pub(super) fn start(
@@ -192,6 +194,7 @@ async fn connect(
         jetstream,
         connected: connected_rx,
         disconnects,
+        order: tokio::sync::Mutex::new(()),
     })
 }
 
@@ -247,6 +250,7 @@ type PublishResult = Result<(), (FailureKind, String)>;
 /// first. One flush (a round trip through the client's connection task) covers the batch.
 async fn publish_core(target: &Target, link: &Link, events: &[Arc<Envelope>]) -> Vec<Attempt> {
     use async_nats::client::PublishErrorKind;
+    let order = link.order.lock().await;
     let epoch = link.disconnects.load(Ordering::SeqCst);
     // One deadline for the batch: a publish that is ready at once arms no timer.
     let deadline = tokio::time::Instant::now() + target.timeout;
@@ -293,6 +297,7 @@ async fn publish_core(target: &Target, link: &Link, events: &[Arc<Envelope>]) ->
             format!("publish to `{subject}`: {message}"),
         )));
     }
+    drop(order);
     let mut failure = None;
     if attempts.iter().any(Result::is_ok) {
         failure = match tokio::time::timeout_at(deadline, link.client.flush()).await {
