@@ -28,10 +28,15 @@ pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
 
 /// Whether two tokens are equal, in time that depends on neither's content or length.
 pub fn tokens_equal(given: &[u8], expected: &[u8]) -> bool {
-    let expected = digest([expected]);
+    matches_digest(given, &digest([expected]))
+}
+
+/// Whether `given` is the token whose [`digest`] is `expected`, in constant time (a stored
+/// password need not be kept in the clear).
+pub fn matches_digest(given: &[u8], expected: &[u8; 32]) -> bool {
     let mut m = mac();
     m.update(given);
-    m.verify_slice(&expected).is_ok()
+    m.verify_slice(expected).is_ok()
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub mod sources;
 pub mod spool;
 pub mod template;
 pub mod tls;
+pub mod topic;
 pub mod topology;
 pub mod trace;
 pub mod watch;

@@ -138,6 +138,14 @@ fn check(path: &Path) -> ExitCode {
             SourceConfig::Websocket(c) => {
                 println!("source   {name} (websocket) {}{}", c.listen, c.path)
             }
+            SourceConfig::MqttServer(c) => {
+                let ws = c
+                    .websocket
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(", ws://{}{}", w.listen, w.path));
+                let scheme = if c.tls.is_some() { "mqtts" } else { "mqtt" };
+                println!("source   {name} (mqtt-server) {scheme}://{}{ws}", c.listen)
+            }
         }
     }
     for (name, sink) in &config.sinks {

@@ -82,6 +82,24 @@ pub struct Metrics {
     pub spooled: Family<SinkLabels, Counter>,
     pub replayed: Family<SinkLabels, Counter>,
     pub spool_quarantined: Family<SinkLabels, Counter>,
+    pub mqtt_server: MqttServerMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacketLabels {
+    pub source: String,
+    pub r#type: &'static str,
+    pub direction: &'static str,
+}
+
+/// The device listener's metrics (`type = "mqtt-server"`).
+#[derive(Clone, Default)]
+pub struct MqttServerMetrics {
+    pub connections: Family<SourceLabels, Gauge>,
+    pub sessions: Family<SourceLabels, Gauge>,
+    pub packets: Family<PacketLabels, Counter>,
+    pub publish_refused: Family<RejectLabels, Counter>,
+    pub queued_bytes: Family<SourceLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,6 +156,7 @@ impl Metrics {
             spooled: Family::default(),
             replayed: Family::default(),
             spool_quarantined: Family::default(),
+            mqtt_server: MqttServerMetrics::default(),
         };
         let r = registry.sub_registry_with_prefix("ferry");
         r.register(
@@ -284,6 +303,32 @@ impl Metrics {
             "spool_quarantined",
             "Corrupt records and refused events a sink's spool moved to its quarantine files",
             m.spool_quarantined.clone(),
+        );
+        let mqtt = &m.mqtt_server;
+        r.register(
+            "mqtt_server_connections",
+            "Open device connections of an mqtt-server source",
+            mqtt.connections.clone(),
+        );
+        r.register(
+            "mqtt_server_sessions",
+            "Sessions an mqtt-server source keeps, connected or not",
+            mqtt.sessions.clone(),
+        );
+        r.register(
+            "mqtt_server_packets",
+            "MQTT packets an mqtt-server source read (in) and wrote (out), by type",
+            mqtt.packets.clone(),
+        );
+        r.register(
+            "mqtt_server_publish_refused",
+            "Device publishes an mqtt-server source refused, by reason",
+            mqtt.publish_refused.clone(),
+        );
+        r.register(
+            "mqtt_server_queued_bytes",
+            "Bytes of messages queued for an mqtt-server source's sessions",
+            mqtt.queued_bytes.clone(),
         );
         m
     }

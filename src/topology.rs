@@ -107,7 +107,7 @@ impl Topology {
                     None => {
                         // The old instance holds its address until it stops: bind only a
                         // listener that moves.
-                        let same_address = listen_of(&r.config) == listen_of(config);
+                        let same_address = r.config.listen() == config.listen();
                         let bound = sources::check(name, config, !same_address).await?;
                         replaced.push((name.clone(), bound));
                     }
@@ -291,12 +291,4 @@ pub fn generation(
         sinks: sinks.handles.clone(),
         policies: crate::security::policy::Policies::new(config.policies.clone()),
     })
-}
-
-fn listen_of(config: &crate::config::SourceConfig) -> Option<SocketAddr> {
-    match config {
-        crate::config::SourceConfig::Http(c) => Some(c.listen),
-        crate::config::SourceConfig::Websocket(c) => Some(c.listen),
-        _ => None,
-    }
 }

@@ -1,7 +1,7 @@
 //! The interop suite: Ferry's binary against client libraries nobody here wrote — the Python
 //! `cloudevents` SDK (HTTP, AMQP and RabbitMQ bindings), the JS SDK with MQTT.js,
-//! `standardwebhooks`, PyJWT, paho-mqtt, pika, nats-py and `websockets` — through the real
-//! brokers. Each script in `tests/interop/` sends to Ferry with one library, decodes what Ferry
+//! `standardwebhooks`, PyJWT, paho-mqtt, `mosquitto_pub`, pika, nats-py and `websockets` — through
+//! the real brokers and Ferry's own MQTT server. Each script in `tests/interop/` sends to Ferry with one library, decodes what Ferry
 //! sends with it, and compares every attribute and the data exactly; this file runs each one as a
 //! test. `scripts/interop-setup` (run by `scripts/test`) installs the pinned clients.
 
@@ -101,6 +101,11 @@ fn standardwebhooks_and_pyjwt() {
 #[test]
 fn paho_mqtt_5_and_3_1_1() {
     python("py_mqtt.py");
+}
+
+#[test]
+fn paho_mqtt_and_mosquitto_pub_against_the_mqtt_server() {
+    python("py_mqtt_server.py");
 }
 
 #[test]

@@ -14,8 +14,12 @@ impl Config {
         self.check_admin(&mut listeners)?;
         for (name, source) in &self.sources {
             check_name(&["sources", name])?;
-            if let Some(addr) = source.listen() {
-                claim(&mut listeners, addr, &["sources", name, "listen"])?;
+            for (addr, key) in source.listeners() {
+                let key: Vec<&str> = ["sources", name.as_str()]
+                    .into_iter()
+                    .chain(key.iter().copied())
+                    .collect();
+                claim(&mut listeners, addr, &key)?;
             }
             source.check().map_err(|e| e.under(&["sources", name]))?;
         }
@@ -178,14 +182,20 @@ impl Config {
     fn check_principal(&self, principal: &str) -> Result<(), String> {
         use crate::security::principal::Method;
         let Some((kind, id)) = principal.split_once(':') else {
-            return Err(format!("`{principal}` is not `<kind>:<identity>` (`jwt:<sub>`, `mtls:<identity>`, `hmac:<source>`, `anonymous:`)"));
+            return Err(format!("`{principal}` is not `<kind>:<identity>` (`jwt:<sub>`, `mtls:<identity>`, `hmac:<source>`, `user:<username>`, `anonymous:`)"));
         };
-        let method = [Method::Mtls, Method::Jwt, Method::Hmac, Method::None]
-            .into_iter()
-            .find(|m| m.prefix() == kind)
-            .ok_or_else(|| {
-                format!("unknown principal kind `{kind}` (known: mtls, jwt, hmac, anonymous)")
-            })?;
+        let method = [
+            Method::Mtls,
+            Method::Jwt,
+            Method::Hmac,
+            Method::Password,
+            Method::None,
+        ]
+        .into_iter()
+        .find(|m| m.prefix() == kind)
+        .ok_or_else(|| {
+            format!("unknown principal kind `{kind}` (known: mtls, jwt, hmac, user, anonymous)")
+        })?;
         if id.trim() != id || id.chars().any(char::is_control) {
             return Err(format!("the identity in `{principal}` has white space or control characters around or in it"));
         }
@@ -229,6 +239,7 @@ impl Config {
             Method::Mtls => a.mtls,
             Method::Jwt => a.jwt.is_some(),
             Method::Hmac => a.hmac.is_some(),
+            Method::Password => !a.passwords.is_empty(),
             Method::None => true,
         })
     }
@@ -239,6 +250,7 @@ fn source_auth(source: &SourceConfig) -> Option<&crate::security::source::AuthCo
     match source {
         SourceConfig::Http(c) => c.auth.as_ref(),
         SourceConfig::Websocket(c) => c.auth.as_ref(),
+        SourceConfig::MqttServer(c) => c.auth.as_ref(),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ mod http;
 mod interpolate;
 mod locate;
 mod mqtt;
+mod mqtt_server;
 mod nats;
 mod redact;
 mod sink;
@@ -33,6 +34,7 @@ pub use mqtt::{
     client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
     MqttSourceConfig,
 };
+pub use mqtt_server::{AclConfig, MqttServerSourceConfig, MqttWebSocketConfig};
 pub use nats::{connect_options as nats_connect_options, NatsSinkConfig, NatsSourceConfig};
 pub use sink::{FileSinkConfig, HttpSinkConfig, SinkConfig, StdoutSinkConfig};
 use source::{check_path, positive};

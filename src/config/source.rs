@@ -13,6 +13,8 @@ pub enum SourceConfig {
     Mqtt(MqttSourceConfig),
     Nats(NatsSourceConfig),
     Websocket(WebSocketSourceConfig),
+    #[serde(rename = "mqtt-server")]
+    MqttServer(MqttServerSourceConfig),
 }
 
 impl SourceConfig {
@@ -23,6 +25,7 @@ impl SourceConfig {
             SourceConfig::Mqtt(_) => "mqtt",
             SourceConfig::Nats(_) => "nats",
             SourceConfig::Websocket(_) => "websocket",
+            SourceConfig::MqttServer(_) => "mqtt-server",
         }
     }
 
@@ -31,8 +34,23 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) => Some(c.listen),
             SourceConfig::Websocket(c) => Some(c.listen),
+            SourceConfig::MqttServer(c) => Some(c.listen),
             SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => None,
         }
+    }
+
+    /// Every address this source listens on, with the key that names it.
+    pub fn listeners(&self) -> Vec<(SocketAddr, &'static [&'static str])> {
+        let mut out: Vec<(SocketAddr, &'static [&'static str])> = Vec::new();
+        if let Some(addr) = self.listen() {
+            out.push((addr, &["listen"]));
+        }
+        if let SourceConfig::MqttServer(c) = self {
+            if let Some(ws) = &c.websocket {
+                out.push((ws.listen, &["websocket", "listen"]));
+            }
+        }
+        out
     }
 }
 
@@ -114,6 +132,10 @@ impl SourceConfig {
                 c.check()?;
                 &c.normalize
             }
+            SourceConfig::MqttServer(c) => {
+                c.check()?;
+                &c.normalize
+            }
         };
         if let Some(n) = normalize {
             crate::normalize::Normalizer::compile(n)
@@ -187,6 +209,10 @@ pub(super) fn check_auth(
     auth: Option<&crate::security::source::AuthConfig>,
 ) -> Result<(), KeyError> {
     match auth {
+        Some(auth) if !auth.passwords.is_empty() => Err(KeyError::new(
+            vec!["auth".into(), "passwords".into()],
+            "passwords authenticate MQTT devices: they belong to `mqtt-server` sources",
+        )),
         Some(auth) => auth.check().map_err(|e| e.under(&["auth"])),
         None => Ok(()),
     }

@@ -10,6 +10,8 @@ pub enum Method {
     Mtls,
     Jwt,
     Hmac,
+    /// A username and password from the source's `auth.passwords` (MQTT devices).
+    Password,
     /// The source requires no authentication.
     None,
 }
@@ -21,6 +23,7 @@ impl Method {
             Method::Mtls => "mtls",
             Method::Jwt => "jwt",
             Method::Hmac => "hmac",
+            Method::Password => "user",
             Method::None => "anonymous",
         }
     }
@@ -31,13 +34,14 @@ impl Method {
             Method::Mtls => "service_account",
             Method::Jwt => "user",
             Method::Hmac => "api_key",
+            Method::Password => "user",
             Method::None => "unauthenticated",
         }
     }
 }
 
 /// An authenticated sender: the method and the identity it vouches for (certificate URI/DNS
-/// SAN or CN, JWT `sub`, or the source name for an HMAC secret).
+/// SAN or CN, JWT `sub`, the source name for an HMAC secret, or a password's username).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     pub method: Method,
@@ -70,7 +74,7 @@ impl Principal {
     }
 }
 
-/// `jwt:partner-a`, `mtls:spiffe://…`, `hmac:webhooks`, `anonymous:`.
+/// `jwt:partner-a`, `mtls:spiffe://…`, `hmac:webhooks`, `user:thermo-7`, `anonymous:`.
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.method.prefix(), self.id)

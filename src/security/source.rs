@@ -43,6 +43,10 @@ pub struct AuthConfig {
     /// Accept webhook signatures over the raw body.
     #[serde(default)]
     pub hmac: Option<HmacConfig>,
+    /// Usernames and their passwords (`mqtt-server` sources: the CONNECT packet's
+    /// credentials); principal `user:<username>`.
+    #[serde(default)]
+    pub passwords: std::collections::BTreeMap<String, super::secret::Secret>,
 }
 
 impl AuthConfig {
@@ -53,6 +57,22 @@ impl AuthConfig {
             // Secret files resolve against the working directory, as when the source is built.
             hmac.check(std::path::Path::new("."))
                 .map_err(|e| e.under(&["hmac"]))?;
+        }
+        for (user, secret) in &self.passwords {
+            let key = || vec!["passwords".to_owned(), user.clone()];
+            if user.is_empty() {
+                return Err(KeyError::new(key(), "a username must not be empty"));
+            }
+            match secret.resolve(std::path::Path::new(".")) {
+                Ok(p) if p.is_empty() => {
+                    return Err(KeyError::new(
+                        key(),
+                        "the password is empty (an unset ${VARIABLE}?)",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(KeyError::new(key(), format!("cannot read: {e}"))),
+            }
         }
         Ok(())
     }
@@ -70,6 +90,23 @@ pub struct Unauthenticated {
     pub refusal: Refusal,
     /// The `WWW-Authenticate` challenge of a 401 answer.
     pub challenge: String,
+}
+
+/// Why an MQTT CONNECT was refused: CONNACK 0x86 / return code 4, or 0x87 / 5.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// A credential was presented and is wrong: bad username or password.
+    BadCredentials(String),
+    /// No (or not enough) credentials: not authorized.
+    NotAuthorized(String),
+}
+
+impl ConnectRefusal {
+    pub fn reason(&self) -> &str {
+        match self {
+            ConnectRefusal::BadCredentials(r) | ConnectRefusal::NotAuthorized(r) => r,
+        }
+    }
 }
 
 /// What kind of refusal an [`Unauthenticated`] is.
@@ -98,6 +135,8 @@ struct Auth {
     mtls: bool,
     jwt: Option<JwtVerifier>,
     hmac: Option<HmacVerifier>,
+    /// Each user's password as a [`crate::keyed::digest`], compared in constant time.
+    passwords: std::collections::HashMap<String, [u8; 32]>,
 }
 
 /// A request's authenticated principal, and what its HMAC verification recorded against
@@ -166,14 +205,22 @@ impl SourceSecurity {
                     .map(|h| HmacVerifier::load(h, base))
                     .transpose()
                     .map_err(|e| format!("auth.hmac: {e}"))?;
-                if !a.mtls && jwt.is_none() && hmac.is_none() {
-                    return Err("auth: configure at least one of mtls, jwt, hmac".into());
+                let mut passwords = std::collections::HashMap::new();
+                for (user, secret) in &a.passwords {
+                    let password = secret
+                        .resolve(base)
+                        .map_err(|e| format!("auth.passwords.{user}: cannot read: {e}"))?;
+                    passwords.insert(user.clone(), crate::keyed::digest([password.as_bytes()]));
+                }
+                if !a.mtls && jwt.is_none() && hmac.is_none() && passwords.is_empty() {
+                    return Err("auth: configure at least one of mtls, jwt, hmac, passwords".into());
                 }
                 Some(Auth {
                     mode: a.mode,
                     mtls: a.mtls,
                     jwt,
                     hmac,
+                    passwords,
                 })
             }
         };
@@ -340,6 +387,99 @@ impl SourceSecurity {
                 expires,
             }),
             None => Err(self.none_presented()),
+        }
+    }
+
+    /// Establishes the principal of an MQTT connection from its client certificate and its
+    /// CONNECT credentials. A username listed in `passwords` is checked against its password;
+    /// otherwise, with `jwt` configured, the password is a JWT. As on HTTP, with `mode = "any"`
+    /// every credential presented must be valid, with `"all"` every configured method must
+    /// pass (a password counts as the `jwt` or `passwords` credential it was checked as).
+    pub fn authenticate_connect(
+        &self,
+        peer: Option<&Peer>,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Authenticated, ConnectRefusal> {
+        let Some(auth) = &self.auth else {
+            return Ok(Authenticated {
+                principal: Principal::anonymous(),
+                hmac: None,
+                expires: None,
+            });
+        };
+        let mut valid: Vec<Principal> = Vec::new();
+        let mut missing: Option<&'static str> = None;
+        let mut expires = None;
+        if auth.mtls {
+            match peer.and_then(|p| p.certificate_identity.clone()) {
+                Some(id) => valid.push(Principal {
+                    method: Method::Mtls,
+                    id,
+                }),
+                None => missing = missing.or(Some("mtls")),
+            }
+        }
+        let listed = username.and_then(|u| auth.passwords.get(u).map(|d| (u, d)));
+        match (listed, password) {
+            (Some((user, expected)), Some(presented)) => {
+                if !crate::keyed::matches_digest(presented, expected) {
+                    return Err(ConnectRefusal::BadCredentials(format!(
+                        "wrong password for `{user}`"
+                    )));
+                }
+                valid.push(Principal {
+                    method: Method::Password,
+                    id: user.to_owned(),
+                });
+            }
+            (Some((user, _)), None) => {
+                return Err(ConnectRefusal::BadCredentials(format!(
+                    "no password for `{user}`"
+                )))
+            }
+            (None, Some(presented)) if auth.jwt.is_some() => {
+                let jwt = auth.jwt.as_ref().expect("checked");
+                let token = std::str::from_utf8(presented).map_err(|_| {
+                    ConnectRefusal::BadCredentials("the password is not a JWT".into())
+                })?;
+                let claims = jwt.verify(token).map_err(|e| {
+                    ConnectRefusal::BadCredentials(format!("invalid token ({}): {e}", e.reason()))
+                })?;
+                expires = claims.exp.map(|e| e.saturating_add(jwt.leeway_secs()));
+                valid.push(Principal {
+                    method: Method::Jwt,
+                    id: claims.sub,
+                });
+            }
+            (None, Some(_)) if !auth.passwords.is_empty() => {
+                return Err(ConnectRefusal::BadCredentials(match username {
+                    Some(u) => format!("unknown user `{u}`"),
+                    None => "a password without a username".into(),
+                }))
+            }
+            _ => {
+                if auth.jwt.is_some() {
+                    missing = missing.or(Some("jwt"));
+                } else if !auth.passwords.is_empty() {
+                    missing = missing.or(Some("passwords"));
+                }
+            }
+        }
+        if let (AuthMode::All, Some(method)) = (auth.mode, missing) {
+            return Err(ConnectRefusal::NotAuthorized(format!(
+                "no {method} credential presented; every configured method must pass"
+            )));
+        }
+        match valid.into_iter().next() {
+            Some(principal) => Ok(Authenticated {
+                principal,
+                hmac: None,
+                expires,
+            }),
+            None => Err(ConnectRefusal::NotAuthorized(
+                "no credentials presented".into(),
+            )),
         }
     }
 

@@ -276,7 +276,11 @@ async fn deliver<P: Publisher>(publisher: &P, st: &mut State, link: &Arc<P::Link
     // A publisher that batches has at most two publishes under way: one being confirmed (a
     // flush) while the next is written. Meanwhile deliveries gather in the queue, and the
     // next publish takes them all (one write, one flush), instead of many small batches.
-    let publishes = if batch > 1 { BATCHED_PUBLISHES } else { usize::MAX };
+    let publishes = if batch > 1 {
+        BATCHED_PUBLISHES
+    } else {
+        usize::MAX
+    };
     loop {
         if !st.rx_open && st.held.is_empty() && st.sent.is_empty() && st.outbox.is_empty() {
             return Ended::Closed;

@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod http;
 pub mod mqtt;
+pub mod mqtt_server;
 pub mod nats;
 pub mod websocket;
 
@@ -92,12 +93,14 @@ impl SourceBase {
 pub enum Live {
     Http(http::Live),
     Websocket(websocket::Live),
+    MqttServer(mqtt_server::Live),
 }
 
 /// New settings for a listening source, built and checked.
 pub enum Prepared {
     Http(http::Prepared),
     Websocket(websocket::Prepared),
+    MqttServer(mqtt_server::Prepared),
 }
 
 impl Prepared {
@@ -105,6 +108,7 @@ impl Prepared {
         match (self, live) {
             (Prepared::Http(p), Live::Http(l)) => l.commit(p),
             (Prepared::Websocket(p), Live::Websocket(l)) => l.commit(p),
+            (Prepared::MqttServer(p), Live::MqttServer(l)) => l.commit(p),
             _ => unreachable!("prepared for another kind of source"),
         }
     }
@@ -133,6 +137,13 @@ impl Running {
                 SourceConfig::Websocket(c),
                 Some(Live::Websocket(l)),
             ) if old.listen == c.listen => Some(l.prepare(c, &self.cx).map(Prepared::Websocket)),
+            (
+                SourceConfig::MqttServer(old),
+                SourceConfig::MqttServer(c),
+                Some(Live::MqttServer(l)),
+            ) if old.listen == c.listen && old.websocket == c.websocket => {
+                Some(l.prepare(c, &self.cx).map(Prepared::MqttServer))
+            }
             _ => None,
         }
     }
@@ -161,6 +172,7 @@ pub async fn check(
     let listen = match config {
         SourceConfig::Http(c) if bind => Some(c.listen),
         SourceConfig::Websocket(c) if bind => Some(c.listen),
+        SourceConfig::MqttServer(c) if bind => Some(c.listen),
         _ => None,
     };
     match listen {
@@ -197,6 +209,11 @@ pub async fn start(
             let (addr, live) = websocket::start(c, cx.clone(), bound).await?;
             tracing::info!(source = %name, kind = "websocket", %addr, "source listening");
             (Some(addr), Some(Live::Websocket(live)))
+        }
+        SourceConfig::MqttServer(c) => {
+            let (addr, live) = mqtt_server::start(c, cx.clone(), bound).await?;
+            tracing::info!(source = %name, kind = "mqtt-server", %addr, "source listening");
+            (Some(addr), Some(Live::MqttServer(live)))
         }
         SourceConfig::Amqp(c) => {
             amqp::start(c, cx.clone()).await?;
