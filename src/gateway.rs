@@ -41,17 +41,21 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         // Sinks see the generation that routes to them; it is filled in once they exist.
         let generation: SharedGeneration = Default::default();
+        // Device listeners register here; command sinks find them here.
+        let mqtt_servers = sources::mqtt_server::Servers::default();
         let cx = SinkContext {
             metrics: metrics.clone(),
             tracker: TaskTracker::new(),
             readiness: readiness.clone(),
             generation: Arc::clone(&generation),
+            mqtt_servers: mqtt_servers.clone(),
         };
         let base = sources::SourceBase {
             generation: Arc::clone(&generation),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
+            mqtt_servers,
         };
         let topology = Arc::new(Topology::start(&config, base, cx, metrics.clone()).await?);
         let config_view = Arc::new(ArcSwap::from_pointee(config.clone()));

@@ -162,6 +162,7 @@ fn check(path: &Path) -> ExitCode {
             }
             SinkConfig::Mqtt(c) => format!("topic {}", c.topic),
             SinkConfig::Websocket(c) => format!("{}{} (push)", c.listen, c.path),
+            SinkConfig::MqttServer(c) => format!("topic {} via source {}", c.topic, c.server),
             SinkConfig::Nats(c) => format!(
                 "subject {}{}",
                 c.subject,

@@ -219,6 +219,15 @@ fn from_v4(p: v4::Packet) -> Packet {
             properties: None,
         }),
         v4::Packet::PingResp => Packet::PingResp(p5::PingResp),
+        v4::Packet::Publish(p) => Packet::Publish(p5::Publish {
+            dup: p.dup,
+            qos: rumqttc::v5::mqttbytes::qos(p.qos as u8).unwrap(),
+            retain: p.retain,
+            topic: Bytes::from(p.topic),
+            pkid: p.pkid,
+            payload: p.payload,
+            properties: None,
+        }),
         other => panic!("unexpected packet from Ferry: {other:?}"),
     }
 }
@@ -1115,4 +1124,287 @@ async fn rate_limit_answers_quota_exceeded() {
         &[p5::PubAckReason::Success, p5::PubAckReason::Success]
     );
     assert_eq!(reasons[3], p5::PubAckReason::QuotaExceeded);
+}
+
+const COMMANDS: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.devices]
+type = "mqtt-server"
+listen = "127.0.0.1:0"
+topics = ["devices/+/telemetry"]
+acl = { publish = ["devices/{client_id}/#"], subscribe = ["commands/{client_id}/#"] }
+
+[sources.api]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/commands"
+
+[sinks.commands]
+type = "mqtt-server"
+server = "devices"
+topic = "commands/{subject}"
+qos = 1
+mode = "binary"
+ack_timeout_ms = 2000
+
+[routes.commands]
+from = ["api"]
+to = ["commands"]
+"#;
+
+/// Posts a command event for `subject`; the answer's status.
+async fn command(gw: &TestGateway, id: &str, subject: &str) -> u16 {
+    reqwest::Client::new()
+        .post(gw.url("api", "/commands"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/ops")
+        .header("ce-type", "com.example.command.set")
+        .header("ce-subject", subject)
+        .header("content-type", "application/json")
+        .body(r#"{"setpoint":19}"#)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+async fn subscribe(d: &mut Device, filter: &str, qos: QoS) {
+    if d.v5 {
+        let mut s = p5::Subscribe::new(p5::Filter::new(filter, qos), None);
+        s.pkid = 1;
+        d.send(Packet::Subscribe(s)).await;
+    } else {
+        let q = rumqttc::mqttbytes::QoS::AtLeastOnce;
+        let mut s = v4::Subscribe::new(filter, q);
+        s.pkid = 1;
+        d.send4(v4::Packet::Subscribe(s)).await;
+    }
+    match d.recv().await {
+        Some(Packet::SubAck(a)) => assert!(
+            matches!(a.return_codes[0], p5::SubscribeReasonCode::Success(_)),
+            "{a:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn next_publish(d: &mut Device) -> p5::Publish {
+    match d.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn commands_reach_subscribed_devices_and_wait_for_their_pubacks() {
+    let gw = TestGateway::start(COMMANDS).await;
+    let mut d5 = Device::tcp(&gw, true).await;
+    d5.connect("thermo-7", None).await;
+    subscribe(&mut d5, "commands/thermo-7/#", QoS::AtLeastOnce).await;
+    let mut d3 = Device::tcp(&gw, false).await;
+    d3.connect("thermo-8", None).await;
+    subscribe(&mut d3, "commands/thermo-8/#", QoS::AtLeastOnce).await;
+    // A command for thermo-7: binary mode, attributes as user properties.
+    let post = tokio::spawn({
+        let url = gw.url("api", "/commands");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", "c-1")
+                .header("ce-source", "/ops")
+                .header("ce-type", "com.example.command.set")
+                .header("ce-subject", "thermo-7")
+                .header("content-type", "application/json")
+                .body(r#"{"setpoint":19}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let p = next_publish(&mut d5).await;
+    assert_eq!(&p.topic[..], b"commands/thermo-7");
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    assert_eq!(&p.payload[..], br#"{"setpoint":19}"#);
+    let props = p.properties.clone().unwrap();
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert!(props.user_properties.contains(&("id".into(), "c-1".into())));
+    // The HTTP request waits for the device's PUBACK.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!post.is_finished(), "answered before the device's PUBACK");
+    d5.send(Packet::PubAck(p5::PubAck::new(p.pkid, None))).await;
+    assert_eq!(post.await.unwrap(), 202);
+    // A 3.1.1 device gets the structured form.
+    let post = tokio::spawn({
+        let gw_url = gw.url("api", "/commands");
+        async move {
+            reqwest::Client::new()
+                .post(gw_url)
+                .header("content-type", "application/cloudevents+json")
+                .body(r#"{"specversion":"1.0","id":"c-2","source":"/ops","type":"set","subject":"thermo-8","data":{"on":true}}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let p = next_publish(&mut d3).await;
+    let event: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(event["id"], "c-2");
+    assert_eq!(event["data"], json!({"on": true}));
+    d3.send4(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
+    assert_eq!(post.await.unwrap(), 202);
+    // No session subscribes: confirmed (require_subscriber = false).
+    assert_eq!(command(&gw, "c-3", "nobody").await, 202);
+}
+
+#[tokio::test]
+async fn commands_fail_without_a_puback_or_a_subscriber_when_required_and_wait_in_away_sessions() {
+    let gw = TestGateway::start(&COMMANDS.replace(
+        "ack_timeout_ms = 2000",
+        "ack_timeout_ms = 300\nrequire_subscriber = true",
+    ))
+    .await;
+    assert_ne!(
+        command(&gw, "n-1", "thermo-7").await / 100,
+        2,
+        "no subscriber"
+    );
+    // A device that never PUBACKs: the delivery fails after ack_timeout_ms.
+    let mut d = Device::tcp(&gw, true).await;
+    d.connect("thermo-7", None).await;
+    subscribe(&mut d, "commands/thermo-7/#", QoS::AtLeastOnce).await;
+    assert_ne!(command(&gw, "n-2", "thermo-7").await / 100, 2, "no PUBACK");
+    assert_eq!(
+        next_publish(&mut d).await.topic,
+        Bytes::from_static(b"commands/thermo-7")
+    );
+    drop(d);
+    // A persistent session keeps commands while its device is away.
+    let props = p5::ConnectProperties {
+        session_expiry_interval: Some(60),
+        ..Default::default()
+    };
+    let mut d = Device::tcp(&gw, true).await;
+    d.connect_with("thermo-9", None, true, Some(props.clone()), None)
+        .await;
+    subscribe(&mut d, "commands/thermo-9/#", QoS::AtLeastOnce).await;
+    d.send_bytes(&[0xE0, 0x00]).await;
+    assert!(d.until_closed().await.is_empty());
+    until(WAIT, "the session to be kept", || async {
+        gw.metrics()
+            .await
+            .contains(r#"ferry_mqtt_server_connections{source="devices"} 0"#)
+    })
+    .await;
+    assert_eq!(command(&gw, "away-1", "thermo-9").await, 202);
+    let mut d = Device::tcp(&gw, true).await;
+    let ack = d
+        .connect_with("thermo-9", None, false, Some(props), None)
+        .await;
+    assert!(ack.session_present);
+    let p = next_publish(&mut d).await;
+    assert_eq!(&p.topic[..], b"commands/thermo-9");
+    assert!(p
+        .properties
+        .unwrap()
+        .user_properties
+        .contains(&("id".into(), "away-1".into())));
+}
+
+/// The config of the device listener's documentation, exactly as written there.
+#[test]
+fn the_documented_config_is_accepted() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt-server.md"))
+        .unwrap();
+    let start = doc
+        .find("```toml\n[sources.devices]")
+        .expect("the config block")
+        + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let text = format!(
+        "{}\n[routes.telemetry]\nfrom = [\"devices\"]\nto = [\"commands\"]\n",
+        &doc[start..end]
+    );
+    let lookup = |name: &str| (name == "THERMO7_PASSWORD").then(|| "pw".to_owned());
+    let config = ferry::Config::from_str_at(&text, std::path::Path::new("ferry.toml"), &lookup);
+    assert!(config.is_ok(), "{:?}", config.err());
+}
+
+/// Two instances, each serving its own devices: a command posted to one reaches a device
+/// connected to the other, through NATS (the pattern of docs/mqtt-server.md).
+#[tokio::test]
+async fn commands_reach_a_device_through_the_instance_it_is_connected_to() {
+    let subject = format!("ferry-test-commands.{}", common::suffix());
+    let instance = |api: bool| {
+        let mut text = format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.devices]
+type = "mqtt-server"
+listen = "127.0.0.1:0"
+topics = ["devices/#"]
+
+[sources.bus]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "{subject}"
+
+[sinks.commands]
+type = "mqtt-server"
+server = "devices"
+topic = "commands/{{subject}}"
+
+[routes.commands]
+from = ["bus"]
+to = ["commands"]
+"#
+        );
+        if api {
+            text.push_str(&format!(
+                r#"
+[sources.api]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/commands"
+
+[sinks.bus-out]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "{subject}"
+
+[routes.publish]
+from = ["api"]
+to = ["bus-out"]
+"#
+            ));
+        }
+        text
+    };
+    let a = TestGateway::start(&instance(true)).await;
+    let b = TestGateway::start(&instance(false)).await;
+    common::ready(&a, WAIT).await;
+    common::ready(&b, WAIT).await;
+    let mut on_b = Device::tcp(&b, true).await;
+    on_b.connect("thermo-42", None).await;
+    subscribe(&mut on_b, "commands/thermo-42", QoS::AtLeastOnce).await;
+    assert_eq!(command(&a, "x-1", "thermo-42").await, 202);
+    let p = next_publish(&mut on_b).await;
+    assert_eq!(&p.topic[..], b"commands/thermo-42");
+    assert!(p
+        .properties
+        .unwrap()
+        .user_properties
+        .contains(&("id".into(), "x-1".into())));
+    on_b.send(Packet::PubAck(p5::PubAck::new(p.pkid, None)))
+        .await;
 }

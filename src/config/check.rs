@@ -86,6 +86,31 @@ impl Config {
                 }
             }
             sink.check().map_err(under)?;
+            if let SinkConfig::MqttServer(c) = sink {
+                match self.sources.get(&c.server) {
+                    Some(SourceConfig::MqttServer(_)) => {}
+                    Some(other) => {
+                        return Err(under(KeyError::at(
+                            "server",
+                            format!(
+                                "source `{}` is a `{}` source, not an `mqtt-server` one",
+                                c.server,
+                                other.kind()
+                            ),
+                        )))
+                    }
+                    None => {
+                        return Err(under(KeyError::at(
+                            "server",
+                            format!(
+                                "no source named `{}`{}",
+                                c.server,
+                                known(self.sources.keys())
+                            ),
+                        )))
+                    }
+                }
+            }
             if let Some(spool) = sink.spool() {
                 if let Some(other) = spools.insert(spool.path.clone(), name.clone()) {
                     return Err(under(KeyError::new(

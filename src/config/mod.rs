@@ -34,7 +34,9 @@ pub use mqtt::{
     client_tls as mqtt_client_tls, resolve_password as mqtt_password, MqttProtocol, MqttSinkConfig,
     MqttSourceConfig,
 };
-pub use mqtt_server::{AclConfig, MqttServerSourceConfig, MqttWebSocketConfig};
+pub use mqtt_server::{
+    AclConfig, CommandMode, MqttServerSinkConfig, MqttServerSourceConfig, MqttWebSocketConfig,
+};
 pub use nats::{connect_options as nats_connect_options, NatsSinkConfig, NatsSourceConfig};
 pub use sink::{FileSinkConfig, HttpSinkConfig, SinkConfig, StdoutSinkConfig};
 use source::{check_path, positive};

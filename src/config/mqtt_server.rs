@@ -1,4 +1,5 @@
-//! `type = "mqtt-server"`: the device listener, a source devices connect to.
+//! `type = "mqtt-server"`: the device listener (a source devices connect to) and the sink
+//! that sends commands back through its sessions.
 
 use std::net::SocketAddr;
 
@@ -74,6 +75,74 @@ pub struct MqttServerSourceConfig {
     /// How long a write to a device may take before the connection is given up.
     #[serde(default = "defaults::write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// Messages (commands) queued per session: for a connected device waiting to be sent,
+    /// for a persistent session while its device is away (QoS 1 only).
+    #[serde(default = "defaults::max_queued_messages")]
+    pub max_queued_messages: usize,
+    /// Bytes of payload queued per session.
+    #[serde(default = "defaults::max_queued_bytes")]
+    pub max_queued_bytes: usize,
+    /// Bytes of payload queued for all sessions of the listener together.
+    #[serde(default = "defaults::max_queued_bytes_total")]
+    pub max_queued_bytes_total: usize,
+}
+
+/// `[sinks.<name>]` with `type = "mqtt-server"`: commands to devices, through the sessions of
+/// an `mqtt-server` source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttServerSinkConfig {
+    /// Retries of failed deliveries (docs/delivery.md).
+    #[serde(default)]
+    pub retry: Option<crate::delivery::RetryConfig>,
+    /// A sink that receives the events this sink could not deliver.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// A durable on-disk log in front of the sink (docs/delivery.md).
+    #[serde(default)]
+    pub spool: Option<crate::spool::SpoolConfig>,
+    /// Marks the sink down after consecutive failures (docs/delivery.md).
+    #[serde(default)]
+    pub circuit_breaker: crate::delivery::BreakerConfig,
+    #[serde(default = "super::defaults::queue")]
+    pub queue: usize,
+    /// Commands under way at once (each waits for its recipients' PUBACKs).
+    #[serde(default = "super::defaults::in_flight")]
+    pub in_flight: usize,
+    /// The `mqtt-server` source whose sessions receive the messages.
+    pub server: String,
+    /// The topic, rendered from the event (`commands/{subject}`).
+    pub topic: String,
+    /// What an attribute value with `/`, `+` or `#` does to the topic: `"refuse"` or
+    /// `"escape"`.
+    #[serde(default)]
+    pub template_values: crate::template::TemplateValues,
+    /// 0 or 1; a subscription granted at QoS 0 gets QoS 0.
+    #[serde(default = "defaults::sink_qos")]
+    pub qos: u8,
+    /// `binary`, `structured`, or `data` (the payload is the event's data only). A 3.1.1
+    /// session gets structured where binary is asked.
+    #[serde(default)]
+    pub mode: CommandMode,
+    /// With no session subscribed to the topic, fail the delivery (retry, dead letter)
+    /// instead of confirming it.
+    #[serde(default)]
+    pub require_subscriber: bool,
+    /// How long QoS 1 recipients have to PUBACK.
+    #[serde(default = "defaults::command_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+/// How the command sink lays an event out in a PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandMode {
+    #[default]
+    Binary,
+    Structured,
+    /// The payload is the event's data only, for devices that do not speak CloudEvents
+    /// (MQTT 5: `datacontenttype` as the Content Type).
+    Data,
 }
 
 /// `websocket = { listen, path }`.
@@ -127,6 +196,21 @@ mod defaults {
     pub(super) fn write_timeout_ms() -> u64 {
         30_000
     }
+    pub(super) fn max_queued_messages() -> usize {
+        100
+    }
+    pub(super) fn max_queued_bytes() -> usize {
+        1024 * 1024
+    }
+    pub(super) fn max_queued_bytes_total() -> usize {
+        64 * 1024 * 1024
+    }
+    pub(super) fn sink_qos() -> u8 {
+        1
+    }
+    pub(super) fn command_ack_timeout_ms() -> u64 {
+        10_000
+    }
     pub(super) fn websocket_path() -> String {
         "/mqtt".into()
     }
@@ -166,6 +250,9 @@ impl MqttServerSourceConfig {
             ("max_subscriptions", self.max_subscriptions as u64),
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
+            ("max_queued_messages", self.max_queued_messages as u64),
+            ("max_queued_bytes", self.max_queued_bytes as u64),
+            ("max_queued_bytes_total", self.max_queued_bytes_total as u64),
         ] {
             positive(key, v)?;
         }
@@ -201,5 +288,22 @@ impl MqttServerSourceConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl MqttServerSinkConfig {
+    pub(super) fn check(&self) -> Result<(), KeyError> {
+        if self.qos > 1 {
+            return Err(KeyError::at(
+                "qos",
+                "qos must be 0 or 1 (commands go out at QoS 0 or 1)",
+            ));
+        }
+        positive("ack_timeout_ms", self.ack_timeout_ms)?;
+        positive("queue", self.queue as u64)?;
+        positive("in_flight", self.in_flight as u64)?;
+        crate::template::Template::parse(&self.topic)
+            .map(|_| ())
+            .map_err(|m| KeyError::at("topic", m))
     }
 }

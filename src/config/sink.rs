@@ -15,6 +15,8 @@ pub enum SinkConfig {
     Mqtt(MqttSinkConfig),
     Nats(NatsSinkConfig),
     Websocket(WebSocketSinkConfig),
+    #[serde(rename = "mqtt-server")]
+    MqttServer(MqttServerSinkConfig),
 }
 
 impl SinkConfig {
@@ -27,6 +29,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::Nats(_) => "nats",
             SinkConfig::Websocket(_) => "websocket",
+            SinkConfig::MqttServer(_) => "mqtt-server",
         }
     }
 
@@ -40,6 +43,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.retry.as_ref(),
             SinkConfig::Nats(c) => c.retry.as_ref(),
             SinkConfig::Websocket(c) => c.retry.as_ref(),
+            SinkConfig::MqttServer(c) => c.retry.as_ref(),
         }
     }
 
@@ -53,6 +57,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.dead_letter.as_deref(),
             SinkConfig::Nats(c) => c.dead_letter.as_deref(),
             SinkConfig::Websocket(c) => c.dead_letter.as_deref(),
+            SinkConfig::MqttServer(c) => c.dead_letter.as_deref(),
         }
     }
 
@@ -66,6 +71,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.spool.as_ref(),
             SinkConfig::Nats(c) => c.spool.as_ref(),
             SinkConfig::Websocket(c) => c.spool.as_ref(),
+            SinkConfig::MqttServer(c) => c.spool.as_ref(),
         }
     }
 
@@ -79,6 +85,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => &c.circuit_breaker,
             SinkConfig::Nats(c) => &c.circuit_breaker,
             SinkConfig::Websocket(c) => &c.circuit_breaker,
+            SinkConfig::MqttServer(c) => &c.circuit_breaker,
         }
     }
 
@@ -92,6 +99,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.queue,
             SinkConfig::Nats(c) => c.queue,
             SinkConfig::Websocket(c) => c.queue,
+            SinkConfig::MqttServer(c) => c.queue,
         }
     }
 }
@@ -246,6 +254,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.check(),
             SinkConfig::Nats(c) => c.check(),
             SinkConfig::Websocket(c) => c.check(),
+            SinkConfig::MqttServer(c) => c.check(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod driver;
 mod file;
 mod http;
 mod mqtt;
+mod mqtt_server;
 mod nats;
 mod websocket;
 
@@ -41,6 +42,8 @@ pub struct SinkContext {
     pub readiness: Readiness,
     /// The current generation, for sinks that apply its policies (the push sink).
     pub generation: crate::pipeline::SharedGeneration,
+    /// The running device listeners, which `mqtt-server` sinks deliver through.
+    pub mqtt_servers: crate::sources::mqtt_server::Servers,
 }
 
 impl SinkContext {
@@ -124,6 +127,7 @@ pub async fn start(
         SinkConfig::Amqp(c) => amqp::start(&name, c, rx, stats, cx)?,
         SinkConfig::Mqtt(c) => mqtt::start(&name, c, rx, stats, cx)?,
         SinkConfig::Nats(c) => nats::start(&name, c, rx, stats, cx)?,
+        SinkConfig::MqttServer(c) => mqtt_server::start(&name, c, rx, stats, cx)?,
     }
     // With a spool, routes send to the spool's writer; its replay feeds the sink's queue.
     let tx = match config.spool() {
@@ -156,6 +160,7 @@ mod tests {
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
             generation: Default::default(),
+            mqtt_servers: Default::default(),
         }
     }
 

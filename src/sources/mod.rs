@@ -35,6 +35,8 @@ pub struct SourceContext {
     /// Tasks spawned here are awaited on shutdown.
     pub tracker: TaskTracker,
     pub readiness: Readiness,
+    /// The running device listeners, for the command sinks.
+    pub mqtt_servers: mqtt_server::Servers,
 }
 
 impl SourceContext {
@@ -73,6 +75,8 @@ pub struct SourceBase {
     pub readiness: Readiness,
     /// The gateway's shutdown; each source's own token is a child of it.
     pub shutdown: CancellationToken,
+    /// Where device listeners register, so command sinks find them.
+    pub mqtt_servers: mqtt_server::Servers,
 }
 
 impl SourceBase {
@@ -84,6 +88,7 @@ impl SourceBase {
             shutdown: self.shutdown.child_token(),
             tracker: TaskTracker::new(),
             readiness: self.readiness.clone(),
+            mqtt_servers: self.mqtt_servers.clone(),
         }
     }
 }

@@ -11,8 +11,11 @@
 //! - here: the listener (TCP or TLS), the settings a reload swaps in place, and the
 //!   registry of sessions by client id.
 
+mod commands;
 mod session;
 mod wire;
+
+pub use commands::{Command, Sent, Server, Servers};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,6 +136,10 @@ fn prepare(
 struct Shared {
     sessions: Mutex<Sessions>,
     stats: ServerStats,
+    /// The current settings (the queue bounds, for the command sinks).
+    state: Arc<ArcSwap<ServerState>>,
+    /// Payload bytes queued for sessions whose device is away.
+    queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Sessions by client id: the connection that holds each (for takeover) and what a
@@ -154,6 +161,10 @@ struct SessionEntry {
 
 struct Holder {
     id: u64,
+    /// The connection's queue of commands.
+    outbound: tokio::sync::mpsc::Sender<commands::Outbound>,
+    /// Its subscriptions, which the command sinks match topics against.
+    subscriptions: Arc<Mutex<std::collections::BTreeMap<String, rumqttc::v5::mqttbytes::QoS>>>,
     /// Cancelled to make the connection give the session up (a takeover).
     take_over: CancellationToken,
     /// Closed when the connection ended and stored what it keeps.
@@ -164,6 +175,7 @@ struct Holder {
 struct ServerStats {
     connections: Gauge,
     sessions: Gauge,
+    queued_bytes: Gauge,
     packets_in: HashMap<&'static str, Counter>,
     packets_out: HashMap<&'static str, Counter>,
     metrics: crate::metrics::Metrics,
@@ -192,6 +204,7 @@ impl ServerStats {
         ServerStats {
             connections: m.connections.get_or_create(&labels).clone(),
             sessions: m.sessions.get_or_create(&labels).clone(),
+            queued_bytes: m.queued_bytes.get_or_create(&labels).clone(),
             packets_in: packets("in"),
             packets_out: packets("out"),
             metrics: metrics.clone(),
@@ -254,14 +267,18 @@ pub async fn start(
             .map_err(listen_error)?,
     };
     let addr = listener.local_addr().map_err(listen_error)?;
+    let state = Arc::new(ArcSwap::from_pointee(prepared.state));
     let live = Live {
-        state: Arc::new(ArcSwap::from_pointee(prepared.state)),
+        state: Arc::clone(&state),
         tls: Arc::new(ArcSwapOption::from(prepared.tls)),
         shared: Arc::new(Shared {
             sessions: Mutex::new(Sessions::default()),
             stats: ServerStats::new(cx.name(), &cx.stats.metrics),
+            state,
+            queued_bytes: Default::default(),
         }),
     };
+    cx.mqtt_servers.register(cx.name(), &live.shared);
     if let Some(ws) = &config.websocket {
         let ws_listener =
             TcpListener::bind(ws.listen)

@@ -200,10 +200,28 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 .await;
             return None;
         };
+        self.out_window = usize::from(
+            props
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(config.receive_maximum),
+        )
+        .max(1);
         let session_present = match resumed {
             Some(stored) => {
-                self.subscriptions = stored.subscriptions;
+                *self.subscriptions() = stored.subscriptions;
                 self.awaiting_release = stored.awaiting_release;
+                self.shared.remove_queued(stored.queued.bytes);
+                self.resend = stored
+                    .queued
+                    .messages
+                    .into_iter()
+                    .map(|command| Outbound {
+                        command,
+                        qos: QoS::AtLeastOnce,
+                        done: None,
+                    })
+                    .collect();
                 true
             }
             None => false,
@@ -244,9 +262,16 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
             if !sessions.by_client.contains_key(&client_id)
                 && sessions.by_client.len() >= max_sessions
             {
+                let mut released = 0;
                 sessions.by_client.retain(|_, e| {
-                    e.holder.is_some() || e.stored.as_ref().is_some_and(|s| !s.expired())
+                    let keep =
+                        e.holder.is_some() || e.stored.as_ref().is_some_and(|s| !s.expired());
+                    if !keep {
+                        released += e.stored.as_ref().map_or(0, |s| s.queued.bytes);
+                    }
+                    keep
                 });
+                self.shared.remove_queued(released);
                 if sessions.by_client.len() >= max_sessions {
                     return None;
                 }
@@ -265,10 +290,14 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 // The device is back before its will's delay ran out: it is not sent.
                 will.cancel();
             }
+            let (outbound, rx) = tokio::sync::mpsc::channel(self.state.config.max_queued_messages);
+            self.outbound = Some(rx);
             let previous = entry.holder.replace(Holder {
                 id,
                 take_over: take_over.clone(),
                 ended: ended_rx,
+                outbound,
+                subscriptions: Arc::clone(&self.subscriptions),
             });
             self.shared
                 .stats
@@ -288,7 +317,13 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 .get_mut(&client_id)
                 .and_then(|e| e.stored.take())
         };
-        let resumed = stored.filter(|s| !clean_start && !s.expired());
+        let (resumed, discarded): (Option<Stored>, Option<Stored>) = match stored {
+            Some(s) if !clean_start && !s.expired() => (Some(s), None),
+            other => (None, other),
+        };
+        if let Some(d) = discarded {
+            self.shared.remove_queued(d.queued.bytes);
+        }
         Some((
             Session {
                 expires: None,

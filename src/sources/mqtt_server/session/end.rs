@@ -1,7 +1,7 @@
 //! The end of a connection: DISCONNECT, the will, what a persistent session keeps.
 
-use super::*;
 use super::publish::{confirmed, deliver};
+use super::*;
 
 impl<W: AsyncWrite + Unpin> Conn<'_, W> {
     /// Ends the connection: outstanding answers on shutdown, the DISCONNECT (MQTT 5), the
@@ -69,8 +69,10 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     entry.holder = None;
                 }
                 if self.session_expiry > 0 {
+                    let subscriptions = std::mem::take(&mut *self.subscriptions());
                     entry.stored = Some(Stored {
-                        subscriptions: std::mem::take(&mut self.subscriptions),
+                        subscriptions,
+                        queued: Queued::default(),
                         awaiting_release: std::mem::take(&mut self.awaiting_release),
                         expires: (self.session_expiry != u32::MAX).then(|| {
                             tokio::time::Instant::now()

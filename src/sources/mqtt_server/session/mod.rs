@@ -8,7 +8,7 @@
 //! sink confirmed. A QoS 2 publish is delivered once: a repeat of a packet id that is waiting
 //! for its PUBREL is answered again without delivering it again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::commands::{Outbound, Queued};
 use super::wire::{self, ReadError, Version};
 use super::{Holder, Live, ServerState, SessionEntry, Shared};
 use crate::listener::Peer;
@@ -51,14 +52,16 @@ const MAX_CLIENT_ID: usize = 256;
 /// What a persistent session keeps while its device is away (in memory: it does not
 /// survive a restart).
 pub(super) struct Stored {
-    subscriptions: BTreeMap<String, QoS>,
+    pub(super) subscriptions: BTreeMap<String, QoS>,
     awaiting_release: HashSet<u16>,
+    /// QoS 1 commands for the device, kept until it is back.
+    pub(super) queued: Queued,
     /// When the session ends; `None`: never.
     expires: Option<tokio::time::Instant>,
 }
 
 impl Stored {
-    fn expired(&self) -> bool {
+    pub(super) fn expired(&self) -> bool {
         self.expires
             .is_some_and(|at| at <= tokio::time::Instant::now())
     }
@@ -228,7 +231,17 @@ struct Conn<'a, W> {
     delivering: HashSet<u16>,
     /// QoS 2 packet ids answered with PUBREC, waiting for their PUBREL.
     awaiting_release: HashSet<u16>,
-    subscriptions: BTreeMap<String, QoS>,
+    /// Shared with the command sinks, which look for the sessions a topic reaches.
+    subscriptions: Arc<std::sync::Mutex<BTreeMap<String, QoS>>>,
+    /// Commands for the device: from the sinks, and (first) those a resumed session kept.
+    outbound: Option<tokio::sync::mpsc::Receiver<Outbound>>,
+    resend: VecDeque<Outbound>,
+    /// Commands published at QoS 1 and not yet PUBACKed, by packet id.
+    out_inflight: HashMap<u16, Option<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+    next_pkid: u16,
+    /// How many QoS 1 commands may wait for their PUBACK at once (the device's Receive
+    /// Maximum, at most `receive_maximum`).
+    out_window: usize,
     will: Option<p5::LastWill>,
     /// The session expiry the CONNECT asked for (MQTT 5), and what is in force.
     connect_expiry: u32,
@@ -260,7 +273,12 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
             pending: FuturesOrdered::new(),
             delivering: HashSet::new(),
             awaiting_release: HashSet::new(),
-            subscriptions: BTreeMap::new(),
+            subscriptions: Default::default(),
+            outbound: None,
+            resend: VecDeque::new(),
+            out_inflight: HashMap::new(),
+            next_pkid: 0,
+            out_window: 1,
             will: None,
             connect_expiry: 0,
             session_expiry: 0,
@@ -269,6 +287,85 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
 
     fn v5(&self) -> bool {
         self.identity.version == Version::V5
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, QoS>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes a command to the device: QoS 1 under a fresh packet id, answered by the
+    /// device's PUBACK; QoS 0 answered once written.
+    fn push_out(&mut self, o: Outbound) {
+        let command = &o.command;
+        let (payload, properties) = match self.identity.version {
+            Version::V5 => (command.v5_payload.clone(), command.v5_properties.clone()),
+            Version::V311 => (command.v311_payload.clone(), None),
+        };
+        let mut publish = p5::Publish::new(command.topic.as_str(), o.qos, payload, properties);
+        if o.qos != QoS::AtMostOnce {
+            publish.pkid = self.packet_id();
+        }
+        let packet = Packet::Publish(publish);
+        if self
+            .device_max_packet
+            .is_some_and(|max| packet.size() > max)
+        {
+            if let Some(done) = o.done {
+                let _ = done.send(Err(format!(
+                    "the message is larger than device `{}` takes",
+                    self.identity.client_id
+                )));
+            }
+            return;
+        }
+        let pkid = match &packet {
+            Packet::Publish(p) => p.pkid,
+            _ => 0,
+        };
+        self.send(packet);
+        if o.qos == QoS::AtMostOnce {
+            if let Some(done) = o.done {
+                let _ = done.send(Ok(()));
+            }
+        } else {
+            self.out_inflight.insert(pkid, o.done);
+        }
+    }
+
+    /// The next free packet id for a publish to the device.
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.out_inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Sends what a resumed session kept, as the window allows.
+    fn send_resent(&mut self) {
+        while self.out_inflight.len() < self.out_window {
+            let Some(o) = self.resend.pop_front() else {
+                return;
+            };
+            self.push_out(o);
+        }
+    }
+
+    /// The device's PUBACK of a command.
+    fn command_acknowledged(&mut self, ack: &p5::PubAck) {
+        if let Some(Some(done)) = self.out_inflight.remove(&ack.pkid) {
+            let result = match ack.reason {
+                p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers => Ok(()),
+                other => Err(format!(
+                    "device `{}` answered {other:?}",
+                    self.identity.client_id
+                )),
+            };
+            let _ = done.send(result);
+        }
     }
 
     /// Queues a packet for the device.
@@ -334,6 +431,7 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
             if let Some(end) = self.read_packets(inbuf).await {
                 return end;
             }
+            self.send_resent();
             if let Err(end) = self.flush().await {
                 return end;
             }
@@ -347,6 +445,9 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                     Ok(()) => superseded = Box::pin(self.state.superseded.clone().cancelled_owned()),
                     Err(reason) => return End::Server(p5::DisconnectReasonCode::NotAuthorized, reason),
                 },
+                Some(o) = recv_outbound(&mut self.outbound), if self.out_inflight.len() < self.out_window => {
+                    self.push_out(o);
+                }
                 Some(answer) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Some(end) = self.answer(answer) {
                         return end;
@@ -410,7 +511,7 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                 let reasons = u
                     .filters
                     .iter()
-                    .map(|f| match self.subscriptions.remove(f) {
+                    .map(|f| match self.subscriptions().remove(f) {
                         Some(_) => p5::UnsubAckReason::Success,
                         None => p5::UnsubAckReason::NoSubscriptionExisted,
                     })
@@ -427,8 +528,12 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                 None
             }
             Packet::Disconnect(d) => Some(self.disconnected(d)),
-            // Acknowledgements of publishes to the device: nothing is sent yet that needs one.
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => None,
+            Packet::PubAck(a) => {
+                self.command_acknowledged(&a);
+                None
+            }
+            // Commands go out at QoS 0 or 1: nothing sent needs these.
+            Packet::PubRec(_) | Packet::PubComp(_) => None,
             Packet::Connect(..) => Some(End::Server(D::ProtocolError, "a second CONNECT".into())),
             other => Some(End::Server(
                 D::ProtocolError,
@@ -473,8 +578,8 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                     R::TopicFilterInvalid
                 } else if !self.identity.may_subscribe(&state, &f.path) {
                     R::NotAuthorized
-                } else if !self.subscriptions.contains_key(&f.path)
-                    && self.subscriptions.len() >= max
+                } else if !self.subscriptions().contains_key(&f.path)
+                    && self.subscriptions().len() >= max
                 {
                     R::QuotaExceeded
                 } else {
@@ -483,7 +588,7 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                         QoS::AtMostOnce => QoS::AtMostOnce,
                         _ => QoS::AtLeastOnce,
                     };
-                    self.subscriptions.insert(f.path.clone(), granted);
+                    self.subscriptions().insert(f.path.clone(), granted);
                     R::Success(granted)
                 }
             })
@@ -512,6 +617,14 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
         self.identity.render(&current);
         self.state = current;
         Ok(())
+    }
+}
+
+/// The next command for the device, if the connection has a queue.
+async fn recv_outbound(rx: &mut Option<tokio::sync::mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
