@@ -91,6 +91,31 @@ enum Command {
         #[arg(long)]
         queue: String,
     },
+    /// MQTT 5 QoS 1 publishes over `connections` connections, `window` unacknowledged each;
+    /// `rate` counts PUBACKs. With `--subject`, also counts NATS arrivals.
+    MqttPublish {
+        #[arg(long)]
+        port: u16,
+        /// Topic prefix: each connection publishes to `<topic>/<n>/telemetry`.
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 50_000)]
+        events: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// Open idle MQTT 3.1.1 connections (CONNECT, CONNACK), print `open=N`, hold them until
+    /// stdin closes (each pings at its keep-alive).
+    MqttIdle {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+    },
     /// Open idle WebSocket connections, print `open=N`, hold them until stdin closes.
     WsIdle {
         #[arg(long)]
@@ -130,6 +155,26 @@ async fn main() -> anyhow::Result<()> {
         } => ws_nats(&url, &subject, events, connections, window, limit).await,
         Command::AmqpDrain { queue } => amqp_drain(&queue, limit).await,
         Command::WsIdle { url, connections } => ws_idle(&url, connections, limit).await,
+        Command::MqttPublish {
+            port,
+            topic,
+            subject,
+            events,
+            connections,
+            window,
+        } => {
+            mqtt_publish(
+                port,
+                &topic,
+                subject.as_deref(),
+                events,
+                connections,
+                window,
+                limit,
+            )
+            .await
+        }
+        Command::MqttIdle { port, connections } => mqtt_idle(port, connections, limit).await,
     }
 }
 
@@ -538,6 +583,177 @@ async fn ws_idle(url: &str, connections: u64, limit: Duration) -> anyhow::Result
     // Keep reading so that server pings are answered while the connections are held.
     for mut ws in open {
         tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(limit, async {
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn mqtt_publish(
+    port: u16,
+    topic: &str,
+    subject: Option<&str>,
+    events: u64,
+    connections: u64,
+    window: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let arrivals = Arc::new(Arrivals::default());
+    let _nats = match subject {
+        Some(subject) => {
+            let client = nats_client().await?;
+            count_nats(&client, subject, arrivals.clone()).await?;
+            Some(client)
+        }
+        None => None,
+    };
+    let acked = Arc::new(Arrivals::default());
+    let per_connection = events / connections;
+    let properties = PublishProperties {
+        content_type: Some(STRUCTURED.to_owned()),
+        ..PublishProperties::default()
+    };
+    let mut clients = Vec::new();
+    for n in 0..connections {
+        let mut options = MqttOptions::new(
+            format!("bench-{}-{n}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        options.set_keep_alive(Duration::from_secs(30));
+        // `window` QoS 1 publishes unacknowledged at once (the client's outgoing in-flight).
+        options.set_outgoing_inflight_upper_limit(window as u16);
+        let (client, mut eventloop) = AsyncClient::new(options, window);
+        let acked = acked.clone();
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked.add(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("loadgen: MQTT connection: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected_rx)
+            .await
+            .context("CONNACK in time")??;
+        clients.push(client);
+    }
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut publishers = Vec::new();
+    for (n, client) in clients.into_iter().enumerate() {
+        let topic = format!("{topic}/{n}/telemetry");
+        let properties = properties.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in 0..per_connection {
+                let payload = Bytes::from(event(n as u64 * per_connection + i));
+                if client
+                    .publish_with_properties(
+                        &topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                        properties.clone(),
+                    )
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    let total = per_connection * connections;
+    let ended = acked.wait_for(total, deadline).await;
+    for p in publishers {
+        p.abort();
+    }
+    let secs = ended.duration_since(started).as_secs_f64().max(1e-9);
+    let arrived = if subject.is_some() {
+        arrivals.wait_for(total, deadline).await;
+        arrivals.get()
+    } else {
+        acked.get()
+    };
+    println!(
+        "events={total} acked={} arrived={arrived} secs={secs:.3} rate={:.0}",
+        acked.get(),
+        acked.get() as f64 / secs
+    );
+    Ok(())
+}
+
+async fn mqtt_idle(port: u16, connections: u64, limit: Duration) -> anyhow::Result<()> {
+    use rumqttc::mqttbytes::v4;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let opening = Arc::new(Semaphore::new(256));
+    let mut handles = Vec::with_capacity(connections as usize);
+    for n in 0..connections {
+        let permit = opening.clone().acquire_owned().await?;
+        handles.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let mut connect = v4::Connect::new(format!("idle-{}-{n}", std::process::id()));
+            connect.keep_alive = 120;
+            let mut buf = bytes::BytesMut::new();
+            v4::Packet::Connect(connect).write(&mut buf, usize::MAX)?;
+            stream.write_all(&buf).await?;
+            let mut connack = [0u8; 4];
+            stream.read_exact(&mut connack).await?;
+            anyhow::ensure!(connack == [0x20, 0x02, 0x00, 0x00], "CONNACK {connack:?}");
+            drop(permit);
+            anyhow::Ok(stream)
+        }));
+    }
+    let mut open = Vec::with_capacity(handles.len());
+    let mut errors = 0u64;
+    for h in handles {
+        match h.await? {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("loadgen: MQTT connect: {e}");
+                }
+                errors += 1;
+            }
+        }
+    }
+    if open.is_empty() {
+        bail!("no MQTT connection could be opened to port {port}");
+    }
+    println!("open={} errors={errors}", open.len());
+    // PINGREQ every minute keeps each session within its keep-alive.
+    for mut s in open {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { return },
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {
+                        if s.write_all(&[0xC0, 0x00]).await.is_err() { return }
+                    }
+                }
+            }
+        });
     }
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
