@@ -1,7 +1,8 @@
-"""paho-mqtt (MQTT 5 and 3.1.1, over TCP and over WebSocket) and mosquitto_pub as devices of
-Ferry's own MQTT server (`type = "mqtt-server"`): events made by the `cloudevents` SDK arrive
-identical (with the principal Ferry stamps), the PUBACK reason codes say what happened, and
-CONNACK refuses a wrong password."""
+"""paho-mqtt (MQTT 5 and 3.1.1, over TCP and over WebSocket), mosquitto_pub and mosquitto_sub as
+devices of Ferry's own MQTT server (`type = "mqtt-server"`): events made by the `cloudevents` SDK
+arrive identical (with the principal Ferry stamps), the PUBACK reason codes say what happened,
+CONNACK refuses a wrong password, and commands (the `mqtt-server` sink) reach subscribed devices,
+the HTTP request answered once the device PUBACKed."""
 import json
 import os
 import queue
@@ -13,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from cloudevents.core.formats.json import JSONFormat
 
-from harness import Ferry, Report, canonical, compare_event, extensions_as_strings, sample_events, uid
+from harness import Ferry, Report, canonical, compare_event, extensions_as_strings, post, sample_events, uid
 
 report = Report("paho-mqtt and mosquitto_pub against the MQTT server")
 run = uid()
@@ -28,13 +29,29 @@ acl = { publish = ["devices/{client_id}/#"], subscribe = ["commands/{client_id}/
 [sources.devices.auth]
 passwords = { "dev-a" = "pw-a", "dev-b" = "pw-b" }
 
+[sources.api]
+type = "http"
+listen = "127.0.0.1:{port:api}"
+path = "/commands"
+
 [sinks.archive]
 type = "file"
 path = "{dir}/events.jsonl"
 
+[sinks.commands]
+type = "mqtt-server"
+server = "devices"
+topic = "commands/{subject}"
+qos = 1
+mode = "structured"
+
 [routes.all]
 from = ["devices"]
 to = ["archive"]
+
+[routes.commands]
+from = ["api"]
+to = ["commands"]
 """
 fmt = JSONFormat()
 
@@ -174,6 +191,46 @@ with Ferry(CONFIG) as ferry:
                           without_auth(archived(ferry, f"mp-{version}-{run}"), "dev-b"))
 
     report.run("mosquitto_pub", mosquitto_pub)
+    def commands():
+        # The subscriber connects as dev-a: the publishing session of that client id goes
+        # first, so the two do not take the session from each other.
+        a5.disconnect()
+        a5.loop_stop()
+        received = queue.Queue()
+        sub, rc = device(ferry, "dev-a", "pw-a")
+        subscribed = queue.Queue()
+        sub.on_subscribe = lambda c, u, mid, codes, props: subscribed.put(codes)
+        sub.on_message = lambda c, u, m: received.put(m)
+        sub.subscribe("commands/dev-a/#", qos=1)
+        codes = subscribed.get(timeout=10)
+        report.check("SUBACK", [1], [c.value for c in codes])
+        e = sample_events(run)[0]
+        e = e.__class__(attributes=dict(e.get_attributes(), id=f"cmd-{run}", subject="dev-a"), data=e.get_data())
+        status, _, _ = post(ferry.url("api", "/commands"),
+                            {"content-type": "application/cloudevents+json"}, fmt.write(e))
+        report.check("command POST answered after the device's PUBACK", 202, status)
+        m = received.get(timeout=10)
+        report.check("command topic", "commands/dev-a", m.topic)
+        compare_event(report, "command", e, fmt.read(None, m.payload))
+        sub.loop_stop()
+        # mosquitto_sub (3.1.1) as another device gets the next one.
+        proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(ferry.ports["mqtt"]), "-V", "mqttv311",
+             "-q", "1", "-i", "dev-b", "-u", "dev-b", "-P", "pw-b", "-t", "commands/dev-b/#", "-C", "1"],
+            stdout=subprocess.PIPE)
+        # A command is confirmed at once while no session subscribes: post until one is delivered.
+        deadline = time.monotonic() + 10
+        e = e.__class__(attributes=dict(e.get_attributes(), id=f"cmd-b-{run}", subject="dev-b"), data=e.get_data())
+        while proc.poll() is None and time.monotonic() < deadline:
+            post(ferry.url("api", "/commands"), {"content-type": "application/cloudevents+json"}, fmt.write(e))
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        out = proc.communicate(timeout=10)[0]
+        compare_event(report, "command to mosquitto_sub", e, fmt.read(None, out.strip()))
+
+    report.run("commands", commands)
     a5.loop_stop()
     a311.loop_stop()
 report.done()
