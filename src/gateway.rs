@@ -42,7 +42,7 @@ impl Gateway {
         // Sinks see the generation that routes to them; it is filled in once they exist.
         let generation: SharedGeneration = Default::default();
         // Device listeners register here; command sinks find them here.
-        let mqtt_servers = sources::mqtt_server::Servers::default();
+        let mqtt_servers = crate::mqtt_hub::Servers::default();
         let cx = SinkContext {
             metrics: metrics.clone(),
             tracker: TaskTracker::new(),

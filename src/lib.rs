@@ -39,6 +39,7 @@ pub mod keyed;
 pub mod listener;
 pub mod metrics;
 pub(crate) mod mqtt_client;
+pub mod mqtt_hub;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;

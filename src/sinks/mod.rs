@@ -43,7 +43,7 @@ pub struct SinkContext {
     /// The current generation, for sinks that apply its policies (the push sink).
     pub generation: crate::pipeline::SharedGeneration,
     /// The running device listeners, which `mqtt-server` sinks deliver through.
-    pub mqtt_servers: crate::sources::mqtt_server::Servers,
+    pub mqtt_servers: crate::mqtt_hub::Servers,
 }
 
 impl SinkContext {

@@ -15,8 +15,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::driver::{self, Attempt, Publisher, Refusal, SinkStats};
 use super::{SinkContext, SinkError};
 use crate::config::{CommandMode, MqttServerSinkConfig};
+use crate::mqtt_hub::{Command, Sent, Server, Servers};
 use crate::pipeline::Envelope;
-use crate::sources::mqtt_server::{Command, Server, Servers};
 use crate::template::{self, Template, TemplateValues};
 
 struct Commands {
@@ -103,11 +103,7 @@ impl Publisher for Commands {
 
 impl Commands {
     /// Renders, encodes and hands one event to the sessions (in call order).
-    fn hand_over(
-        &self,
-        server: &Server,
-        envelope: &Envelope,
-    ) -> Result<(String, crate::sources::mqtt_server::Sent), Refusal> {
+    fn hand_over(&self, server: &Server, envelope: &Envelope) -> Result<(String, Sent), Refusal> {
         let event = &envelope.event;
         let topic = self
             .topic
@@ -164,12 +160,7 @@ fn encode(
 }
 
 /// Waits for the recipients' PUBACKs.
-async fn confirm(
-    topic: &str,
-    sent: crate::sources::mqtt_server::Sent,
-    timeout: Duration,
-    require_subscriber: bool,
-) -> Attempt {
+async fn confirm(topic: &str, sent: Sent, timeout: Duration, require_subscriber: bool) -> Attempt {
     if sent.recipients == 0 {
         return if require_subscriber {
             Err(Refusal::retryable(format!(

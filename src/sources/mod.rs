@@ -36,7 +36,7 @@ pub struct SourceContext {
     pub tracker: TaskTracker,
     pub readiness: Readiness,
     /// The running device listeners, for the command sinks.
-    pub mqtt_servers: mqtt_server::Servers,
+    pub mqtt_servers: crate::mqtt_hub::Servers,
 }
 
 impl SourceContext {
@@ -76,7 +76,7 @@ pub struct SourceBase {
     /// The gateway's shutdown; each source's own token is a child of it.
     pub shutdown: CancellationToken,
     /// Where device listeners register, so command sinks find them.
-    pub mqtt_servers: mqtt_server::Servers,
+    pub mqtt_servers: crate::mqtt_hub::Servers,
 }
 
 impl SourceBase {

@@ -1,63 +1,16 @@
-//! Messages to devices (the `mqtt-server` sink's commands): the sessions whose subscriptions
-//! match a topic, each connection's outbound queue, and what a persistent session keeps for
-//! its device while it is away.
+//! Messages to devices (the `mqtt-server` sink's commands, [`crate::mqtt_hub`]): the
+//! sessions whose subscriptions match a topic, each connection's outbound queue, and what a
+//! persistent session keeps for its device while it is away.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::oneshot;
 
 use super::Shared;
-
-/// The running device listeners by source name, for the sinks that deliver through them.
-#[derive(Clone, Default)]
-pub struct Servers(Arc<Mutex<HashMap<String, Weak<Shared>>>>);
-
-impl Servers {
-    pub(super) fn register(&self, name: &str, shared: &Arc<Shared>) {
-        if let Ok(mut servers) = self.0.lock() {
-            servers.retain(|_, s| s.strong_count() > 0);
-            servers.insert(name.to_owned(), Arc::downgrade(shared));
-        }
-    }
-
-    /// The listener of source `name`, while it runs.
-    pub fn get(&self, name: &str) -> Option<Server> {
-        let servers = self.0.lock().ok()?;
-        servers.get(name)?.upgrade().map(Server)
-    }
-}
-
-/// A running device listener, as a sink sees it.
-#[derive(Clone)]
-pub struct Server(Arc<Shared>);
-
-impl Server {
-    /// Whether both are the same running listener.
-    pub fn same(&self, other: &Server) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-/// One message for the devices subscribed to its topic, in each protocol's form.
-pub struct Command {
-    pub topic: String,
-    /// The sink's QoS; each recipient gets at most its subscription's.
-    pub qos: QoS,
-    pub v5_payload: Bytes,
-    pub v5_properties: Option<PublishProperties>,
-    pub v311_payload: Bytes,
-}
-
-impl Command {
-    fn bytes(&self) -> usize {
-        self.v5_payload.len().max(self.v311_payload.len()) + self.topic.len()
-    }
-}
+use crate::mqtt_hub::{Command, Listener, Sent};
 
 /// A command on its way to one connection; `done` answers once the device PUBACKed (QoS 1)
 /// or the PUBLISH was written (QoS 0).
@@ -65,16 +18,6 @@ pub(super) struct Outbound {
     pub(super) command: Arc<Command>,
     pub(super) qos: QoS,
     pub(super) done: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// What handing a command to the sessions came to.
-pub struct Sent {
-    /// Sessions whose subscriptions matched.
-    pub recipients: usize,
-    /// One per connected QoS 1 recipient: its PUBACK, or why there is none.
-    pub waits: Vec<(String, oneshot::Receiver<Result<(), String>>)>,
-    /// Recipients that could not take it now (a full queue).
-    pub failures: Vec<String>,
 }
 
 /// QoS 1 messages a persistent session keeps for its device while it is away.
@@ -101,12 +44,12 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
     }
 }
 
-impl Server {
+impl Listener for Shared {
     /// Hands `command` to every session subscribed to its topic: connected ones get it on
     /// their outbound queue, persistent ones whose device is away keep it (QoS 1, within
     /// their queue bounds).
-    pub fn send(&self, command: &Arc<Command>) -> Sent {
-        let shared = &self.0;
+    fn send(&self, command: &Arc<Command>) -> Sent {
+        let shared = self;
         let config = shared.limits();
         let mut sent = Sent {
             recipients: 0,
@@ -141,13 +84,15 @@ impl Server {
                     qos,
                     done,
                 };
-                match holder.outbound.try_send(outbound) {
-                    Ok(()) => {
-                        if let Some(rx) = wait {
-                            sent.waits.push((client_id.clone(), rx));
-                        }
-                    }
-                    Err(_) => sent
+                // A session with subscriptions has a queue (opened on its first one).
+                let queued = holder
+                    .outbound
+                    .as_ref()
+                    .is_some_and(|queue| queue.try_send(outbound).is_ok());
+                match (queued, wait) {
+                    (true, Some(rx)) => sent.waits.push((client_id.clone(), rx)),
+                    (true, None) => {}
+                    (false, _) => sent
                         .failures
                         .push(format!("the queue of device `{client_id}` is full")),
                 }

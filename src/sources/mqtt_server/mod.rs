@@ -15,8 +15,6 @@ mod commands;
 mod session;
 mod wire;
 
-pub use commands::{Command, Sent, Server, Servers};
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -161,8 +159,8 @@ struct SessionEntry {
 
 struct Holder {
     id: u64,
-    /// The connection's queue of commands.
-    outbound: tokio::sync::mpsc::Sender<commands::Outbound>,
+    /// The connection's queue of commands, once it subscribed to something.
+    outbound: Option<tokio::sync::mpsc::Sender<commands::Outbound>>,
     /// Its subscriptions, which the command sinks match topics against.
     subscriptions: Arc<Mutex<std::collections::BTreeMap<String, rumqttc::v5::mqttbytes::QoS>>>,
     /// Cancelled to make the connection give the session up (a takeover).
@@ -278,7 +276,8 @@ pub async fn start(
             queued_bytes: Default::default(),
         }),
     };
-    cx.mqtt_servers.register(cx.name(), &live.shared);
+    let hub_entry: Arc<dyn crate::mqtt_hub::Listener> = live.shared.clone();
+    cx.mqtt_servers.register(cx.name(), &hub_entry);
     if let Some(ws) = &config.websocket {
         let ws_listener =
             TcpListener::bind(ws.listen)

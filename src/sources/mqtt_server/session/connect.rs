@@ -226,6 +226,10 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
             }
             None => false,
         };
+        self.holder = session.holder;
+        if !self.subscriptions().is_empty() {
+            self.open_queue();
+        }
         self.will = will;
         let properties = self.v5().then(|| p5::ConnAckProperties {
             session_expiry_interval: expiry_told,
@@ -290,13 +294,11 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 // The device is back before its will's delay ran out: it is not sent.
                 will.cancel();
             }
-            let (outbound, rx) = tokio::sync::mpsc::channel(self.state.config.max_queued_messages);
-            self.outbound = Some(rx);
             let previous = entry.holder.replace(Holder {
                 id,
                 take_over: take_over.clone(),
                 ended: ended_rx,
-                outbound,
+                outbound: None,
                 subscriptions: Arc::clone(&self.subscriptions),
             });
             self.shared

@@ -168,7 +168,8 @@ where
         Ok(Ok((version, Packet::Connect(connect, will, login)))) => {
             conn.identity.version = version;
             shared.stats.packet_in("connect");
-            if let Some(session) = conn.open(connect, will, login).await {
+            // Boxed, as the end below: the task of an idle connection keeps only `run`.
+            if let Some(session) = Box::pin(conn.open(connect, will, login)).await {
                 let end = conn
                     .run(
                         &mut rd,
@@ -177,7 +178,7 @@ where
                         session.take_over.clone(),
                     )
                     .await;
-                conn.finish(end, session).await;
+                Box::pin(conn.finish(end, session)).await;
             }
         }
         Ok(Ok(_)) => {}
@@ -235,6 +236,8 @@ struct Conn<'a, W> {
     subscriptions: Arc<std::sync::Mutex<BTreeMap<String, QoS>>>,
     /// Commands for the device: from the sinks, and (first) those a resumed session kept.
     outbound: Option<tokio::sync::mpsc::Receiver<Outbound>>,
+    /// This connection's id as the holder of its session.
+    holder: u64,
     resend: VecDeque<Outbound>,
     /// Commands published at QoS 1 and not yet PUBACKed, by packet id.
     out_inflight: HashMap<u16, Option<tokio::sync::oneshot::Sender<Result<(), String>>>>,
@@ -275,6 +278,7 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
             awaiting_release: HashSet::new(),
             subscriptions: Default::default(),
             outbound: None,
+            holder: 0,
             resend: VecDeque::new(),
             out_inflight: HashMap::new(),
             next_pkid: 0,
@@ -341,6 +345,25 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
             if !self.out_inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
+        }
+    }
+
+    /// Opens the connection's queue of commands (on its first subscription: a device that
+    /// subscribes to nothing costs no queue).
+    fn open_queue(&mut self) {
+        if self.outbound.is_some() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(self.state.config.max_queued_messages);
+        let mut sessions = self.shared.sessions.lock().expect("sessions lock");
+        let holder = sessions
+            .by_client
+            .get_mut(&self.identity.client_id)
+            .and_then(|e| e.holder.as_mut())
+            .filter(|h| h.id == self.holder);
+        if let Some(h) = holder {
+            h.outbound = Some(tx);
+            self.outbound = Some(rx);
         }
     }
 
@@ -452,6 +475,12 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                     if let Some(end) = self.answer(answer) {
                         return end;
                     }
+                    // Answers that are ready too go out in the same write.
+                    while let Some(Some(answer)) = self.pending.next().now_or_never() {
+                        if let Some(end) = self.answer(answer) {
+                            return end;
+                        }
+                    }
                 }
                 read = rd.read_buf(inbuf), if reading => match read {
                     Ok(0) | Err(_) => return End::Lost,
@@ -496,7 +525,8 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
     async fn handle(&mut self, packet: Packet) -> Option<End> {
         use p5::DisconnectReasonCode as D;
         match packet {
-            Packet::Publish(p) => self.publish(p).await,
+            // Boxed: the publish path is large, and an idle connection should not carry it.
+            Packet::Publish(p) => Box::pin(self.publish(p)).await,
             Packet::PubRel(r) => {
                 let found = self.awaiting_release.remove(&r.pkid);
                 let mut comp = p5::PubComp::new(r.pkid, None);
@@ -593,6 +623,9 @@ impl<'a, W: AsyncWrite + Unpin> Conn<'a, W> {
                 }
             })
             .collect();
+        if !self.subscriptions().is_empty() {
+            self.open_queue();
+        }
         self.send(Packet::SubAck(p5::SubAck {
             pkid: s.pkid,
             return_codes: codes,
