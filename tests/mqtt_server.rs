@@ -1408,3 +1408,91 @@ to = ["bus-out"]
     on_b.send(Packet::PubAck(p5::PubAck::new(p.pkid, None)))
         .await;
 }
+
+/// `client_auth = "required"`: a device without a certificate fails the TLS handshake; one
+/// with a certificate connects as `mtls:<identity>`.
+#[tokio::test]
+async fn required_client_certificates_refuse_devices_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    ferry::certs::generate_dev(dir.path()).unwrap();
+    let d = dir.path().display();
+    let gw = TestGateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.devices]
+type = "mqtt-server"
+listen = "127.0.0.1:0"
+topics = ["devices/#"]
+tls = {{ cert = "{d}/server.pem", key = "{d}/server.key", client_ca = "{d}/ca.pem", client_auth = "required" }}
+auth = {{ mtls = true }}
+
+[sinks.archive]
+type = "file"
+path = "{{dir}}/events.jsonl"
+
+[routes.all]
+from = ["devices"]
+to = ["archive"]
+"#
+    ))
+    .await;
+    let addr = gw.gateway.source_addr("devices").unwrap();
+    let roots = ferry::tls::load_roots(&dir.path().join("ca.pem")).unwrap();
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+    };
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    // Without a certificate: the handshake (or the first read after it, in TLS 1.3) fails.
+    let anonymous = tokio_rustls::TlsConnector::from(Arc::new(builder().with_no_client_auth()));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if let Ok(io) = anonymous.connect(name.clone(), tcp).await {
+        let mut dev = Device {
+            io: Box::new(io),
+            buf: BytesMut::new(),
+            v5: true,
+        };
+        dev.send(Packet::Connect(
+            p5::Connect {
+                keep_alive: 30,
+                client_id: "x".into(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        ))
+        .await;
+        assert!(
+            dev.until_closed().await.is_empty(),
+            "no CONNACK without a certificate"
+        );
+    }
+    let certs = ferry::tls::load_certs(&dir.path().join("client.pem")).unwrap();
+    let key = ferry::tls::load_key(&dir.path().join("client.key")).unwrap();
+    let with_cert = tokio_rustls::TlsConnector::from(Arc::new(
+        builder().with_client_auth_cert(certs, key).unwrap(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = with_cert
+        .connect(name, tcp)
+        .await
+        .expect("TLS with a certificate");
+    let mut dev = Device {
+        io: Box::new(io),
+        buf: BytesMut::new(),
+        v5: true,
+    };
+    assert_eq!(
+        dev.connect("c1", None).await.code,
+        p5::ConnectReturnCode::Success
+    );
+    dev.publish("devices/c1", QoS::AtLeastOnce, 1, &event("tls-1", "t"))
+        .await;
+    assert_eq!(dev.puback().await.reason, p5::PubAckReason::Success);
+    assert_eq!(events(&gw)[0]["authid"], ferry::certs::CLIENT_IDENTITY);
+}

@@ -371,7 +371,10 @@ async fn accept(listener: TcpListener, live: Live, cx: SourceContext, transport:
                                 addr,
                                 certificate_identity,
                             };
-                            serve(tls_stream, peer, &live, transport, connect_timeout).await;
+                            // Boxed: a plain connection's task need not be sized for a
+                            // TLS stream.
+                            Box::pin(serve(tls_stream, peer, &live, transport, connect_timeout))
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
@@ -389,22 +392,30 @@ where
 {
     match transport {
         Transport::Tcp => session::serve(io, peer, live).await,
-        Transport::WebSocket => {
-            let path = live
-                .state
-                .load()
-                .config
-                .websocket
-                .as_ref()
-                .map_or_else(|| "/mqtt".to_owned(), |w| w.path.clone());
-            match tokio::time::timeout(timeout, websocket::upgrade(io, &path)).await {
-                Ok(Ok(io)) => session::serve(io, peer, live).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer.addr, error = %e, "MQTT WebSocket upgrade refused")
-                }
-                Err(_) => tracing::debug!(peer = %peer.addr, "MQTT WebSocket upgrade timed out"),
-            }
+        // Boxed: the upgrade and the WebSocket stream are large, and a TCP connection's task
+        // need not be sized for them.
+        Transport::WebSocket => Box::pin(serve_websocket(io, peer, live, timeout)).await,
+    }
+}
+
+/// MQTT over WebSocket: the upgrade, then the session on the byte stream inside it.
+async fn serve_websocket<S>(io: S, peer: Peer, live: &Live, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let path = live
+        .state
+        .load()
+        .config
+        .websocket
+        .as_ref()
+        .map_or_else(|| "/mqtt".to_owned(), |w| w.path.clone());
+    match tokio::time::timeout(timeout, websocket::upgrade(io, &path)).await {
+        Ok(Ok(io)) => session::serve(io, peer, live).await,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.addr, error = %e, "MQTT WebSocket upgrade refused")
         }
+        Err(_) => tracing::debug!(peer = %peer.addr, "MQTT WebSocket upgrade timed out"),
     }
 }
 
