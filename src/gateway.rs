@@ -41,6 +41,11 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         // Sinks see the generation that routes to them; it is filled in once they exist.
         let generation: SharedGeneration = Default::default();
+        registry.register_collector(Box::new(crate::process_metrics::Process));
+        registry.register_collector(Box::new(crate::process_metrics::BuildInfo));
+        registry.register_collector(Box::new(crate::pipeline::QueueDepths(Arc::clone(
+            &generation,
+        ))));
         // Device listeners register here; command sinks find them here.
         let mqtt_servers = crate::mqtt_hub::Servers::default();
         let cx = SinkContext {

@@ -43,6 +43,7 @@ pub mod mqtt_hub;
 pub mod normalize;
 pub mod pipeline;
 pub mod problem;
+pub mod process_metrics;
 pub mod redacted_url;
 pub mod reload;
 pub mod router;

@@ -401,3 +401,30 @@ impl SourceStats {
         self.metrics.reject(&self.name, reason, n);
     }
 }
+
+/// `ferry_sink_queue_depth{sink}`: the events waiting in each sink's queue of the current
+/// generation, read at each scrape.
+#[derive(Debug)]
+pub struct QueueDepths(pub SharedGeneration);
+
+impl prometheus_client::collector::Collector for QueueDepths {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let generation = self.0.load();
+        let mut family = encoder.encode_descriptor(
+            "ferry_sink_queue_depth",
+            "Events waiting in a sink's queue",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for sink in &generation.sinks {
+            let labels = Metrics::sink(&sink.name);
+            ConstGauge::new(sink.queued() as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -145,3 +145,34 @@ async fn s9_config_hash_is_not_an_offline_oracle() {
     let plain = hex::encode(sha2::Sha256::digest(text.as_bytes()));
     assert_ne!(shown, plain);
 }
+
+/// The metrics operators look for beside Ferry's own: build info, the process, queue depths.
+#[tokio::test]
+async fn metrics_include_build_info_process_and_queue_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::start(dir.path(), &config("listen = \"127.0.0.1:0\""));
+    let text = ferry.metrics().await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        text.contains(&format!(
+            "ferry_build_info{{version=\"{version}\",commit=\""
+        )),
+        "{text}"
+    );
+    let value = |name: &str| common::metric(&text, name);
+    // The process's own RSS, as /proc says.
+    let rss = value("process_resident_memory_bytes");
+    let kib = ferry.rss_kib() as f64 * 1024.0;
+    assert!(
+        rss > 1e6 && (rss - kib).abs() < kib * 0.5,
+        "rss {rss} vs {kib}"
+    );
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_threads") >= 2.0);
+    assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    assert!(value("process_start_time_seconds") > 1.7e9);
+    assert!(
+        text.contains("ferry_sink_queue_depth{sink=\"archive\"} 0"),
+        "{text}"
+    );
+}

@@ -157,9 +157,12 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let shared = &live.shared;
-    shared.stats.connections.inc();
     let (mut rd, wr) = tokio::io::split(io);
     let state = live.state.load_full();
+    // `ferry_source_connections`, as on every listening source, and the listener's own.
+    let source_connections = state.cx.stats.connections.clone();
+    source_connections.inc();
+    shared.stats.connections.inc();
     let mut inbuf = BytesMut::with_capacity(512);
     let max = state.config.max_packet_bytes as usize;
     let timeout = Duration::from_millis(state.config.connect_timeout_ms);
@@ -200,6 +203,7 @@ where
     }
     let _ = conn.wr.shutdown().await;
     shared.stats.connections.dec();
+    source_connections.dec();
 }
 
 /// What `open` established for the session.
