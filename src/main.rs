@@ -110,7 +110,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ferry: {e:#}");
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },

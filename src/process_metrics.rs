@@ -125,8 +125,8 @@ pub struct BuildInfo;
 
 /// The commit Ferry was built from (`build.rs`), `unknown` outside a git checkout.
 pub const COMMIT: &str = match option_env!("FERRY_COMMIT") {
-    Some(c) => c,
-    None => "unknown",
+    Some(c) if !c.is_empty() => c,
+    _ => "unknown",
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]

@@ -257,3 +257,90 @@ fn s7_check_never_prints_url_secrets() {
         "{stdout}"
     );
 }
+
+/// `ferry check` gives `ferry run`'s verdict: every shipped config passes both (as far as
+/// `check` goes), and each broken one is refused by both, with the same file, line and key.
+#[test]
+fn check_and_run_refuse_the_same_configs_with_the_same_message() {
+    for shipped in ["config/ferry.toml", "config/examples/orders.toml"] {
+        let out = Command::new(FERRY)
+            .args(["check", "--config", shipped])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(dir.path().join("short.secret"), "too-short").unwrap();
+    let base = r#"[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+"#;
+    let tail = r#"
+[sinks.archive]
+type = "file"
+path = "events.jsonl"
+
+[routes.all]
+from = ["web"]
+to = ["archive"]
+"#;
+    // (extra keys under [sources.web], or a [log] table; the key the refusal names)
+    let broken: Vec<(String, &str)> = vec![
+        (
+            format!("tls = {{ cert = \"{d}/missing.pem\", key = \"{d}/missing.key\" }}\n"),
+            "sources.web.tls",
+        ),
+        (
+            "[sources.web.auth]\nmtls = true\n".to_owned(),
+            "sources.web.auth.mtls",
+        ),
+        (
+            format!("[sources.web.auth]\njwt = {{ keys = \"{d}/missing-jwks.json\" }}\n"),
+            "sources.web.auth.jwt",
+        ),
+        (
+            "[sources.web.auth]\njwt = { secrets = [\"only-twenty-chars-aa\"] }\n".to_owned(),
+            "sources.web.auth.jwt",
+        ),
+        ("[log]\nlevel = \"verbose\"\n".to_owned(), "log.level"),
+        ("[log]\nlevel = \"ferry=debg\"\n".to_owned(), "log.level"),
+    ];
+    for (i, (extra, key)) in broken.iter().enumerate() {
+        let text = if extra.starts_with("[log]") {
+            format!("{extra}\n{base}{tail}")
+        } else {
+            format!("{base}{extra}{tail}")
+        };
+        let path = dir.path().join(format!("broken-{i}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let mut messages = Vec::new();
+        for command in ["check", "run"] {
+            let out = Command::new(FERRY)
+                .args([command, "--config"])
+                .arg(&path)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!out.status.success(), "`ferry {command}` took {extra}");
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(&format!("key `{key}")))
+                .unwrap_or_else(|| panic!("`ferry {command}` on {extra}: no `{key}` in\n{stderr}"))
+                .to_owned();
+            assert!(line.contains(&path.display().to_string()), "{line}");
+            messages.push(line);
+        }
+        let strip = |l: &str| l.trim_start_matches("error: ").to_owned();
+        assert_eq!(strip(&messages[0]), strip(&messages[1]), "{extra}");
+    }
+}

@@ -1333,6 +1333,15 @@ fn the_documented_config_is_accepted() {
         "{}\n[routes.telemetry]\nfrom = [\"devices\"]\nto = [\"commands\"]\n",
         &doc[start..end]
     );
+    // The files it names: the dev PKI of `ferry certs dev --out certs/dev`, and a JWKS.
+    let dir = tempfile::tempdir().unwrap();
+    ferry::certs::generate_dev(&dir.path().join("certs/dev")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keys/jwks.json"),
+        dir.path().join("certs/jwks.json"),
+    )
+    .unwrap();
+    let text = text.replace("\"certs/", &format!("\"{}/certs/", dir.path().display()));
     let lookup = |name: &str| (name == "THERMO7_PASSWORD").then(|| "pw".to_owned());
     let config = ferry::Config::from_str_at(&text, std::path::Path::new("ferry.toml"), &lookup);
     assert!(config.is_ok(), "{:?}", config.err());

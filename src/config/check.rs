@@ -11,6 +11,8 @@ impl Config {
     /// names, references, listener addresses, policies.
     pub(super) fn check(&self) -> Result<(), KeyError> {
         let mut listeners: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
+        check_log_level(&self.log.level)
+            .map_err(|m| KeyError::new(vec!["log".into(), "level".into()], m))?;
         self.check_admin(&mut listeners)?;
         for (name, source) in &self.sources {
             check_name(&["sources", name])?;
@@ -327,4 +329,22 @@ fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     } else {
         format!(" (known: {})", names.join(", "))
     }
+}
+
+/// A `[log] level`: `tracing` filter directives, each a level (`info`) or `target=level`
+/// (`ferry=debug`). A bare word that is not a level would be taken as a target to log
+/// everything of, so `"verbose"` is refused rather than silently logging nothing.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level: use trace, debug, info, warn, error or off, or target=level (`ferry=debug`)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| format!("`{level}` is not a log filter: {e}"))
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::source::{check_path, positive};
+use super::source::{check_path, check_tls, positive};
 use super::Unrouted;
 use crate::key_error::KeyError;
 use crate::normalize::NormalizeConfig;
@@ -272,6 +272,7 @@ impl MqttServerSourceConfig {
                 ));
             }
         }
+        check_tls(self.tls.as_ref())?;
         if let Some(auth) = &self.auth {
             if auth.hmac.is_some() {
                 return Err(KeyError::new(

@@ -300,13 +300,7 @@ impl WebSocketSinkConfig {
                     "a subscriber's upgrade request has no body to sign: use jwt or mtls",
                 ));
             }
-            if auth.mtls && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
-                return Err(KeyError::new(
-                    vec!["auth".into(), "mtls".into()],
-                    "mtls needs `tls.client_ca`",
-                ));
-            }
         }
-        Ok(())
+        super::source::check_listener(self.tls.as_ref(), self.auth.as_ref())
     }
 }

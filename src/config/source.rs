@@ -162,7 +162,7 @@ impl HttpSourceConfig {
             positive(key, v)?;
         }
         self.webhook.check()?;
-        check_auth(self.auth.as_ref())
+        check_listener(self.tls.as_ref(), self.auth.as_ref())
     }
 }
 
@@ -182,7 +182,7 @@ impl WebSocketSourceConfig {
                 "ping_interval_ms must be greater than 0 and less than idle_timeout_ms",
             ));
         }
-        check_auth(self.auth.as_ref())
+        check_listener(self.tls.as_ref(), self.auth.as_ref())
     }
 }
 
@@ -201,6 +201,33 @@ pub(super) fn positive(key: &str, value: u64) -> Result<(), KeyError> {
         Err(KeyError::at(key, format!("{key} must be greater than 0")))
     } else {
         Ok(())
+    }
+}
+
+/// A listener's `tls` (its certificate, key and client CA load) and `auth` (the HMAC and
+/// JWT settings, keys and secrets load; `mtls` has a client CA to verify against), as the
+/// listener would build them at start.
+pub(super) fn check_listener(
+    tls: Option<&crate::tls::TlsConfig>,
+    auth: Option<&crate::security::source::AuthConfig>,
+) -> Result<(), KeyError> {
+    check_tls(tls)?;
+    if auth.is_some_and(|a| a.mtls) && tls.is_none_or(|t| t.client_ca.is_none()) {
+        return Err(KeyError::new(
+            vec!["auth".into(), "mtls".into()],
+            "mtls = true needs tls.client_ca (the CA client certificates chain to)",
+        ));
+    }
+    check_auth(auth)
+}
+
+/// A listener's TLS material, loaded as at start.
+pub(super) fn check_tls(tls: Option<&crate::tls::TlsConfig>) -> Result<(), KeyError> {
+    match tls {
+        Some(t) => crate::tls::server_config(t, &[])
+            .map(|_| ())
+            .map_err(|e| KeyError::at("tls", e.to_string())),
+        None => Ok(()),
     }
 }
 

@@ -50,13 +50,18 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Checks what can be checked when the config is read (the HMAC settings and secrets);
-    /// an error names the key below the `auth` table.
+    /// Checks what the source checks when it is built (the HMAC settings and secrets, the
+    /// JWT keys and secrets); an error names the key below the `auth` table.
     pub fn check(&self) -> Result<(), KeyError> {
         if let Some(hmac) = &self.hmac {
             // Secret files resolve against the working directory, as when the source is built.
             hmac.check(std::path::Path::new("."))
                 .map_err(|e| e.under(&["hmac"]))?;
+        }
+        if let Some(jwt) = &self.jwt {
+            // The keys and secrets load as when the source is built.
+            JwtVerifier::load(jwt, std::path::Path::new("."))
+                .map_err(|e| KeyError::at("jwt", e.to_string()))?;
         }
         for (user, secret) in &self.passwords {
             let key = || vec!["passwords".to_owned(), user.clone()];
