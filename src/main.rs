@@ -282,8 +282,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let watch = config.reload.clone();
     runtime.block_on(async move {
+        let summary = Summary::of(&config);
         let gateway = Gateway::start(config).await?;
-        tracing::info!(config = %args.config.display(), "ferry started");
+        summary.log(&gateway, &args.config);
         let stop_watch = tokio_util::sync::CancellationToken::new();
         if watch.watch {
             ferry::watch::spawn(
@@ -292,33 +293,114 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 stop_watch.clone(),
             );
         }
-        wait_for_signal(&gateway).await?;
+        let mut signals = Signals::install()?;
+        let first = signals.wait_for_stop(&gateway).await;
         stop_watch.cancel();
-        tracing::info!("shutting down: no new events; finishing in-flight ones");
-        if gateway.shutdown().await {
-            tracing::info!("shutdown complete");
-        } else {
-            tracing::warn!("shutdown deadline passed with deliveries still in flight; they were not acknowledged");
+        tracing::info!(signal = first, "shutting down: no new events; finishing in-flight ones (send it again to exit at once)");
+        tokio::select! {
+            done = gateway.shutdown() => {
+                if done {
+                    tracing::info!("shutdown complete");
+                } else {
+                    tracing::warn!("shutdown deadline passed with deliveries still in flight; they were not acknowledged");
+                }
+            }
+            second = signals.next_stop() => {
+                tracing::warn!(signal = second, "second signal: exiting at once; events still in flight were not acknowledged, so their senders deliver them again");
+                std::process::exit(130);
+            }
         }
         Ok(())
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
-async fn wait_for_signal(gateway: &Gateway) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                // The outcome is logged (and counted) by the reloader.
-                let _ = gateway.reloader().reload_file().await;
+/// The signals `ferry run` answers: SIGTERM and SIGINT stop it (gracefully, then at once on
+/// the second), SIGHUP reloads the config file.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT (its name); SIGHUP reloads the config file meanwhile.
+    async fn wait_for_stop(&mut self, gateway: &Gateway) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {
+                    // The outcome is logged (and counted) by the reloader.
+                    let _ = gateway.reloader().reload_file().await;
+                }
             }
         }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next_stop(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// What the start-up line names: the version, every listener with its address, the sinks and
+/// the number of routes.
+struct Summary {
+    sources: Vec<(String, &'static str)>,
+    sinks: Vec<(String, &'static str)>,
+    routes: usize,
+}
+
+impl Summary {
+    fn of(config: &Config) -> Summary {
+        Summary {
+            sources: config
+                .sources
+                .iter()
+                .map(|(n, s)| (n.clone(), s.kind()))
+                .collect(),
+            sinks: config
+                .sinks
+                .iter()
+                .map(|(n, s)| (n.clone(), s.kind()))
+                .collect(),
+            routes: config.routes.len(),
+        }
+    }
+
+    fn log(&self, gateway: &Gateway, path: &std::path::Path) {
+        let with_addr = |name: &str, kind: &str, addr: Option<std::net::SocketAddr>| match addr {
+            Some(a) => format!("{name} ({kind}) {a}"),
+            None => format!("{name} ({kind})"),
+        };
+        let sources: Vec<String> = (self.sources.iter())
+            .map(|(n, k)| with_addr(n, k, gateway.source_addr(n)))
+            .collect();
+        let sinks: Vec<String> = (self.sinks.iter())
+            .map(|(n, k)| with_addr(n, k, gateway.sink_addr(n)))
+            .collect();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            commit = ferry::process_metrics::COMMIT,
+            config = %path.display(),
+            admin = %gateway.admin_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            sources = %sources.join(", "),
+            sinks = %sinks.join(", "),
+            routes = self.routes,
+            "ferry started"
+        );
     }
 }
 

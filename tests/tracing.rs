@@ -299,3 +299,100 @@ filters = [{{ exact = {{ type = "com.example.order.created" }} }}]
         "{paid:#?}"
     );
 }
+
+/// The start-up line names the version, every listener with its address, the sinks and the
+/// route count; a second SIGTERM during a graceful shutdown exits at once, saying what was
+/// abandoned.
+#[tokio::test]
+async fn startup_banner_and_a_second_signal_exits_at_once() {
+    let stalled = common::stalled_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ferry = common::FerryProcess::start(
+        dir.path(),
+        &format!(
+            r#"shutdown_timeout_ms = 60000
+
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.partner]
+type = "http"
+url = "http://{stalled}/hook"
+timeout_ms = 60000
+
+[routes.all]
+from = ["web"]
+to = ["partner"]
+"#
+        ),
+    );
+    let banner = ferry
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("ferry started"))
+        .cloned()
+        .expect("a start-up line");
+    let v: serde_json::Value = serde_json::from_str(&banner).unwrap();
+    let f = &v["fields"];
+    assert_eq!(f["version"], env!("CARGO_PKG_VERSION"), "{banner}");
+    assert_eq!(f["admin"].as_str(), Some(ferry.admin.as_str()), "{banner}");
+    assert_eq!(
+        f["sources"].as_str().unwrap(),
+        format!("web (http) {}", ferry.addrs["web"]),
+        "{banner}"
+    );
+    assert_eq!(f["sinks"], "partner (http)", "{banner}");
+    assert_eq!(f["routes"], 1, "{banner}");
+    // An event the stalled sink never confirms keeps the graceful shutdown waiting.
+    let url = ferry.url("web", "/events");
+    let post = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "stuck")
+            .header("ce-source", "/t")
+            .header("ce-type", "t")
+            .body("{}")
+            .send()
+            .await;
+    });
+    let metrics = ferry.admin("/metrics");
+    common::until(
+        Duration::from_secs(10),
+        "the event to be in flight",
+        || async {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            common::metric(&text, "ferry_sink_in_flight{sink=\"partner\"}") >= 1.0
+        },
+    )
+    .await;
+    ferry.signal("TERM");
+    ferry
+        .wait_log("the graceful shutdown", Duration::from_secs(10), |lines| {
+            lines.iter().find(|l| l.contains("shutting down")).cloned()
+        })
+        .await;
+    let started = std::time::Instant::now();
+    ferry.signal("TERM");
+    let status = ferry.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        ferry
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("second signal") && l.contains("not acknowledged")),
+        "{:?}",
+        ferry.log.lock().unwrap()
+    );
+    post.abort();
+}
