@@ -83,6 +83,22 @@ impl Problem {
     }
 }
 
+/// The detail of a refused credential, as a sentence: what was refused, and why.
+fn unauthenticated_detail(method: &str, reason: &str) -> String {
+    let credential = match method {
+        "jwt" => "bearer token",
+        "hmac" => "webhook signature",
+        "mtls" => "client certificate",
+        _ => "request",
+    };
+    let reason = reason.trim_end_matches('.');
+    if method == "none" || reason.starts_with("no ") {
+        // "no credentials", "no jwt credential; every configured method must pass"
+        return format!("The request presented {reason}.");
+    }
+    format!("The {credential} was refused: {reason}.")
+}
+
 impl Problem {
     /// An event that could not be handed to its sinks. `index` is its position in a batch.
     pub fn from_ingest(e: IngestError, in_batch: bool) -> Problem {
@@ -148,7 +164,7 @@ impl Problem {
     /// that is being delivered (409) or cannot be remembered now (503); both retry later.
     pub fn unauthenticated(e: crate::security::source::Unauthenticated) -> Problem {
         use crate::security::source::Refusal;
-        let detail = format!("{}: {}", e.method, e.reason);
+        let detail = unauthenticated_detail(e.method, &e.reason);
         let mut p = match e.refusal {
             Refusal::Credentials => {
                 let mut p = Problem::new(StatusCode::UNAUTHORIZED, detail);

@@ -156,8 +156,10 @@ async fn optional_client_auth_still_requires_a_credential() {
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get("www-authenticate").is_some());
     let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-    assert!(
-        body["detail"].as_str().unwrap().contains("no credentials"),
+    // A sentence that says what is missing.
+    assert_eq!(
+        body["detail"].as_str().unwrap(),
+        "The request presented no credentials.",
         "{body}"
     );
 }
@@ -439,9 +441,11 @@ async fn jwt_tokens_are_verified() {
     for (name, t, reason) in cases {
         let (status, body) = send(&url, "com.partner-a.order", name, &bearer(t), "{}").await;
         assert_eq!(status, 401, "{name}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(reason), "{name}: {body}");
         assert!(
-            body["detail"].as_str().unwrap().contains(reason),
-            "{name}: {body}"
+            detail.starts_with("The bearer token was refused: ") && detail.ends_with('.'),
+            "{name}: a sentence saying what was refused: {body}"
         );
     }
     // Not yet valid (nbf in the future beyond the leeway).

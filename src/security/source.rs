@@ -534,7 +534,7 @@ impl SourceSecurity {
     fn missing(&self, method: &'static str) -> Unauthenticated {
         Unauthenticated {
             method,
-            reason: format!("no {method} credential presented; every configured method must pass"),
+            reason: format!("no {method} credential; every configured method must pass"),
             header: None,
             refusal: Refusal::Credentials,
             challenge: self.challenge(),
@@ -544,7 +544,7 @@ impl SourceSecurity {
     fn none_presented(&self) -> Unauthenticated {
         Unauthenticated {
             method: "none",
-            reason: "no credentials presented".into(),
+            reason: "no credentials".into(),
             header: Some("authorization".into()),
             refusal: Refusal::Credentials,
             challenge: self.challenge(),
