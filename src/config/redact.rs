@@ -81,6 +81,10 @@ fn table(t: &DeTable<'_>, secret: bool, edits: &mut Vec<(Range<usize>, String)>)
 
 fn value(v: &toml::Spanned<DeValue<'_>>, secret: bool, edits: &mut Vec<(Range<usize>, String)>) {
     match v.get_ref() {
+        // `${VAR}` and `file:<path>` name where a secret is, not the secret: they stay as
+        // written (a `${VAR:-default}` with a default does not: the default may be one).
+        DeValue::String(s) if secret && names_a_secret(s) => {}
+        DeValue::Array(items) if secret => items.iter().for_each(|i| value(i, true, edits)),
         _ if secret => edits.push((v.span(), quoted(REDACTED))),
         DeValue::String(s) => {
             if let Some(redacted) = redact_url(s) {
@@ -158,6 +162,12 @@ pub(super) fn redact_url(s: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+/// A `${VAR}` reference without a default, or a `file:<path>` reference.
+fn names_a_secret(s: &str) -> bool {
+    (is_reference(s) && s.split_once(":-").is_none_or(|(_, default)| default == "}"))
+        || (s.starts_with("file:") && s.len() > 5)
+}
+
 fn is_reference(s: &str) -> bool {
     s.starts_with("${") && s.ends_with('}') && !s[2..s.len() - 1].contains('}')
 }
@@ -224,6 +234,36 @@ path = "/events"
             assert!(out.contains(kept), "{kept} missing:\n{out}");
         }
         toml::de::DeTable::parse(&out).expect("redacted text parses");
+    }
+
+    /// References to secrets stay as written; literal secrets and defaults do not.
+    #[test]
+    fn references_stay_references() {
+        let text = r#"
+[admin]
+token = "${FERRY_ADMIN_TOKEN}"
+
+[sources.web.auth]
+jwt = { secrets = ["${JWT_A}", "literal-secret", "file:/run/secrets/jwt"] }
+hmac = { scheme = "github", secrets = ["${HOOK:-fallback-secret}"] }
+
+[sinks.out]
+type = "http"
+url = "https://example.com/x"
+headers = { "x-api-key" = "${API_KEY}", "x-other" = "plain-key" }
+"#;
+        let out = redact(text);
+        for kept in [
+            r#"token = "${FERRY_ADMIN_TOKEN}""#,
+            r#""${JWT_A}""#,
+            r#""file:/run/secrets/jwt""#,
+            r#""x-api-key" = "${API_KEY}""#,
+        ] {
+            assert!(out.contains(kept), "{kept} kept:\n{out}");
+        }
+        for gone in ["literal-secret", "fallback-secret", "plain-key"] {
+            assert!(!out.contains(gone), "{gone} redacted:\n{out}");
+        }
     }
 
     #[test]
