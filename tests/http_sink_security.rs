@@ -326,3 +326,37 @@ async fn the_sink_performs_the_handshake_before_delivering() {
     assert_eq!(partner.lines("events.jsonl").len(), 1);
     gw.gateway.shutdown().await;
 }
+
+/// A TLS failure names the TLS problem (here: a certificate from a CA the sink does not
+/// trust), not just "error sending request": in the logs and in the dead letter's
+/// `deadlettererror`.
+#[tokio::test]
+async fn a_tls_failure_names_the_tls_problem() {
+    let c = certs();
+    let d = c.dev.display();
+    let partner = receiver(&format!(
+        r#"tls = {{ cert = "{d}/server.pem", key = "{d}/server.key" }}"#
+    ))
+    .await;
+    let url = format!(
+        "https://localhost:{}/events",
+        partner.gateway.source_addr("partners").unwrap().port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "[sinks.partner]\ntype = \"http\"\nurl = \"{url}\"\ntls = {{ ca = \"{}\" }}\ndead_letter = \"dlq\"\n\n[sinks.dlq]\ntype = \"file\"\npath = \"{}/dlq.jsonl\"\n",
+        c.other.join("ca.pem").display(),
+        dir.path().display()
+    );
+    let gw = sender(&sinks, &["partner"], "").await;
+    assert_eq!(
+        post(&gw.url("web", "/events"), "tls-1").await,
+        202,
+        "dead-lettered"
+    );
+    let text = std::fs::read_to_string(dir.path().join("dlq.jsonl")).unwrap();
+    let dead: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let error = dead["deadlettererror"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{error}");
+    gw.gateway.shutdown().await;
+}

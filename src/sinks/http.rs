@@ -62,7 +62,7 @@ pub(super) fn start(
     }
     let client = client
         .build()
-        .map_err(|e| err(format!("cannot build HTTP client: {e}")))?;
+        .map_err(|e| err(format!("cannot build HTTP client: {}", with_causes(&e))))?;
     let mut headers = http::HeaderMap::new();
     for (k, v) in &config.headers {
         let name =
@@ -174,7 +174,7 @@ async fn handshake(target: &Target, origin: &HeaderValue) -> Grant {
             return Grant::Refused(format!(
                 "{} handshake failed: {}",
                 target.shown_url,
-                e.without_url()
+                with_causes(&e.without_url())
             ))
         }
     };
@@ -296,14 +296,31 @@ async fn deliver(target: &Target, envelope: &Envelope) -> Attempt {
             } else {
                 "request failed"
             };
-            // reqwest's text names the URL with its query: leave it out.
+            // reqwest's text names the URL with its query: leave it out. Its causes name the
+            // problem (a refused certificate, a reset connection): keep them.
             Err(Refusal::retryable(format!(
                 "{} {what}: {}",
                 target.shown_url,
-                e.without_url()
+                with_causes(&e.without_url())
             )))
         }
     }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own text is only "error sending
+/// request"; the cause says "invalid peer certificate: UnknownIssuer").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The Standard Webhooks message id of an event: `msg_` and the first 32 hex digits of SHA-256
