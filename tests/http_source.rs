@@ -342,6 +342,14 @@ async fn batches_are_all_or_nothing() {
     let p = problem(resp, 400).await;
     assert_eq!(p["index"], 1);
     assert_eq!(p["attribute"], "source");
+    // The detail says which event, as people count.
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("event 2 of the batch (index 1): "),
+        "{p}"
+    );
     assert_eq!(
         gw.lines("events.jsonl").len(),
         3,

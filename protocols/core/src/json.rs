@@ -89,7 +89,13 @@ pub struct BatchError {
 impl fmt::Display for BatchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.index {
-            Some(i) => write!(f, "event {i} of the batch: {}", self.error),
+            // Counted from 1 for people; `index` (the problem's member) counts from 0.
+            Some(i) => write!(
+                f,
+                "event {} of the batch (index {i}): {}",
+                i + 1,
+                self.error
+            ),
             None => write!(f, "batch: {}", self.error),
         }
     }
