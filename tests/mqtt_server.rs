@@ -179,6 +179,37 @@ impl Device {
     }
 }
 
+/// A TLS connection to `addr` trusting the dev CA in `pki`, presenting the dev client
+/// certificate when `client_cert`; `Err` when the handshake fails.
+async fn tls_device(
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    client_cert: bool,
+) -> std::io::Result<Device> {
+    let roots = ferry::tls::load_roots(&pki.join("ca.pem")).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = if client_cert {
+        let certs = ferry::tls::load_certs(&pki.join("client.pem")).unwrap();
+        let key = ferry::tls::load_key(&pki.join("client.key")).unwrap();
+        builder.with_client_auth_cert(certs, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let io = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(Device {
+        io: Box::new(io),
+        buf: BytesMut::new(),
+        v5: true,
+    })
+}
+
 fn from_v4(p: v4::Packet) -> Packet {
     match p {
         v4::Packet::ConnAck(a) => Packet::ConnAck(p5::ConnAck {
@@ -917,33 +948,9 @@ to = ["archive"]
     );
     let gw = TestGateway::start(&config).await;
     let addr = gw.gateway.source_addr("devices").unwrap();
-    let roots = ferry::tls::load_roots(&dir.path().join("ca.pem")).unwrap();
-    let tls = |client_cert: bool| {
-        let builder = rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots.clone());
-        let config = if client_cert {
-            let certs = ferry::tls::load_certs(&dir.path().join("client.pem")).unwrap();
-            let key = ferry::tls::load_key(&dir.path().join("client.key")).unwrap();
-            builder.with_client_auth_cert(certs, key).unwrap()
-        } else {
-            builder.with_no_client_auth()
-        };
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    };
     let open = |client_cert: bool| {
-        let connector = tls(client_cert);
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let io = connector.connect(name, tcp).await.expect("TLS");
-            Device {
-                io: Box::new(io),
-                buf: BytesMut::new(),
-                v5: true,
-            }
-        }
+        let pki = dir.path().to_owned();
+        async move { tls_device(addr, &pki, client_cert).await.expect("TLS") }
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1448,23 +1455,8 @@ to = ["archive"]
     ))
     .await;
     let addr = gw.gateway.source_addr("devices").unwrap();
-    let roots = ferry::tls::load_roots(&dir.path().join("ca.pem")).unwrap();
-    let builder = || {
-        rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots.clone())
-    };
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     // Without a certificate: the handshake (or the first read after it, in TLS 1.3) fails.
-    let anonymous = tokio_rustls::TlsConnector::from(Arc::new(builder().with_no_client_auth()));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    if let Ok(io) = anonymous.connect(name.clone(), tcp).await {
-        let mut dev = Device {
-            io: Box::new(io),
-            buf: BytesMut::new(),
-            v5: true,
-        };
+    if let Ok(mut dev) = tls_device(addr, dir.path(), false).await {
         dev.send(Packet::Connect(
             p5::Connect {
                 keep_alive: 30,
@@ -1481,21 +1473,9 @@ to = ["archive"]
             "no CONNACK without a certificate"
         );
     }
-    let certs = ferry::tls::load_certs(&dir.path().join("client.pem")).unwrap();
-    let key = ferry::tls::load_key(&dir.path().join("client.key")).unwrap();
-    let with_cert = tokio_rustls::TlsConnector::from(Arc::new(
-        builder().with_client_auth_cert(certs, key).unwrap(),
-    ));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let io = with_cert
-        .connect(name, tcp)
+    let mut dev = tls_device(addr, dir.path(), true)
         .await
         .expect("TLS with a certificate");
-    let mut dev = Device {
-        io: Box::new(io),
-        buf: BytesMut::new(),
-        v5: true,
-    };
     assert_eq!(
         dev.connect("c1", None).await.code,
         p5::ConnectReturnCode::Success
