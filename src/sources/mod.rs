@@ -195,6 +195,26 @@ pub async fn check(
     }
 }
 
+/// A listening source's listener: `bound` when [`check`] bound it already, else bound now;
+/// and the address it listens on.
+pub(crate) async fn listen(
+    name: &str,
+    addr: SocketAddr,
+    bound: Option<TcpListener>,
+) -> Result<(TcpListener, SocketAddr), SourceError> {
+    let error = |error| SourceError::Listen {
+        source_name: name.to_owned(),
+        addr,
+        error,
+    };
+    let listener = match bound {
+        Some(l) => l,
+        None => TcpListener::bind(addr).await.map_err(error)?,
+    };
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
+}
+
 /// Starts one source (on `bound` when its listener was bound already).
 pub async fn start(
     name: &str,

@@ -158,18 +158,7 @@ pub async fn start(
     bound: Option<TcpListener>,
 ) -> Result<(SocketAddr, Live), SourceError> {
     let prepared = prepare(config, &cx, None)?;
-    let listen_error = |error| SourceError::Listen {
-        source_name: cx.name().to_owned(),
-        addr: config.listen,
-        error,
-    };
-    let listener = match bound {
-        Some(l) => l,
-        None => TcpListener::bind(config.listen)
-            .await
-            .map_err(listen_error)?,
-    };
-    let addr = listener.local_addr().map_err(listen_error)?;
+    let (listener, addr) = super::listen(cx.name(), config.listen, bound).await?;
     let live = Live {
         state: Arc::new(ArcSwap::from_pointee(prepared.state)),
         tls: Arc::new(ArcSwapOption::from(prepared.tls)),

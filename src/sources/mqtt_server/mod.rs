@@ -253,18 +253,7 @@ pub async fn start(
     bound: Option<TcpListener>,
 ) -> Result<(SocketAddr, Live), SourceError> {
     let prepared = prepare(config, &cx, None)?;
-    let listen_error = |error| SourceError::Listen {
-        source_name: cx.name().to_owned(),
-        addr: config.listen,
-        error,
-    };
-    let listener = match bound {
-        Some(l) => l,
-        None => TcpListener::bind(config.listen)
-            .await
-            .map_err(listen_error)?,
-    };
-    let addr = listener.local_addr().map_err(listen_error)?;
+    let (listener, addr) = super::listen(cx.name(), config.listen, bound).await?;
     let state = Arc::new(ArcSwap::from_pointee(prepared.state));
     let live = Live {
         state: Arc::clone(&state),
@@ -279,17 +268,8 @@ pub async fn start(
     let hub_entry: Arc<dyn crate::mqtt_hub::Listener> = live.shared.clone();
     cx.mqtt_servers.register(cx.name(), &hub_entry);
     if let Some(ws) = &config.websocket {
-        let ws_listener =
-            TcpListener::bind(ws.listen)
-                .await
-                .map_err(|error| SourceError::Listen {
-                    source_name: cx.name().to_owned(),
-                    addr: ws.listen,
-                    error,
-                })?;
-        if let Ok(ws_addr) = ws_listener.local_addr() {
-            tracing::info!(source = %cx.name(), addr = %ws_addr, path = %ws.path, "MQTT over WebSocket listening");
-        }
+        let (ws_listener, ws_addr) = super::listen(cx.name(), ws.listen, None).await?;
+        tracing::info!(source = %cx.name(), addr = %ws_addr, path = %ws.path, "MQTT over WebSocket listening");
         cx.tracker.spawn(
             accept(ws_listener, live.clone(), cx.clone(), Transport::WebSocket).instrument(
                 tracing::info_span!("source", source = %cx.name(), transport = "websocket"),
