@@ -195,18 +195,32 @@ fn check_diff(path: &Path, base: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let old = if base.starts_with("http://") || base.starts_with("https://") {
-        running_config(base)
+    let remote = base.starts_with("http://") || base.starts_with("https://");
+    let pair = if remote {
+        // Both sides as `/-/config` shows them, so redaction and references compare alike.
+        running_config(base).and_then(|old| {
+            let new = Config::outline(&new.origin.redacted, path).map_err(|e| e.to_string())?;
+            Ok((old, new))
+        })
     } else {
-        Config::load(Path::new(base)).map_err(|e| e.to_string())
+        Config::load(Path::new(base))
+            .map(|old| (old, new))
+            .map_err(|e| e.to_string())
     };
-    let old = match old {
-        Ok(c) => c,
+    let (old, new) = match pair {
+        Ok(pair) => pair,
         Err(e) => {
             eprintln!("error: {base}: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if remote {
+        eprintln!(
+            "note: compared with {base}/-/config, which shows neither literal secrets nor the \
+             contents of referenced files: a change to those alone is not listed (compare with \
+             the running config file to see them)"
+        );
+    }
     let changes = ferry::reload::diff(&old, &new);
     if changes.is_empty() {
         println!("no changes");
@@ -223,7 +237,8 @@ fn check_diff(path: &Path, base: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The config a running gateway reports on `/-/config` (interpolated with this environment).
+/// The config a running gateway reports on `/-/config`, parsed to compare (see
+/// [`Config::outline`]).
 fn running_config(admin: &str) -> Result<Config, String> {
     let url = format!("{}/-/config", admin.trim_end_matches('/'));
     let body: serde_json::Value = tokio::runtime::Builder::new_current_thread()
@@ -243,8 +258,7 @@ fn running_config(admin: &str) -> Result<Config, String> {
         })
         .map_err(|e: reqwest::Error| e.to_string())?;
     let text = body["config"].as_str().ok_or("no config in the answer")?;
-    Config::from_str_at(text, Path::new(&url), &|name| std::env::var(name).ok())
-        .map_err(|e| e.to_string())
+    Config::outline(text, Path::new(&url)).map_err(|e| e.to_string())
 }
 
 fn probe(args: &ProbeArgs) -> ExitCode {

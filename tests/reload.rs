@@ -321,3 +321,70 @@ to = ["stuck"]
         started.elapsed()
     );
 }
+
+/// `check --diff-against http://…` compares with the running gateway's `/-/config`, where
+/// literal secrets are `[redacted]`, `${VAR}` references stay as written (their values are the
+/// running process's, not this shell's) and referenced files may not exist on this machine: a
+/// config that only adds a sink shows only that sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_against_a_running_gateway_sees_through_redaction() {
+    ferry::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ferry::certs::generate_dev(&certs).unwrap();
+    std::fs::write(dir.path().join("signing.txt"), "from-a-file\n").unwrap();
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+tls = {{ cert = "{certs}/server.pem", key = "{certs}/server.key" }}
+auth = {{ hmac = {{ scheme = "github", secrets = ["a-literal-secret", "${{FERRY_T_DIFF_SECRET}}", "file:{dir}/signing.txt"] }} }}
+
+[sinks.out]
+type = "http"
+url = "http://ferry:pass-word@127.0.0.1:9/x?token=abc&plain=${{FERRY_T_DIFF_SECRET}}"
+
+[routes.all]
+from = ["web"]
+to = ["out"]
+"#,
+        certs = certs.display(),
+        dir = dir.path().display()
+    );
+    let running = dir.path().join("running.toml");
+    std::fs::write(&running, &text).unwrap();
+    let env = |name: &str| (name == "FERRY_T_DIFF_SECRET").then(|| "running-value".to_owned());
+    let gw = Gateway::start(Config::from_str_at(&text, &running, &env).unwrap())
+        .await
+        .unwrap();
+    // The running gateway's own secret file is gone from here; the new config does not use it.
+    std::fs::remove_file(dir.path().join("signing.txt")).unwrap();
+    let new = dir.path().join("new.toml");
+    std::fs::write(
+        &new,
+        text.replace(
+            &format!(", \"file:{}/signing.txt\"", dir.path().display()),
+            "",
+        ) + "\n[sinks.extra]\ntype = \"stdout\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check", "--config"])
+        .arg(&new)
+        .arg("--diff-against")
+        .arg(format!("http://{}", gw.admin_addr().unwrap()))
+        .env("FERRY_T_DIFF_SECRET", "this-shell's-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "+ sink:extra\n~ source:web\n", "{stderr}");
+    assert!(stderr.contains("literal secrets"), "{stderr}");
+    assert!(gw.shutdown().await);
+}

@@ -221,6 +221,28 @@ impl Config {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::parse(text, path, env, true)
+    }
+
+    /// Parses config text as `/-/config` shows it (literal secrets `[redacted]`, `${VAR}`
+    /// references as written) only to compare it with another text parsed the same way: each
+    /// reference takes this environment's value, or stays as written when unset, so it compares
+    /// by name; no referenced file is read (they may not exist here) and the checks do not run.
+    pub fn outline(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| Some(format!("${{{name}}}")))
+        };
+        crate::file_ref::without_reading(|| Config::parse(text, path, &env, false))
+    }
+
+    fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        checked: bool,
+    ) -> Result<Config, ConfigError> {
         let raw = text;
         let text = interpolate::interpolate(text, env)
             .map_err(|(offset, message)| ConfigError::at(path, text, offset, None, message))?;
@@ -244,10 +266,12 @@ impl Config {
                 });
             ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
         })?;
-        config.check().map_err(|e| {
-            let offset = locate::offset(&root, &e.key);
-            ConfigError::from_parts(path, &text, offset, Some(e.dotted()), e.message)
-        })?;
+        if checked {
+            config.check().map_err(|e| {
+                let offset = locate::offset(&root, &e.key);
+                ConfigError::from_parts(path, &text, offset, Some(e.dotted()), e.message)
+            })?;
+        }
         let mut config = config;
         config.origin = Origin {
             path: path.to_owned(),
