@@ -195,7 +195,12 @@ async fn routes(State(s): State<AdminState>) -> Response {
 
 /// Reloads the config file: `200` with what changed, or `400` with why nothing did.
 async fn reload(State(s): State<AdminState>) -> Response {
-    match s.view.reloader.reload_file().await {
+    match s
+        .view
+        .reloader
+        .reload_file(crate::reload::Trigger::Admin)
+        .await
+    {
         Ok(report) => {
             axum::Json(serde_json::json!({"result": "success", "report": report})).into_response()
         }

@@ -37,6 +37,7 @@ pub mod health;
 pub mod key_error;
 pub mod keyed;
 pub mod listener;
+pub mod log_filter;
 pub mod metrics;
 pub(crate) mod mqtt_client;
 pub mod mqtt_hub;

@@ -354,7 +354,7 @@ impl Signals {
                 _ = self.int.recv() => return "SIGINT",
                 _ = self.hup.recv() => {
                     // The outcome is logged (and counted) by the reloader.
-                    let _ = gateway.reloader().reload_file().await;
+                    let _ = gateway.reloader().reload_file(ferry::reload::Trigger::Signal).await;
                 }
             }
         }
@@ -419,9 +419,12 @@ impl Summary {
 }
 
 fn init_logging(config: &Config, format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|l| EnvFilter::try_new(l).is_ok())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = EnvFilter::try_new(ferry::log_filter::directives(&level))
+        .unwrap_or_else(|_| EnvFilter::new(ferry::log_filter::directives("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

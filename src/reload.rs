@@ -112,6 +112,48 @@ pub struct Report {
     pub changes: Changes,
 }
 
+/// What started a reload, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `SIGHUP` to the process.
+    Signal,
+    /// `POST /-/reload` on the admin API.
+    Admin,
+    /// The file watch saw the config or a file it references change.
+    Watch,
+    /// A call of [`Reloader::reload`] (embedding code, tests).
+    Call,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "POST /-/reload",
+            Trigger::Watch => "file watch",
+            Trigger::Call => "API call",
+        })
+    }
+}
+
+/// "generation 3; added sink:a; changed route:all", or that nothing changed.
+fn summary(report: &Report) -> String {
+    if report.changes.is_empty() {
+        return format!("nothing changed (generation {} stays)", report.generation);
+    }
+    let mut out = format!("generation {}", report.generation);
+    for (what, list) in [
+        ("added", &report.changes.added),
+        ("removed", &report.changes.removed),
+        ("changed", &report.changes.changed),
+    ] {
+        if !list.is_empty() {
+            out.push_str(&format!("; {what} {}", list.join(", ")));
+        }
+    }
+    out
+}
+
 /// Applies new configs to a running gateway, one at a time.
 pub struct Reloader {
     config: Arc<ArcSwap<Config>>,
@@ -165,43 +207,51 @@ impl Reloader {
         let current = self.config.load_full();
         match Config::load(&current.origin.path) {
             Ok(config) if config.origin.hash == current.origin.hash => None,
-            Ok(config) => Some(self.reload(config).await),
-            Err(e) => {
-                self.reloads_failed.inc();
-                tracing::error!(error = %e, "reload refused; the running config stays");
-                Some(Err(e.into()))
-            }
+            Ok(config) => Some(self.reload_by(config, Trigger::Watch).await),
+            Err(e) => Some(Err(self.refused(Trigger::Watch, e.into()))),
         }
     }
 
     /// Reloads from the file the running config came from.
-    pub async fn reload_file(&self) -> Result<Report, ReloadError> {
+    pub async fn reload_file(&self, trigger: Trigger) -> Result<Report, ReloadError> {
         let path = self.config.load().origin.path.clone();
         match Config::load(&path) {
-            Ok(config) => self.reload(config).await,
-            Err(e) => {
-                self.reloads_failed.inc();
-                tracing::error!(error = %e, "reload refused; the running config stays");
-                Err(e.into())
-            }
+            Ok(config) => self.reload_by(config, trigger).await,
+            Err(e) => Err(self.refused(trigger, e.into())),
         }
     }
 
     /// Validates and applies `new`; on any error nothing changes.
     pub async fn reload(&self, new: Config) -> Result<Report, ReloadError> {
-        let result = self.apply(new).await;
-        match &result {
+        self.reload_by(new, Trigger::Call).await
+    }
+
+    async fn reload_by(&self, new: Config, trigger: Trigger) -> Result<Report, ReloadError> {
+        match self.apply(new).await {
             Ok(r) => {
                 self.reloads_ok.inc();
                 self.generation_gauge.set(r.generation as i64);
-                tracing::info!(generation = r.generation, added = ?r.changes.added, removed = ?r.changes.removed, changed = ?r.changes.changed, "config reloaded");
+                let list = |l: &[String]| l.join(", ");
+                tracing::info!(
+                    trigger = %trigger,
+                    generation = r.generation,
+                    added = list(&r.changes.added),
+                    removed = list(&r.changes.removed),
+                    changed = list(&r.changes.changed),
+                    "config reloaded by {trigger}: {}",
+                    summary(&r)
+                );
+                Ok(r)
             }
-            Err(e) => {
-                self.reloads_failed.inc();
-                tracing::error!(error = %e, "reload refused; the running config stays");
-            }
+            Err(e) => Err(self.refused(trigger, e)),
         }
-        result
+    }
+
+    /// Counts and logs a refused reload.
+    fn refused(&self, trigger: Trigger, e: ReloadError) -> ReloadError {
+        self.reloads_failed.inc();
+        tracing::error!(trigger = %trigger, error = %e, "reload by {trigger} refused; the running config stays");
+        e
     }
 
     async fn apply(&self, new: Config) -> Result<Report, ReloadError> {

@@ -92,7 +92,10 @@ async fn q4_a_request_spanning_a_reload_uses_one_configuration() {
         );
     }
     std::fs::write(&file, config(dir.path(), "b")).unwrap();
-    gw.reloader().reload_file().await.expect("reload");
+    gw.reloader()
+        .reload_file(ferry::reload::Trigger::Call)
+        .await
+        .expect("reload");
     slow.write_all(b"}").await.unwrap();
     let mut head = [0u8; 12];
     tokio::time::timeout(Duration::from_secs(10), slow.read_exact(&mut head))

@@ -286,7 +286,10 @@ to = ["stuck"]
     std::fs::write(&file, text(600_000)).unwrap();
     let gw = Gateway::start(Config::load(&file).unwrap()).await.unwrap();
     std::fs::write(&file, text(300)).unwrap();
-    gw.reloader().reload_file().await.expect("reload");
+    gw.reloader()
+        .reload_file(ferry::reload::Trigger::Call)
+        .await
+        .expect("reload");
     // An event held by the stalled target keeps the sink busy past any deadline.
     let url = format!("http://{}/events", gw.source_addr("web").unwrap());
     tokio::spawn(async move {

@@ -396,3 +396,169 @@ to = ["partner"]
     );
     post.abort();
 }
+
+/// Each reload line says what triggered it and what changed (or why nothing did).
+#[tokio::test]
+async fn reload_lines_name_the_trigger_and_the_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#"[reload]
+watch = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.out]
+type = "stdout"
+
+[routes.all]
+from = ["web"]
+to = ["out"]
+"#;
+    let ferry = common::FerryProcess::start(dir.path(), base);
+    let config = dir.path().join("ferry.toml");
+    let reload_line = |n: usize| {
+        move |lines: &[String]| {
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| {
+                    v["fields"]["message"].as_str().is_some_and(|m| {
+                        m.starts_with("config reloaded") || m.starts_with("reload")
+                    })
+                })
+                .nth(n)
+        }
+    };
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[sinks.extra]\ntype = \"stdout\"\n"),
+    )
+    .unwrap();
+    ferry.signal("HUP");
+    let v = ferry
+        .wait_log("the SIGHUP reload", Duration::from_secs(10), reload_line(0))
+        .await;
+    let f = &v["fields"];
+    assert_eq!(f["trigger"], "SIGHUP", "{v}");
+    assert_eq!(f["added"], "sink:extra", "{v}");
+    assert_eq!(
+        f["message"], "config reloaded by SIGHUP: generation 2; added sink:extra",
+        "{v}"
+    );
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[sinks.extra]\ntype = \"stdout\"\n")
+            .replace("to = [\"out\"]", "to = [\"extra\"]"),
+    )
+    .unwrap();
+    let status = reqwest::Client::new()
+        .post(ferry.admin("/-/reload"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let v = ferry
+        .wait_log("the admin reload", Duration::from_secs(10), reload_line(1))
+        .await;
+    assert_eq!(
+        v["fields"]["message"],
+        "config reloaded by POST /-/reload: generation 3; changed route:all",
+        "{v}"
+    );
+
+    ferry.signal("HUP");
+    let v = ferry
+        .wait_log("the empty reload", Duration::from_secs(10), reload_line(2))
+        .await;
+    assert_eq!(
+        v["fields"]["message"], "config reloaded by SIGHUP: nothing changed (generation 3 stays)",
+        "{v}"
+    );
+
+    std::fs::write(&config, "[sinks.broken\n").unwrap();
+    ferry.signal("HUP");
+    let v = ferry
+        .wait_log(
+            "the refused reload",
+            Duration::from_secs(10),
+            reload_line(3),
+        )
+        .await;
+    assert_eq!(v["level"], "ERROR", "{v}");
+    assert_eq!(
+        v["fields"]["message"], "reload by SIGHUP refused; the running config stays",
+        "{v}"
+    );
+    assert!(
+        v["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ferry.toml:1"),
+        "{v}"
+    );
+}
+
+/// Dependencies' own log lines stay out of Ferry's log unless asked for by name: lapin logs
+/// four ERROR lines for each failed connection attempt (one carrying the raw parse error) that
+/// repeat or contradict Ferry's own "AMQP sink cannot connect; retrying".
+#[tokio::test]
+async fn lapin_lines_stay_out_of_the_log() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = garbage.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = garbage.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"not an AMQP server\r\n").await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = common::FerryProcess::start(
+        dir.path(),
+        &format!(
+            r#"[log]
+level = "info"
+
+[sources.web]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+
+[sinks.queue]
+type = "amqp"
+url = "amqp://guest:guest@{addr}/%2f"
+exchange = ""
+routing_key = "nowhere"
+
+[routes.all]
+from = ["web"]
+to = ["queue"]
+"#
+        ),
+    );
+    ferry
+        .wait_log("two failed connection attempts", WAIT, |lines| {
+            (lines
+                .iter()
+                .filter(|l| l.contains("AMQP sink cannot connect"))
+                .count()
+                >= 2)
+                .then_some(())
+        })
+        .await;
+    let log = ferry.log.lock().unwrap();
+    let foreign: Vec<&String> = log
+        .iter()
+        .filter(|l| !l.contains(r#""target":"ferry"#))
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:#?}");
+}
