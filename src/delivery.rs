@@ -189,6 +189,8 @@ pub struct Breaker {
     failures: u32,
     probe_interval: Duration,
     state: std::sync::Mutex<BreakerState>,
+    /// Told when the next probe may go, so dispatch can refuse until then.
+    health: Option<Arc<crate::pipeline::SinkHealth>>,
 }
 
 #[derive(Debug, Default)]
@@ -221,7 +223,20 @@ impl Breaker {
             failures: config.failures,
             probe_interval: Duration::from_millis(config.probe_interval_ms),
             state: std::sync::Mutex::default(),
+            health: None,
         })
+    }
+
+    /// Keeps `health` told of the next probe time while the circuit is open.
+    pub fn reporting_to(mut self, health: Arc<crate::pipeline::SinkHealth>) -> Breaker {
+        self.health = Some(health);
+        self
+    }
+
+    fn report(&self, open_until: Option<std::time::Instant>) {
+        if let Some(h) = &self.health {
+            h.set_probe_at(open_until);
+        }
     }
 
     /// Whether a delivery may go now. The first delivery after the probe time goes through
@@ -236,6 +251,7 @@ impl Breaker {
         let now = std::time::Instant::now();
         if now >= until {
             s.open_until = Some(now + self.probe_interval);
+            self.report(s.open_until);
             Admission::Go
         } else {
             Admission::Reject(until - now)
@@ -245,7 +261,11 @@ impl Breaker {
     pub fn success(&self) -> Option<Transition> {
         let mut s = self.state.lock().ok()?;
         s.consecutive = 0;
-        s.open_until.take().map(|_| Transition::Closed)
+        let closed = s.open_until.take().map(|_| Transition::Closed);
+        if closed.is_some() {
+            self.report(None);
+        }
+        closed
     }
 
     pub fn failure(&self) -> Option<Transition> {
@@ -253,6 +273,7 @@ impl Breaker {
         s.consecutive = s.consecutive.saturating_add(1);
         if s.consecutive >= self.failures && s.open_until.is_none() {
             s.open_until = Some(std::time::Instant::now() + self.probe_interval);
+            self.report(s.open_until);
             return Some(Transition::Opened);
         }
         None

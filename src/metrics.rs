@@ -50,6 +50,12 @@ pub struct SinkFailureLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    pub sink: String,
+    pub reason: &'static str,
+}
+
 /// Every metric Ferry exports. Cheap to clone (families are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -77,6 +83,8 @@ pub struct Metrics {
     pub dedup_keys: Family<RouteLabels, Gauge>,
     pub circuit_open: Family<SinkLabels, Gauge>,
     pub circuit_rejected: Family<SinkLabels, Counter>,
+    pub fail_fast: Family<SinkReasonLabels, Counter>,
+    pub connect_failures: Family<SinkLabels, Counter>,
     pub spool_bytes: Family<SinkLabels, Gauge>,
     pub spool_events: Family<SinkLabels, Gauge>,
     pub spooled: Family<SinkLabels, Counter>,
@@ -151,6 +159,8 @@ impl Metrics {
             dedup_keys: Family::default(),
             circuit_open: Family::default(),
             circuit_rejected: Family::default(),
+            fail_fast: Family::default(),
+            connect_failures: Family::default(),
             spool_bytes: Family::default(),
             spool_events: Family::default(),
             spooled: Family::default(),
@@ -278,6 +288,16 @@ impl Metrics {
             "sink_circuit_rejected",
             "Deliveries failed at once because the sink's circuit was open",
             m.circuit_rejected.clone(),
+        );
+        r.register(
+            "sink_fail_fast",
+            "Events refused at the door because a sink they go to is known down (its circuit open, or not connected)",
+            m.fail_fast.clone(),
+        );
+        r.register(
+            "sink_connect_failures",
+            "Failed connection attempts and lost connections of a sink to its target",
+            m.connect_failures.clone(),
         );
         r.register(
             "spool_bytes",

@@ -5,8 +5,9 @@
 //! generation once per inbound message, so every event is handled entirely by one
 //! generation.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ferry_core::{AckToken, AckWaiter, CloudEvent, Outcome, TransportMetadata};
@@ -91,11 +92,25 @@ pub struct SinkHandle {
     pub name: Arc<str>,
     pub kind: &'static str,
     tx: mpsc::Sender<Delivery>,
+    /// Consulted at dispatch when a sink known down should refuse at once (no spool or
+    /// dead-letter sink takes its events meanwhile).
+    health: Option<Arc<SinkHealth>>,
 }
 
 impl SinkHandle {
     pub fn new(name: Arc<str>, kind: &'static str, tx: mpsc::Sender<Delivery>) -> Self {
-        SinkHandle { name, kind, tx }
+        SinkHandle {
+            name,
+            kind,
+            tx,
+            health: None,
+        }
+    }
+
+    /// Refuses events at dispatch while `health` says the sink is down.
+    pub fn fail_fast(mut self, health: Arc<SinkHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// A sender that does not keep the queue open (for retries and dead letters).
@@ -106,6 +121,78 @@ impl SinkHandle {
     /// Events waiting in the queue.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Why a sink is known down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Its circuit breaker is open and the next probe is not due yet.
+    CircuitOpen,
+    /// Its connection to the target failed or was lost, and is being retried.
+    Disconnected,
+}
+
+/// What a sink's driver knows of its target, read at dispatch so that a sender whose event
+/// goes to a sink known down is refused at once instead of waiting out the sink's retries.
+/// When the next probe of an open circuit is due, events pass again: one of them is the probe.
+#[derive(Debug)]
+pub struct SinkHealth {
+    disconnected: AtomicBool,
+    /// While the circuit is open: when the next probe may go, in nanoseconds after `epoch`
+    /// plus one; 0 while it is closed.
+    probe_at: AtomicU64,
+    epoch: Instant,
+    refused_open: Counter,
+    refused_disconnected: Counter,
+}
+
+impl SinkHealth {
+    pub fn new(metrics: &Metrics, sink: &str) -> SinkHealth {
+        let counter = |reason| {
+            (metrics.fail_fast)
+                .get_or_create(&crate::metrics::SinkReasonLabels {
+                    sink: sink.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        SinkHealth {
+            disconnected: AtomicBool::new(false),
+            probe_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            refused_open: counter("circuit_open"),
+            refused_disconnected: counter("disconnected"),
+        }
+    }
+
+    /// Set by the driver: `false` after a failed connection attempt or a lost link.
+    pub fn set_connected(&self, connected: bool) {
+        self.disconnected.store(!connected, Ordering::Relaxed);
+    }
+
+    /// Set by the circuit breaker: when the next probe may go while open, `None` once closed.
+    pub fn set_probe_at(&self, at: Option<Instant>) {
+        let nanos = at.map_or(0, |at| {
+            at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+        });
+        self.probe_at.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Why an event must not be handed to the sink now, and when to try again (counted).
+    pub fn refusal(&self) -> Option<(DownReason, Duration)> {
+        if self.disconnected.load(Ordering::Relaxed) {
+            self.refused_disconnected.inc();
+            return Some((DownReason::Disconnected, Duration::from_secs(1)));
+        }
+        let at = self.probe_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let at = self.epoch + Duration::from_nanos(at - 1);
+        let left = at.checked_duration_since(Instant::now())?;
+        self.refused_open.inc();
+        Some((DownReason::CircuitOpen, left))
     }
 }
 
@@ -136,6 +223,12 @@ pub enum DispatchError {
     Overloaded { sink: Arc<str> },
     /// A sink is shutting down.
     Closed { sink: Arc<str> },
+    /// A sink is known down; try again after `retry_after`.
+    Down {
+        sink: Arc<str>,
+        reason: DownReason,
+        retry_after: Duration,
+    },
     /// A message has more events for one sink than its queue holds: it could never be
     /// handed on whole (Q3).
     TooLarge {
@@ -182,6 +275,17 @@ impl Generation {
             match wanted.iter_mut().find(|(i, _)| *i == index) {
                 Some((_, n)) => *n += 1,
                 None => wanted.push((index, 1)),
+            }
+        }
+        // A sink known down refuses before anything is reserved anywhere.
+        for &(index, _) in &wanted {
+            let sink = &self.sinks[index];
+            if let Some((reason, retry_after)) = sink.health.as_ref().and_then(|h| h.refusal()) {
+                return Err(DispatchError::Down {
+                    sink: Arc::clone(&sink.name),
+                    reason,
+                    retry_after,
+                });
             }
         }
         let deadline = tokio::time::Instant::now() + enqueue_timeout;

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use ferry_core::{DeliveryFailure, FailureKind, Outcome};
 use ferry_http::DecodeError;
 
-use crate::pipeline::{DispatchError, IngestError};
+use crate::pipeline::{DispatchError, DownReason, IngestError};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
@@ -113,6 +113,22 @@ impl Problem {
                 format!("sink `{sink}` is at capacity; retry later"),
             )
             .retry_after(1),
+            IngestError::Dispatch(DispatchError::Down {
+                sink,
+                reason,
+                retry_after,
+            }) => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let detail = match reason {
+                    DownReason::CircuitOpen => format!(
+                        "sink `{sink}` is down (circuit open after consecutive failures); the next probe is in {secs} s: retry then"
+                    ),
+                    DownReason::Disconnected => {
+                        format!("sink `{sink}` is not connected to its target; retry later")
+                    }
+                };
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).retry_after(secs)
+            }
             IngestError::Dispatch(DispatchError::Closed { sink }) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("sink `{sink}` is shutting down; retry later"),

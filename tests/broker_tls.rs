@@ -292,8 +292,13 @@ async fn mqtt_sinks_that_fail_the_handshake_are_not_ready() {
             .replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500")
             .replace("[admin]", "shutdown_timeout_ms = 200\n\n[admin]");
         let gw = TestGateway::start(&gw_config).await;
-        // Not delivered: the sink cannot connect, so the request times out unconfirmed.
-        assert_eq!(post(&gw, "x").await, 504, "{what}");
+        // Not delivered: once the sink failed to connect, events for it are refused at once.
+        common::until(WAIT, "a failed connection attempt", || async {
+            let metrics = gw.metrics().await;
+            common::metric(&metrics, "ferry_sink_connect_failures_total{sink=\"out\"}") >= 1.0
+        })
+        .await;
+        assert_eq!(post(&gw, "x").await, 503, "{what}");
         let body = reqwest::get(gw.admin("/readyz"))
             .await
             .unwrap()

@@ -376,9 +376,11 @@ to = ["partner"]
     }
     // The third failure opened the circuit: the second event's retry failed at once.
     assert_eq!(tried, 3);
-    // While open, events fail at once instead of reaching the target.
+    // While open, events are refused at once (503 until the next probe) instead of reaching
+    // the target.
     for i in 0..5 {
-        assert_eq!(post_to(&url, &format!("o-{i}")).await.status(), 502);
+        let status = post_to(&url, &format!("o-{i}")).await.status();
+        assert!(status == 503 || status == 502, "{status}");
     }
     let mut probes = 0;
     while receiver.rx.try_recv().is_ok() {
@@ -393,7 +395,11 @@ to = ["partner"]
         metric(
             &metrics,
             "ferry_sink_circuit_rejected_total{sink=\"partner\"}"
-        ) >= 9.0
+        ) + metric(
+            &metrics,
+            "ferry_sink_fail_fast_total{sink=\"partner\",reason=\"circuit_open\"}"
+        ) >= 5.0,
+        "{metrics}"
     );
     // The target recovers: the next probe closes the circuit.
     receiver.set_status(200);
@@ -449,4 +455,139 @@ to = ["partner"]
         "the retry came after {waited:?}, not after Retry-After: 1"
     );
     assert_eq!(request.await.unwrap(), 202);
+}
+
+/// While a sink's circuit is open, a sender whose event goes there gets `503` with
+/// `Retry-After` (the time to the next probe) at once, instead of waiting out the sink's
+/// retries; the probes still go through, and the first success closes the circuit.
+#[tokio::test]
+async fn a_sink_with_an_open_circuit_refuses_at_once() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let text = format!(
+        r#"{WEBHOOKS}
+[sinks.partner]
+type = "http"
+url = "http://{}/events"
+retry = {{ max_attempts = 3, initial_backoff_ms = 50, max_backoff_ms = 1000 }}
+circuit_breaker = {{ failures = 2, probe_interval_ms = 3000 }}
+
+[routes.orders]
+from = ["webhooks"]
+to = ["partner"]
+"#,
+        receiver.addr
+    );
+    let gw = TestGateway::start(&text).await;
+    let url = gw.url("webhooks", "/events");
+    // Two failed attempts open the circuit; the third is refused by it.
+    assert_eq!(post_to(&url, "opens").await.status(), 502);
+    let started = std::time::Instant::now();
+    let resp = post_to(&url, "refused").await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry_after), "Retry-After: {retry_after}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("sink `partner`") && detail.contains("circuit open"),
+        "{detail}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "answered after {elapsed:?}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ferry_sink_fail_fast_total{sink=\"partner\",reason=\"circuit_open\"}"
+        ),
+        1.0
+    );
+    // The target recovers: senders retrying on 503 get through once a probe closed the circuit.
+    receiver.set_status(200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let started = std::time::Instant::now();
+        let status = post_to(&url, &format!("r-{i}")).await.status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe went through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reqwest::get(gw.admin("/readyz")).await.unwrap().status(),
+        200
+    );
+}
+
+/// A broker sink that cannot connect: a sender whose event goes there gets `503` with
+/// `Retry-After` at once, not after the source's ack timeout.
+#[tokio::test]
+async fn a_disconnected_sink_refuses_at_once() {
+    let closed = common::closed_port().await;
+    let text = format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+
+[sources.webhooks]
+type = "http"
+listen = "127.0.0.1:0"
+path = "/events"
+ack_timeout_ms = 5000
+
+[sinks.queue]
+type = "amqp"
+url = "amqp://guest:guest@{closed}/%2f"
+exchange = ""
+routing_key = "nowhere"
+
+[routes.orders]
+from = ["webhooks"]
+to = ["queue"]
+"#
+    );
+    let gw = TestGateway::start(&text).await;
+    let failed_once = || async {
+        let metrics = gw.metrics().await;
+        metric(
+            &metrics,
+            "ferry_sink_connect_failures_total{sink=\"queue\"}",
+        ) >= 1.0
+    };
+    common::until(
+        Duration::from_secs(10),
+        "a failed connection attempt",
+        failed_once,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = post_to(&gw.url("webhooks", "/events"), "down").await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("sink `queue`") && detail.contains("not connected"),
+        "{detail}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "answered after {elapsed:?}"
+    );
 }

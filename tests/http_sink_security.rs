@@ -315,7 +315,16 @@ async fn the_sink_performs_the_handshake_before_delivering() {
 
     // Refused: the sink stays not ready and delivers nothing.
     let gw = sender(&sink("evil.example.com"), &["partner"], "").await;
-    assert_eq!(post(&gw.url("web", "/events"), "h2").await, 504);
+    common::until(Duration::from_secs(10), "a refused handshake", || async {
+        let metrics = gw.metrics().await;
+        common::metric(
+            &metrics,
+            "ferry_sink_connect_failures_total{sink=\"partner\"}",
+        ) >= 1.0
+    })
+    .await;
+    // Known down: refused at once.
+    assert_eq!(post(&gw.url("web", "/events"), "h2").await, 503);
     let body = reqwest::get(gw.admin("/readyz"))
         .await
         .unwrap()

@@ -189,6 +189,7 @@ async fn run<P: Publisher>(publisher: P, mut st: State) {
     // shut down or replaced by a reload, and the entry belongs to its successor.
     while let Some(link) = connect(&publisher, &mut st, lost.take()).await {
         tracing::info!(sink = %st.stats.name, "{} sink connected", P::KIND);
+        st.stats.health.set_connected(true);
         if st.rx_open {
             st.cx.set_ready(&st.stats.name, true);
         }
@@ -199,6 +200,7 @@ async fn run<P: Publisher>(publisher: P, mut st: State) {
                 return;
             }
             Ended::Lost => {
+                st.stats.disconnected();
                 if st.rx_open {
                     st.cx.set_ready(&st.stats.name, false);
                 }
@@ -259,6 +261,7 @@ async fn connect<P: Publisher>(
             Ok(link) => return Some(Arc::new(link)),
             Err(e) => {
                 let next = backoff.next_delay();
+                st.stats.disconnected();
                 tracing::warn!(sink = %st.stats.name, error = %e, retry_in_ms = next.as_millis() as u64, "{} sink cannot connect", P::KIND);
                 delay = Some(next);
             }
@@ -513,6 +516,8 @@ pub(super) struct SinkStats {
     circuit_open: Gauge,
     circuit_rejected: Counter,
     breaker: Option<Breaker>,
+    /// What dispatch reads to refuse events while this sink is known down.
+    pub(super) health: Arc<crate::pipeline::SinkHealth>,
     readiness: crate::health::Readiness,
     retry: Option<RetryConfig>,
     /// How many failed deliveries may wait for their retry: the queue's capacity.
@@ -530,6 +535,7 @@ impl SinkStats {
         let metrics = &cx.metrics;
         let labels = Metrics::sink(name);
         let circuit_open = metrics.circuit_open.get_or_create(&labels).clone();
+        let health = Arc::new(crate::pipeline::SinkHealth::new(metrics, name));
         circuit_open.set(0);
         cx.readiness.remove(&circuit_key(name));
         cx.readiness.remove(&super::stopped_key(name));
@@ -542,12 +548,22 @@ impl SinkStats {
             dead_lettered: metrics.dead_lettered.get_or_create(&labels).clone(),
             circuit_open,
             circuit_rejected: metrics.circuit_rejected.get_or_create(&labels).clone(),
-            breaker: Breaker::new(config.circuit_breaker()),
+            breaker: Breaker::new(config.circuit_breaker())
+                .map(|b| b.reporting_to(Arc::clone(&health))),
+            health,
             readiness: cx.readiness.clone(),
             retry: config.retry().cloned(),
             retry_room: config.queue().max(1),
             dead_letter,
         }
+    }
+
+    /// A connection attempt failed or the link was lost.
+    fn disconnected(&self) {
+        self.health.set_connected(false);
+        (self.metrics.connect_failures)
+            .get_or_create(&Metrics::sink(&self.name))
+            .inc();
     }
 
     fn breaker_moved(&self, transition: Option<Transition>) {

@@ -113,6 +113,10 @@ pub async fn start(
         .get_or_create(&Metrics::sink(&name))
         .set(config.queue() as i64);
     let stats = SinkStats::new(&name, config, cx, dead_letter.map(SinkHandle::downgrade));
+    // Without a spool or a dead-letter sink to take its events while it is down, a sink known
+    // down refuses them at dispatch.
+    let fail_fast =
+        (dead_letter.is_none() && config.spool().is_none()).then(|| Arc::clone(&stats.health));
     let rx = SinkQueue {
         rx,
         name: Arc::clone(&name),
@@ -147,7 +151,11 @@ pub async fn start(
         }
         None => tx,
     };
-    Ok((SinkHandle::new(name, config.kind(), tx), addr))
+    let mut handle = SinkHandle::new(name, config.kind(), tx);
+    if let Some(health) = fail_fast {
+        handle = handle.fail_fast(health);
+    }
+    Ok((handle, addr))
 }
 
 #[cfg(test)]

@@ -517,6 +517,9 @@ async fn ingest(
         IngestError::Dispatch(DispatchError::Overloaded { sink }) => {
             (503, "overloaded", format!("sink `{sink}` is at capacity"))
         }
+        IngestError::Dispatch(DispatchError::Down { sink, .. }) => {
+            (503, "overloaded", format!("sink `{sink}` is down"))
+        }
         IngestError::Dispatch(DispatchError::Closed { sink }) => {
             (503, "overloaded", format!("sink `{sink}` is shutting down"))
         }
