@@ -45,6 +45,10 @@ enum CertsCommand {
         /// Output directory.
         #[arg(long, default_value = "certs/dev")]
         out: PathBuf,
+        /// The CA's name (its subject CN). Give a second CA another name: TLS clients find a
+        /// CA by its name, so two of the same name in one trust bundle confuse them.
+        #[arg(long, default_value = "Ferry development CA")]
+        ca_name: String,
     },
 }
 
@@ -91,22 +95,24 @@ fn main() -> ExitCode {
             Some(base) => check_diff(&args.config, base),
         },
         Command::Probe(args) => probe(&args),
-        Command::Certs(CertsCommand::Dev { out }) => match ferry::certs::generate_dev(&out) {
-            Ok(files) => {
-                for f in files {
-                    println!("wrote {}", f.display());
+        Command::Certs(CertsCommand::Dev { out, ca_name }) => {
+            match ferry::certs::generate(&out, &ca_name, ferry::certs::CLIENT_IDENTITY) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "client certificate identity: {}",
+                        ferry::certs::CLIENT_IDENTITY
+                    );
+                    ExitCode::SUCCESS
                 }
-                println!(
-                    "client certificate identity: {}",
-                    ferry::certs::CLIENT_IDENTITY
-                );
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("error: {}: {e}", out.display());
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {}: {e}", out.display());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
