@@ -166,20 +166,18 @@ fn run_recipe(title: &str) {
     let _ = writeln!(stdin, "kill $(jobs -p) 2>/dev/null; wait; exit 0");
     drop(stdin);
     let group = format!("-{}", bash.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while bash.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (exited_tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = bash.wait();
+        let _ = exited_tx.send(());
+    });
+    let _ = exited.recv_timeout(Duration::from_secs(10));
     for signal in ["-TERM", "-KILL"] {
         let _ = Command::new("kill")
             .args([signal, "--", &group])
             .stderr(Stdio::null())
             .status();
     }
-    let _ = bash.wait();
     if let Some(failure) = failure {
         panic!(
             "recipe {title:?}: {failure}\n--- stderr ---\n{}",
