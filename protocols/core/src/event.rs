@@ -503,11 +503,16 @@ impl EventBuilder {
             validate::media_type("datacontenttype", ct)?;
         }
         if let Some(schema) = &self.dataschema {
-            if legacy {
-                validate::uri_reference("dataschema", schema)?;
-            } else {
-                validate::uri("dataschema", schema)?;
-            }
+            // 0.3's `schemaurl` may be relative; the 1.0 event it is upgraded to cannot hold
+            // that (found by `scripts/fuzz`: Ferry wrote a `ce-dataschema` it then refused).
+            validate::uri("dataschema", schema).map_err(|mut e| {
+                if legacy {
+                    e.message.push_str(
+                        "; a 0.3 schemaurl must be an absolute URI, as 0.3 events are upgraded to 1.0",
+                    );
+                }
+                e
+            })?;
         }
         if let Some(subject) = &self.subject {
             validate::non_empty("subject", subject)?;

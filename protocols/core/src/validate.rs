@@ -124,6 +124,18 @@ pub fn media_type(name: &str, value: &str) -> Result<(), EventError> {
             format!("not a media type (type/subtype): {value:?}"),
         ));
     }
+    // Parameters are tokens and quoted strings (RFC 2045 §5.1): visible ASCII, spaces and
+    // tabs. Anything else could not be carried in a Content-Type header either.
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(EventError::new(
+            name,
+            EventErrorKind::Invalid,
+            format!("a media type is ASCII, its parameters too: {value:?}"),
+        ));
+    }
     Ok(())
 }
 
@@ -177,6 +189,21 @@ pub fn is_text_media_type(media_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz` (http_binary): a `datacontenttype` whose parameters held
+    /// non-ASCII text was accepted in structured mode, and the binary-mode `Content-Type` Ferry
+    /// wrote for it was refused by Ferry's own decoder.
+    #[test]
+    fn fuzz_a_media_type_with_non_ascii_parameters_is_refused() {
+        let e = media_type("datacontenttype", "application/json; charset=ut\u{e9}f-8").unwrap_err();
+        assert_eq!(e.attribute.as_deref(), Some("datacontenttype"));
+        assert!(media_type("datacontenttype", "application/json; charset=utf-8").is_ok());
+        assert!(media_type("datacontenttype", "text/plain; format=\"a b\"").is_ok());
+        assert!(media_type("datacontenttype", "text/plain; x=\u{7f}").is_err());
+        let event = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json; charset=ut\u00e9","data":1}"#;
+        let e = crate::json::decode(event).unwrap_err();
+        assert_eq!(e.attribute.as_deref(), Some("datacontenttype"), "{e}");
+    }
 
     #[test]
     fn names() {

@@ -115,6 +115,17 @@ pub(super) fn read(
             .and_then(from_v4),
     };
     match parsed {
+        // [MQTT-3.3.4-6]; this listener offers none (CONNACK Subscription Identifiers
+        // Available = 0), and rumqttc does not write such a PUBLISH back as it read it.
+        Ok(Packet::Publish(p))
+            if p.properties
+                .as_ref()
+                .is_some_and(|p| !p.subscription_identifiers.is_empty()) =>
+        {
+            Err(ReadError::Malformed(
+                "a PUBLISH from a client carries no Subscription Identifier".into(),
+            ))
+        }
         Ok(packet) if frame.is_empty() => Ok(Some(packet)),
         Ok(_) => Err(ReadError::Malformed("trailing bytes in a packet".into())),
         Err(e) => Err(ReadError::Malformed(e)),
@@ -312,6 +323,35 @@ fn to_v4(packet: &Packet) -> Option<v4::Packet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz` (mqtt_server_packets): a client PUBLISH with Subscription
+    /// Identifiers was accepted, and written back it read as another packet.
+    #[test]
+    fn fuzz_a_client_publish_with_subscription_identifiers_is_refused() {
+        let mut publish = p5::Publish::new("a/b", QoS::AtLeastOnce, "x", None);
+        publish.pkid = 1;
+        publish.properties = Some(p5::PublishProperties {
+            subscription_identifiers: vec![11],
+            ..Default::default()
+        });
+        let mut buf = BytesMut::new();
+        Packet::Publish(publish).write(&mut buf, None).unwrap();
+        match read(Version::V5, &mut buf, 1 << 16) {
+            Err(ReadError::Malformed(m)) => assert!(m.contains("Subscription Identifier"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // The fuzzer's input, whole: every packet read writes back as it read.
+        let input: &[u8] = &[
+            0x3a, 0x09, 0x00, 0x01, 0x86, 0x89, 0x00, 0x01, 0x23, 0x4f, 0x01, 0x3a, 0x23, 0x00,
+            0x01, 0x23, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b,
+            0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b,
+            0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x00, 0x01,
+            0x50, 0x03, 0x00, 0x01, 0x50, 0x03, 0x00, 0x00, 0x80, 0x50, 0x03, 0x00, 0x00, 0x80,
+            0x50, 0x03, 0x01, 0x5c, 0x89, 0x00, 0x42, 0xab, 0x91, 0x1a, 0x80, 0x80, 0x00, 0x23,
+            0x41,
+        ];
+        super::super::fuzz_packets(true, input, 64);
+    }
 
     #[test]
     fn frames_are_counted_whole_and_consumed_on_error() {

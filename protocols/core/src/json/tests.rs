@@ -200,12 +200,23 @@ fn null_attributes_are_absent() {
 
 #[test]
 fn legacy_03_is_upgraded() {
-    let e = decode(br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","schemaurl":"/schema","datacontentencoding":"base64","datacontenttype":"application/octet-stream","data":"AAE="}"#).unwrap();
+    let e = decode(br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","schemaurl":"https://example.com/schema","datacontentencoding":"base64","datacontenttype":"application/octet-stream","data":"AAE="}"#).unwrap();
     assert_eq!(e.specversion(), "1.0");
-    assert_eq!(e.dataschema(), Some("/schema"));
+    assert_eq!(e.dataschema(), Some("https://example.com/schema"));
     assert_eq!(e.data().unwrap().as_bytes(), &[0, 1]);
     let out = String::from_utf8(encode(&e)).unwrap();
     assert!(out.starts_with(r#"{"specversion":"1.0""#));
+}
+
+/// Found by `scripts/fuzz` (http_binary): a relative 0.3 `schemaurl` became a 1.0
+/// `dataschema` that is not an absolute URI, which Ferry wrote and then refused to read.
+#[test]
+fn fuzz_a_relative_03_schemaurl_is_refused() {
+    let e =
+        decode(br#"{"specversion":"0.3","id":"1","source":"/s","type":"t","schemaurl":"/schema"}"#)
+            .unwrap_err();
+    assert_eq!(e.attribute.as_deref(), Some("dataschema"));
+    assert!(e.message.contains("upgraded to 1.0"), "{e}");
 }
 
 #[test]
