@@ -32,6 +32,8 @@ pub mod certs;
 pub mod config;
 pub mod delivery;
 pub mod file_ref;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod key_error;

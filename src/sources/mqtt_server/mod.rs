@@ -483,3 +483,33 @@ mod websocket {
         ))
     }
 }
+
+/// Reads every packet framed in `bytes` (see `crate::fuzzing::mqtt_server_packets`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_packets(v5: bool, bytes: &[u8], max: usize) -> usize {
+    use bytes::BytesMut;
+    let version = if v5 {
+        wire::Version::V5
+    } else {
+        wire::Version::V311
+    };
+    let _ = wire::connect_level(bytes, max);
+    let mut buf = BytesMut::from(bytes);
+    let mut read = 0;
+    while let Ok(Some(packet)) = wire::read(version, &mut buf, max) {
+        read += 1;
+        let mut out = BytesMut::new();
+        wire::write(version, &packet, &mut out);
+        if out.is_empty() {
+            continue;
+        }
+        match wire::read(version, &mut out, usize::MAX) {
+            Ok(Some(again)) => assert_eq!(again, packet, "a written packet reads back the same"),
+            other => panic!(
+                "Ferry cannot read back the {} it wrote: {other:?}",
+                wire::kind(&packet)
+            ),
+        }
+    }
+    read
+}
