@@ -32,10 +32,12 @@ pub fn canonical(event: &ferry_core::CloudEvent) -> String {
             event.dataschema(),
             event.effective_content_type(),
             extensions,
-            event.data().map(|d| {
+            // A binary-mode message with an empty body is an event without data: the binding
+            // cannot carry empty data apart from none.
+            event.data().filter(|d| !d.as_bytes().is_empty()).map(|d| {
                 let json = event
                     .effective_content_type()
-                    .is_some_and(|ct| ct.contains("json"));
+                    .is_some_and(ferry_core::validate::is_json_media_type);
                 if json {
                     d.as_bytes().trim_ascii()
                 } else {

@@ -234,11 +234,24 @@ pub fn encode(event: &CloudEvent, mode: Mode, prefix: HeaderPrefix) -> (BasicPro
             json::encode(event),
         ),
         Mode::Binary => {
-            let mut properties = properties.with_headers(binary_headers(event, prefix));
+            let mut headers = binary_headers(event, prefix);
+            let mut content_type = None;
             if let Some(ct) = event.effective_content_type() {
-                if let Ok(ct) = ShortString::try_new(ct) {
-                    properties = properties.with_content_type(ct);
+                match ShortString::try_new(ct) {
+                    Ok(ct) => content_type = Some(ct),
+                    // Longer than the 255 bytes of a `content-type` property: the attribute
+                    // goes in a header, which readers take when the property is absent.
+                    Err(_) => {
+                        headers.insert(
+                            format!("{}datacontenttype", prefix.as_str()).into(),
+                            value::string(ct),
+                        );
+                    }
                 }
+            }
+            let mut properties = properties.with_headers(headers);
+            if let Some(ct) = content_type {
+                properties = properties.with_content_type(ct);
             }
             let body = event
                 .data()

@@ -524,3 +524,24 @@ fn conformance_vectors() {
     }
     assert_eq!(count, 15);
 }
+
+/// Found by the property tests (`tests/properties.rs`): a `datacontenttype` longer than the
+/// 255 bytes a 0-9-1 `content-type` property holds was dropped from a binary-mode message.
+#[test]
+fn property_a_content_type_too_long_for_the_property_goes_in_a_header() {
+    let ct = format!("text/plain; comment=\"{}\"", "x".repeat(300));
+    let mut event = CloudEvent::new("1", "/s", "t").unwrap();
+    event
+        .set_data(
+            Some(ct.clone()),
+            Some(Data::Binary(Bytes::from_static(b"hi"))),
+        )
+        .unwrap();
+    for prefix in [HeaderPrefix::CloudEvents, HeaderPrefix::Ce] {
+        let (properties, body) = encode(&event, Mode::Binary, prefix);
+        assert!(properties.content_type().is_none());
+        let back = decode(&properties, &body).unwrap();
+        assert_eq!(back.datacontenttype(), Some(ct.as_str()));
+        assert_eq!(back.data().unwrap().as_bytes(), b"hi");
+    }
+}

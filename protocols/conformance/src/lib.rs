@@ -1,6 +1,8 @@
 //! The CloudEvents conformance vectors (`data/`, from cloudevents/conformance, Apache-2.0) and
 //! their loader, shared by every binding's tests.
 
+pub mod arbitrary;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

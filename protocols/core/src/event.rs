@@ -278,6 +278,15 @@ impl Timestamp {
     }
 
     pub(crate) fn parse_owned(text: String) -> Result<Timestamp, EventError> {
+        // The `time` crate also takes a space between date and time (RFC 3339 mentions it as an
+        // application's choice); the grammar (§5.6), and most receivers' parsers, say `T`.
+        if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(EventError::new(
+                "time",
+                EventErrorKind::Invalid,
+                "not an RFC 3339 timestamp (date and time are separated by `T`)",
+            ));
+        }
         time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
             .map_err(|e| {
                 EventError::new(

@@ -5,7 +5,8 @@
 //! survives any number of hops byte for byte. Encoding decides between `data` and
 //! `data_base64` from `datacontenttype` (JSON format §3.1.1):
 //! - JSON data, or bytes that are valid JSON under a JSON media type → `data` as JSON;
-//! - text, or UTF-8 bytes under a textual media type (`text/*`, XML) → `data` as a string;
+//! - text, or UTF-8 bytes under a textual media type (`text/*`, XML) that is not also a JSON
+//!   one (`text/x+json` is JSON) → `data` as a string;
 //! - anything else (including bytes with no `datacontenttype`) → `data_base64`.
 
 use std::borrow::Cow;
@@ -182,34 +183,37 @@ pub fn encode_into(event: &CloudEvent, out: &mut Vec<u8>) {
 }
 
 fn encode_data(content_type: Option<&str>, data: &Data, out: &mut Vec<u8>) {
-    match data {
+    // A media type can be both JSON and textual (`text/x+json`): JSON wins, since that is how
+    // a reader takes a `data` member under it.
+    let json = content_type.is_some_and(is_json_media_type);
+    let bytes = match data {
         Data::Json(raw) => {
             member(out, "data");
             out.extend_from_slice(raw.get().as_bytes());
+            return;
         }
-        Data::Text(text) => {
+        Data::Text(text) if !json => {
             member(out, "data");
             write_str(out, text);
+            return;
         }
-        Data::Binary(bytes) => {
-            let json_ok = content_type.is_some_and(is_json_media_type)
-                && serde_json::from_slice::<&RawValue>(bytes).is_ok();
-            if json_ok {
-                member(out, "data");
-                out.extend_from_slice(bytes.trim_ascii());
-                return;
-            }
-            if content_type.is_some_and(is_text_media_type) {
-                if let Ok(text) = std::str::from_utf8(bytes) {
-                    member(out, "data");
-                    write_str(out, text);
-                    return;
-                }
-            }
-            member(out, "data_base64");
-            write_base64(out, bytes);
+        Data::Text(text) => text.as_bytes(),
+        Data::Binary(bytes) => bytes,
+    };
+    if json && serde_json::from_slice::<&RawValue>(bytes).is_ok() {
+        member(out, "data");
+        out.extend_from_slice(bytes.trim_ascii());
+        return;
+    }
+    if !json && content_type.is_some_and(is_text_media_type) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            member(out, "data");
+            write_str(out, text);
+            return;
         }
     }
+    member(out, "data_base64");
+    write_base64(out, bytes);
 }
 
 fn member(out: &mut Vec<u8>, name: &str) {
@@ -346,7 +350,10 @@ fn decode_data(
         return Ok(());
     }
     let Some(raw) = data else { return Ok(()) };
-    let json = builder.content_type().is_none_or(is_json_media_type);
+    // An invalid `datacontenttype` is the error to report (by `build`), not the data under it.
+    let json = builder.content_type().is_none_or(|ct| {
+        is_json_media_type(ct) || crate::validate::media_type("datacontenttype", ct).is_err()
+    });
     if json {
         builder.set_data(Some(Data::Json(raw)));
         return Ok(());

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::AttributeRef;
+use crate::event::{AttributeRef, Timestamp};
 
 fn err(input: &str) -> EventError {
     decode(input.as_bytes()).expect_err(input)
@@ -217,6 +217,50 @@ fn fuzz_a_relative_03_schemaurl_is_refused() {
             .unwrap_err();
     assert_eq!(e.attribute.as_deref(), Some("dataschema"));
     assert!(e.message.contains("upgraded to 1.0"), "{e}");
+}
+
+/// Found by the property tests (`tests/properties.rs`): an invalid `datacontenttype` with
+/// JSON data was reported as a problem with `data`, not with the attribute that is wrong.
+#[test]
+fn property_an_invalid_datacontenttype_is_named_not_the_data() {
+    let e = err(
+        r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"json","data":false}"#,
+    );
+    assert_eq!(e.attribute.as_deref(), Some("datacontenttype"), "{e}");
+}
+
+/// Found by the property tests: `time` with a space between date and time was accepted (the
+/// `time` crate allows it), and written on to receivers whose RFC 3339 parsers refuse it.
+/// RFC 3339's grammar (§5.6) says `T` (or `t`).
+#[test]
+fn property_a_time_with_a_space_for_the_t_is_refused() {
+    let e = err(
+        r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2024-01-01 00:00:00Z"}"#,
+    );
+    assert_eq!(e.attribute.as_deref(), Some("time"), "{e}");
+    assert!(Timestamp::parse("2024-01-01t00:00:00z").is_ok());
+}
+
+/// Found by `scripts/fuzz` (http_binary): bytes that are not JSON under a media type that is
+/// both textual and JSON (`text/x+json`) were written as a `data` string, which a reader takes
+/// as the JSON text of a string: the payload came back quoted.
+#[test]
+fn fuzz_non_json_bytes_under_a_text_json_media_type_keep_their_bytes() {
+    let mut event = CloudEvent::new("1", "/s", "t").unwrap();
+    event
+        .set_data(
+            Some("text/plain+json".into()),
+            Some(Data::Binary(Bytes::from_static(b"not json"))),
+        )
+        .unwrap();
+    let out = encode(&event);
+    let back = decode(&out).unwrap();
+    assert_eq!(
+        back.data().unwrap().as_bytes(),
+        b"not json",
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[test]
