@@ -3,7 +3,7 @@
 //! `cargo bench --bench filters`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ferry::router::{Filter, FilterConfig, Subject};
+use ferry::router::{DataCache, Filter, FilterConfig, Subject};
 use ferry_core::{CloudEvent, ExtensionValue, TransportMetadata};
 use std::hint::black_box;
 
@@ -33,10 +33,8 @@ fn filter(toml_value: &str) -> Filter {
 fn bench(c: &mut Criterion) {
     let event = event();
     let metadata = TransportMetadata::new();
-    let subject = Subject {
-        event: &event,
-        metadata: &metadata,
-    };
+    let data = DataCache::default();
+    let subject = Subject::new(&event, &metadata, &data);
     let cases = [
         (
             "exact type",

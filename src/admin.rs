@@ -55,6 +55,7 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/-/config", get(config))
         .route("/-/routes", get(routes))
+        .route("/-/routes/explain", axum::routing::post(explain))
         .route("/-/reload", axum::routing::post(reload));
     let state = AdminState {
         registry,
@@ -191,6 +192,39 @@ async fn routes(State(s): State<AdminState>) -> Response {
         .collect();
     axum::Json(serde_json::json!({ "generation": generation.number, "routes": routes }))
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    source: Option<String>,
+    only: Option<String>,
+}
+
+/// Whether each route matches an event, and the first filter that fails if not.
+async fn explain(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<ExplainQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let generation = s.view.generation.load();
+    let only = match q.only.as_deref() {
+        None => false,
+        Some("matching") => true,
+        Some(other) => {
+            return crate::problem::Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`only` is `matching` or absent, not {other:?}"),
+            )
+            .into_response()
+        }
+    };
+    match crate::router::explain(&generation.routes, &body, q.source.as_deref(), only) {
+        Ok(mut answer) => {
+            answer["generation"] = generation.number.into();
+            axum::Json(answer).into_response()
+        }
+        Err(e) => crate::problem::Problem::new(StatusCode::BAD_REQUEST, e).into_response(),
+    }
 }
 
 /// Reloads the config file: `200` with what changed, or `400` with why nothing did.

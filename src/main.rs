@@ -80,6 +80,13 @@ struct CheckArgs {
     /// file, or a running gateway's admin address (`http://127.0.0.1:9090`).
     #[arg(long, value_name = "FILE|URL")]
     diff_against: Option<String>,
+    /// Say for an event (a JSON-format file, or `{"event": …, "source": …, "metadata": …}`)
+    /// whether each route matches, and the first filter that fails if not.
+    #[arg(long, value_name = "EVENT.json")]
+    explain: Option<PathBuf>,
+    /// With `--explain`: only the routes of this source.
+    #[arg(long, requires = "explain")]
+    source: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -90,9 +97,10 @@ fn main() -> ExitCode {
         log_format: None,
     }));
     match command {
-        Command::Check(args) => match &args.diff_against {
-            None => check(&args.config),
-            Some(base) => check_diff(&args.config, base),
+        Command::Check(args) => match (&args.diff_against, &args.explain) {
+            (_, Some(event)) => check_explain(&args.config, event, args.source.as_deref()),
+            (None, None) => check(&args.config),
+            (Some(base), None) => check_diff(&args.config, base),
         },
         Command::Probe(args) => probe(&args),
         Command::Certs(CertsCommand::Dev { out, ca_name }) => {
@@ -177,7 +185,9 @@ fn check(path: &Path) -> ExitCode {
         };
         println!("sink     {name} ({}) {target}", sink.kind());
     }
-    for (name, route) in &config.routes {
+    // Every route of a small config; the first ones of a large one.
+    const LISTED: usize = 50;
+    for (name, route) in config.routes.iter().take(LISTED) {
         let filters = match route.filters.len() {
             0 => "all events".to_owned(),
             1 => "1 filter".to_owned(),
@@ -189,7 +199,94 @@ fn check(path: &Path) -> ExitCode {
             route.to.join(", ")
         );
     }
+    if config.routes.len() > LISTED {
+        println!("route    … and {} more", config.routes.len() - LISTED);
+    }
+    if let Some(stats) = route_index(&config) {
+        println!(
+            "routes   {} (index: {} exact and {} prefix entries; {} evaluated for every event of their source)",
+            stats.routes, stats.exact_entries, stats.prefix_entries, stats.unindexed
+        );
+    }
+    for warning in ferry::router::lint(&config.routes) {
+        eprintln!("warning: {warning}");
+    }
     ExitCode::SUCCESS
+}
+
+/// Prints, for the event in `event`, whether each route matches and why not.
+fn check_explain(path: &Path, event: &Path, source: Option<&str>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = match std::fs::read(event) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {}: {e}", event.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(table) = route_table(&config) else {
+        eprintln!("error: the routes do not compile");
+        return ExitCode::FAILURE;
+    };
+    let answer = match ferry::router::explain(&table, &body, source, false) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {}: {e}", event.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for s in answer["sources"].as_array().into_iter().flatten() {
+        println!("source {}", s["source"].as_str().unwrap_or(""));
+        for r in s["routes"].as_array().into_iter().flatten() {
+            let name = r["route"].as_str().unwrap_or("");
+            if r["matched"].as_bool() == Some(true) {
+                let to: Vec<&str> = r["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                println!("  {name}: matches -> {}", to.join(", "));
+            } else {
+                println!(
+                    "  {name}: no: {} (saw {})",
+                    r["failed"]["filter"].as_str().unwrap_or(""),
+                    r["failed"]["saw"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The route table of a checked config.
+fn route_table(config: &Config) -> Option<ferry::router::RouteTable> {
+    let sinks: std::collections::HashMap<String, usize> = config
+        .sinks
+        .keys()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect();
+    let metrics =
+        ferry::metrics::Metrics::new(&mut prometheus_client::registry::Registry::default());
+    ferry::router::RouteTable::build(
+        &config.routes,
+        &sinks,
+        &metrics,
+        &ferry::router::DedupStore::default(),
+    )
+    .ok()
+}
+
+/// How the routes of a checked config are indexed.
+fn route_index(config: &Config) -> Option<ferry::router::IndexStats> {
+    route_table(config).map(|t| t.stats())
 }
 
 /// Prints the components a reload from `base` to `path` would add, remove or change.

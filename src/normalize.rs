@@ -11,7 +11,9 @@
 //! - `{<name>.<N>}`: the N-th segment (0-based) of a topic (`/`-separated) or a subject or
 //!   routing key (`.`-separated): `{mqtt.topic.1}` of `devices/sensor-17/telemetry` is
 //!   `sensor-17`;
-//! - `{data/<json pointer>}`: a value from a JSON body, e.g. `{data/repository/full_name}`.
+//! - `{data/<json pointer>}`: a value from a JSON body, e.g. `{data/repository/full_name}`;
+//!   `{data.<path>}` is the same written as a route's data path: `{data.repository.full_name}`,
+//!   `{data.commits[0].id}`.
 //!
 //! `id` defaults to the broker's message id when the message has one (stable across
 //! redelivery, so retries can be deduplicated), else a new UUID v7. `time` is the receipt time.
@@ -102,9 +104,10 @@ impl Normalizer {
             extensions,
             uses_body: false,
         };
-        let uses_body = n
-            .templates()
-            .any(|t| t.placeholders().any(|p| p.starts_with("data/")));
+        let uses_body = n.templates().any(|t| {
+            t.placeholders()
+                .any(|p| p.starts_with("data/") || p.starts_with("data."))
+        });
         Ok(Normalizer { uses_body, ..n })
     }
 
@@ -178,7 +181,11 @@ fn lookup<'a>(
     json: Option<&'a serde_json::Value>,
     name: &str,
 ) -> Option<Cow<'a, str>> {
-    if let Some(pointer) = name.strip_prefix("data") {
+    let dotted = name
+        .starts_with("data.")
+        .then(|| crate::router::json_pointer(name))
+        .flatten();
+    if let Some(pointer) = dotted.as_deref().or_else(|| name.strip_prefix("data")) {
         if pointer.starts_with('/') {
             return match json?.pointer(pointer)? {
                 serde_json::Value::String(s) => Some(Cow::Borrowed(s)),

@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::router::{DedupWindow, RouteTable, SinkSet, Subject};
+use crate::router::{DataCache, DedupWindow, RouteTable, SinkSet, Subject};
 
 /// An event with what came with it.
 #[derive(Debug)]
@@ -245,12 +245,10 @@ impl Generation {
         envelopes
             .iter()
             .map(|e| {
+                let data = DataCache::default();
                 self.routes.select(
                     source,
-                    Subject {
-                        event: &e.event,
-                        metadata: &e.metadata,
-                    },
+                    Subject::new(&e.event, &e.metadata, &data),
                     e.routes.as_deref(),
                     !e.span.is_disabled(),
                 )

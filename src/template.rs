@@ -280,8 +280,13 @@ impl Template {
 }
 
 /// Looks up an event attribute for a sink template: `{type}`, `{source}`, `{subject}`, an
-/// extension, … in its canonical string form.
+/// extension, … in its canonical string form; `{data.<path>}` for a member of JSON data.
 pub fn event_attribute<'a>(event: &'a ferry_core::CloudEvent, name: &str) -> Option<Cow<'a, str>> {
+    if name.starts_with("data.") {
+        // `{data.<path>}`: a member of JSON data (parsed for this lookup only).
+        return crate::router::data_text(event, &crate::router::DataCache::default(), name)
+            .map(Cow::Owned);
+    }
     match event.attribute(name)? {
         ferry_core::AttributeRef::Str(s) => Some(Cow::Borrowed(s)),
         other => Some(Cow::Owned(other.to_canonical_string())),
@@ -558,5 +563,21 @@ mod tests {
             t.render_address(&NATS_SUBJECT, Refuse, |_| None),
             Err(RenderError::Missing("subject".into()))
         );
+    }
+
+    #[test]
+    fn sink_templates_read_json_data_paths() {
+        let mut e = ferry_core::CloudEvent::new("1", "/s", "t").unwrap();
+        e.set_data(
+            Some("application/json".into()),
+            Some(ferry_core::Data::json(r#"{"region": "eu", "lines": [{"qty": 2}]}"#).unwrap()),
+        )
+        .unwrap();
+        let t = Template::parse("orders.{data.region}.{data.lines[0].qty}").unwrap();
+        assert_eq!(t.render(|n| event_attribute(&e, n)).unwrap(), "orders.eu.2");
+        assert!(Template::parse("{data.missing}")
+            .unwrap()
+            .render(|n| event_attribute(&e, n))
+            .is_err());
     }
 }

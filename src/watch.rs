@@ -1,5 +1,5 @@
 //! Reload on file changes: watches the directories of the config file and of every file it
-//! references (certificates, keys, JWKS, `file:` secrets), waits for a quiet moment, then
+//! references (certificates, keys, JWKS, `file:` secrets) and the `routes_dir` folder, waits for a quiet moment, then
 //! reloads through the same path as SIGHUP and `POST /-/reload`.
 //!
 //! Directories are watched rather than files, so editors that write a new file and rename it
@@ -28,17 +28,33 @@ fn watched(reloader: &Reloader) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
     let dirs = files
         .iter()
         .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .chain(config.origin.dirs.iter().map(|d| absolute(d)))
         .collect();
     (files, dirs)
+}
+
+/// The folders in which any `*.toml` file counts (`routes_dir`).
+fn watched_dirs(reloader: &Reloader) -> BTreeSet<PathBuf> {
+    reloader
+        .current()
+        .origin
+        .dirs
+        .iter()
+        .map(|d| absolute(d))
+        .collect()
 }
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Whether an event on `path` concerns a watched file (or a Kubernetes volume swap).
-fn relevant(path: &Path, files: &BTreeSet<PathBuf>) -> bool {
-    files.contains(&absolute(path))
+/// Whether an event on `path` concerns a watched file, a `*.toml` file of a watched folder, or
+/// a Kubernetes volume swap.
+fn relevant(path: &Path, files: &BTreeSet<PathBuf>, toml_dirs: &BTreeSet<PathBuf>) -> bool {
+    let path_abs = absolute(path);
+    files.contains(&path_abs)
+        || (path.extension().is_some_and(|x| x == "toml")
+            && path_abs.parent().is_some_and(|d| toml_dirs.contains(d)))
         || path
             .file_name()
             .and_then(|n| n.to_str())
@@ -49,7 +65,7 @@ fn relevant(path: &Path, files: &BTreeSet<PathBuf>) -> bool {
 /// gateway runs on, reloadable by SIGHUP and the admin API).
 pub fn spawn(reloader: Arc<Reloader>, debounce: Duration, shutdown: CancellationToken) {
     let changed = Arc::new(Notify::new());
-    let files = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
+    let files = Arc::new(std::sync::RwLock::new((BTreeSet::new(), BTreeSet::new())));
     let watcher = {
         let changed = Arc::clone(&changed);
         let files = Arc::clone(&files);
@@ -59,7 +75,7 @@ pub fn spawn(reloader: Arc<Reloader>, debounce: Duration, shutdown: Cancellation
                 return;
             }
             let files = files.read().expect("watched files");
-            if event.paths.iter().any(|p| relevant(p, &files)) {
+            if event.paths.iter().any(|p| relevant(p, &files.0, &files.1)) {
                 changed.notify_one();
             }
         })
@@ -86,7 +102,7 @@ pub fn spawn(reloader: Arc<Reloader>, debounce: Duration, shutdown: Cancellation
                     let _ = watcher.unwatch(d);
                 }
                 dirs = now_dirs;
-                *files.write().expect("watched files") = now_files;
+                *files.write().expect("watched files") = (now_files, watched_dirs(&reloader));
 
                 tokio::select! {
                     () = changed.notified() => {}

@@ -61,6 +61,10 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// A folder whose `*.toml` files hold more `[routes.*]` tables (relative to the working
+    /// directory).
+    #[serde(default)]
+    pub routes_dir: Option<std::path::PathBuf>,
     /// Authorisation rules for authenticated principals.
     #[serde(default)]
     pub policies: Vec<crate::security::policy::PolicyConfig>,
@@ -86,9 +90,47 @@ pub struct Origin {
     /// The text as written (before interpolation, so `${SECRET}` stays a reference), with
     /// secret-looking values redacted.
     pub redacted: String,
-    /// The files the config references (certificates, keys, JWKS, secret files) that existed
-    /// when it was read: a file watch reloads when one of them changes.
+    /// The files the config references (certificates, keys, JWKS, secret files, the files of
+    /// `routes_dir`) that existed when it was read: a file watch reloads when one changes.
     pub files: Vec<std::path::PathBuf>,
+    /// Folders in which a `*.toml` file appearing, changing or going reloads (`routes_dir`).
+    pub dirs: Vec<std::path::PathBuf>,
+    /// The file each route of `routes_dir` came from.
+    pub route_files: BTreeMap<String, std::path::PathBuf>,
+}
+
+/// One file of `routes_dir`: `[routes.*]` tables only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    #[serde(default)]
+    routes: BTreeMap<String, RouteConfig>,
+}
+
+/// Deserializes TOML text, locating an error by file, line and key.
+fn deserialize_at<'t, T: serde::de::DeserializeOwned>(
+    text: &'t str,
+    path: &Path,
+    base: &Path,
+) -> Result<(T, toml::de::DeTable<'t>, Vec<std::path::PathBuf>), ConfigError> {
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
+        ConfigError::from_parts(path, text, offset, None, e.message().to_owned())
+    })?;
+    let root = table.get_ref().clone();
+    let de = toml::de::Deserializer::from(table);
+    let (parsed, files) =
+        crate::file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
+    let value: T = parsed.map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+        let mut key = locate::key_of(e.path(), e.inner().message());
+        locate::refine(&root, &mut key, e.inner().message());
+        let (key, offset, message) = locate::component_error(&root, &key).unwrap_or_else(|| {
+            let offset = locate::offset(&root, &key).or_else(|| e.inner().span().map(|s| s.start));
+            (key, offset, e.inner().message().to_owned())
+        });
+        ConfigError::from_parts(path, text, offset, Some(key.join(".")), message)
+    })?;
+    Ok((value, root, files))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -246,33 +288,93 @@ impl Config {
         let raw = text;
         let text = interpolate::interpolate(text, env)
             .map_err(|(offset, message)| ConfigError::at(path, text, offset, None, message))?;
-        let table = toml::de::DeTable::parse(&text).map_err(|e| {
-            let offset = e.span().map(|s| s.start);
-            ConfigError::from_parts(path, &text, offset, None, e.message().to_owned())
-        })?;
-        let root = table.get_ref().clone();
-        let de = toml::de::Deserializer::from(table);
         let base = path.parent().unwrap_or(Path::new("."));
-        let (parsed, files) =
-            crate::file_ref::with_base_dir(base, || serde_path_to_error::deserialize(de));
-        let config: Config = parsed.map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
-            let mut key = locate::key_of(e.path(), e.inner().message());
-            locate::refine(&root, &mut key, e.inner().message());
-            let (key, offset, message) =
-                locate::component_error(&root, &key).unwrap_or_else(|| {
-                    let offset =
-                        locate::offset(&root, &key).or_else(|| e.inner().span().map(|s| s.start));
-                    (key, offset, e.inner().message().to_owned())
-                });
-            ConfigError::from_parts(path, &text, offset, Some(key.join(".")), message)
-        })?;
+        let (mut config, root, mut files): (Config, _, _) = deserialize_at(&text, path, base)?;
+        // `routes_dir`: more routes, each file parsed and located on its own.
+        let mut dirs = Vec::new();
+        let mut route_files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+        let mut route_texts: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
+        if let (Some(dir), true) = (config.routes_dir.clone(), checked) {
+            let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| {
+                    let offset = locate::offset(&root, &["routes_dir".to_owned()]);
+                    ConfigError::from_parts(
+                        path,
+                        &text,
+                        offset,
+                        Some("routes_dir".into()),
+                        format!("cannot read the folder {}: {e}", dir.display()),
+                    )
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            entries.sort();
+            for file in entries {
+                let raw_routes = std::fs::read_to_string(&file)
+                    .map_err(|e| ConfigError::file(&file, format!("cannot read: {e}")))?;
+                let routes_text =
+                    interpolate::interpolate(&raw_routes, env).map_err(|(offset, message)| {
+                        ConfigError::at(&file, &raw_routes, offset, None, message)
+                    })?;
+                let (parsed, routes_root, _): (RoutesFile, _, _) =
+                    deserialize_at(&routes_text, &file, base)?;
+                for (name, route) in parsed.routes {
+                    let earlier = match route_files.get(&name) {
+                        Some(f) => Some(std::path::Path::display(f).to_string()),
+                        None => config
+                            .routes
+                            .contains_key(&name)
+                            .then(|| path.display().to_string()),
+                    };
+                    if let Some(earlier) = earlier {
+                        let key = vec!["routes".to_owned(), name.clone()];
+                        return Err(ConfigError::from_parts(
+                            &file,
+                            &routes_text,
+                            locate::offset(&routes_root, &key),
+                            Some(key.join(".")),
+                            format!(
+                                "route `{name}` is defined twice: in {earlier} and in {}",
+                                file.display()
+                            ),
+                        ));
+                    }
+                    route_files.insert(name.clone(), file.clone());
+                    config.routes.insert(name, route);
+                }
+                files.push(file.clone());
+                route_texts.insert(file, routes_text);
+            }
+            dirs.push(dir);
+        }
         if checked {
             config.check().map_err(|e| {
-                let offset = locate::offset(&root, &e.key);
-                ConfigError::from_parts(path, &text, offset, Some(e.dotted()), e.message)
+                // A route from `routes_dir` is located in its own file.
+                let from_dir = match e.key.as_slice() {
+                    [routes, name, ..] if routes == "routes" => route_files.get(name),
+                    _ => None,
+                };
+                match from_dir.and_then(|f| route_texts.get(f).map(|t| (f, t))) {
+                    Some((file, routes_text)) => {
+                        let offset = toml::de::DeTable::parse(routes_text)
+                            .ok()
+                            .and_then(|t| locate::offset(t.get_ref(), &e.key));
+                        ConfigError::from_parts(
+                            file,
+                            routes_text,
+                            offset,
+                            Some(e.dotted()),
+                            e.message,
+                        )
+                    }
+                    None => {
+                        let offset = locate::offset(&root, &e.key);
+                        ConfigError::from_parts(path, &text, offset, Some(e.dotted()), e.message)
+                    }
+                }
             })?;
         }
-        let mut config = config;
         config.origin = Origin {
             path: path.to_owned(),
             // Over the text and the files it references, so a renewed certificate shows.
@@ -290,6 +392,8 @@ impl Config {
             },
             redacted: redact::redact(raw),
             files,
+            dirs,
+            route_files,
         };
         Ok(config)
     }

@@ -46,7 +46,7 @@ use crate::listener::Peer;
 use crate::metrics::Metrics;
 use crate::pipeline::{Envelope, SharedGeneration};
 use crate::problem::Problem;
-use crate::router::{Filter, FilterConfig, Subject};
+use crate::router::{DataCache, Filter, FilterConfig, Subject};
 use crate::security::principal::Principal;
 use crate::security::source::SourceSecurity;
 
@@ -185,10 +185,8 @@ impl Publisher for Push {
 
 impl Hub {
     fn publish(&self, envelope: &Envelope) {
-        let subject = Subject {
-            event: &envelope.event,
-            metadata: &envelope.metadata,
-        };
+        let data = DataCache::default();
+        let subject = Subject::new(&envelope.event, &envelope.metadata, &data);
         let Ok(subscribers) = self.subscribers.read() else {
             return;
         };

@@ -411,6 +411,9 @@ async fn deliver(
 ) -> Result<u64, (Problem, u64)> {
     let mut metadata = ferry_http::metadata(headers);
     metadata.push_property("principal", principal.to_string());
+    if let Some(peer) = peer {
+        metadata.push_property("peer.ip", peer.addr.ip().to_canonical().to_string());
+    }
     let message = match &state.normalizer {
         // Not a CloudEvent (no ce-specversion, not application/cloudevents…): build one.
         Some(n) if is_raw(headers) => {

@@ -256,6 +256,9 @@ async fn upgrade(
         .then(|| (parts.headers.clone(), parts.uri.query().map(str::to_owned)));
     let mut metadata = ferry_http::metadata(&parts.headers);
     metadata.push_property("principal", principal.to_string());
+    if let Some(peer) = &peer {
+        metadata.push_property("peer.ip", peer.addr.ip().to_canonical().to_string());
+    }
     let ip = peer.map(|p| p.addr.ip());
     let limits = WebSocketConfig::default()
         .max_message_size(Some(state.config.max_message_bytes))

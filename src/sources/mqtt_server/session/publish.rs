@@ -268,6 +268,10 @@ pub(super) async fn deliver(
     );
     metadata.push_property("mqtt.retain", if p.retain { "true" } else { "false" });
     metadata.push_property("principal", identity.principal.to_string());
+    metadata.push_property(
+        "peer.ip",
+        identity.peer.addr.ip().to_canonical().to_string(),
+    );
     let invalid = |reason: String| Refusal {
         code: Code::PayloadFormatInvalid,
         reason,
