@@ -15,25 +15,25 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ferry::metrics::Metrics;
 use ferry::router::{
-    DataCache, DedupStore, FilterConfig, OneOrMany, RouteConfig, RouteTable, Subject,
+    DataCache, DedupStore, FilterConfig, OneOrMany, Pairs, RouteConfig, RouteTable, Subject,
 };
 use ferry_core::{CloudEvent, Data, EventBuilder, TransportMetadata};
 
 fn routes(n: usize) -> BTreeMap<String, RouteConfig> {
     (0..n)
         .map(|i| {
-            let one = |k: &str, v: String| BTreeMap::from([(k.to_owned(), OneOrMany::One(v))]);
+            let one = |k: &str, v: String| Pairs(vec![(k.to_owned(), OneOrMany::One(v))]);
             let mut filters = vec![
                 FilterConfig::Exact(one("type", format!("com.example.t{}", i / 10))),
-                FilterConfig::Prefix(BTreeMap::from([(
+                FilterConfig::Prefix(Pairs(vec![(
                     "source".to_owned(),
                     OneOrMany::Many(vec![format!("/tenant/{}", i % 10), "/all".to_owned()]),
                 )])),
             ];
             if i % 10 == 3 {
-                filters.push(FilterConfig::Numeric(BTreeMap::from([(
+                filters.push(FilterConfig::Numeric(Pairs(vec![(
                     "data.v".to_owned(),
-                    BTreeMap::from([(">=".to_owned(), 0.0)]),
+                    Pairs(vec![(">=".to_owned(), 0.0)]),
                 )])));
             }
             if i % 100 == 7 {

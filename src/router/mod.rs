@@ -17,8 +17,8 @@ use prometheus_client::metrics::counter::Counter;
 pub use dedup::{DedupConfig, DedupStore, DedupWindow};
 pub use explain::explain;
 pub use filter::{
-    data_text, json_pointer, DataCache, Failure, Filter, FilterConfig, Key, OneOrMany, Subject,
-    Test,
+    data_text, json_pointer, DataCache, Failure, Filter, FilterConfig, Key, OneOrMany, Pairs,
+    Subject, Test,
 };
 pub use lint::lint;
 
