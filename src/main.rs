@@ -82,7 +82,7 @@ struct CheckArgs {
     diff_against: Option<String>,
     /// Say for an event (a JSON-format file, or `{"event": …, "source": …, "metadata": …}`)
     /// whether each route matches, and the first filter that fails if not.
-    #[arg(long, value_name = "EVENT.json")]
+    #[arg(long, value_name = "EVENT.json", conflicts_with = "diff_against")]
     explain: Option<PathBuf>,
     /// With `--explain`: only the routes of this source.
     #[arg(long, requires = "explain")]

@@ -347,8 +347,18 @@ impl Filter {
             }
             FilterConfig::EqualsIgnoreCase(p) => each(p, |_, v| {
                 let values = list(v, "equals_ignore_case")?;
+                // Char by char, as events are compared (`str::to_lowercase` turns a final `Σ`
+                // into `ς`, `char::to_lowercase` into `σ`).
                 Ok(Test::IgnoreCase(
-                    values.iter().map(|s| s.to_lowercase().into()).collect(),
+                    values
+                        .iter()
+                        .map(|s| {
+                            s.chars()
+                                .flat_map(char::to_lowercase)
+                                .collect::<String>()
+                                .into()
+                        })
+                        .collect(),
                 ))
             }),
             FilterConfig::Wildcard(p) => each(p, |_, v| {
@@ -656,6 +666,10 @@ impl Pattern {
 
 impl Key {
     pub(crate) fn parse(name: &str) -> Result<Key, String> {
+        // The authenticated principal is metadata of the listening sources, not an extension.
+        if name == "principal" {
+            return Ok(Key::Metadata(name.into()));
+        }
         if let Some(path) = name.strip_prefix("data.") {
             return DataPath::parse(name, path).map(Key::Data);
         }
@@ -937,6 +951,7 @@ mod tests {
         .unwrap();
         let mut m = TransportMetadata::new();
         m.push_property("peer.ip", "10.1.2.3");
+        m.push_property("principal", "user:thermo-7");
         m.push_header("X-Debug", "1");
         (e, m)
     }
@@ -1073,6 +1088,17 @@ mod tests {
             (r#"{ exact = { "data.items[1].sku" = "b" } }"#, "", true),
             (r#"{ exact = { "data.items[2].sku" = "b" } }"#, "", false),
             (r#"{ exact = { "data.tags[0]" = "x" } }"#, "", true),
+            (r#"{ exact = { principal = "user:thermo-7" } }"#, "", true),
+            (
+                r#"{ equals_ignore_case = { subject = "ΟΔΟΣ" } }"#,
+                "οδοσ",
+                true,
+            ),
+            (
+                r#"{ equals_ignore_case = { subject = "ΟΔΟΣ" } }"#,
+                "ΟΔΟΣ",
+                true,
+            ),
             (r#"{ exact = { "data.items" = "x" } }"#, "", false),
             (r#"{ exists = { "data.items[0]" = true } }"#, "", true),
         ];

@@ -9,7 +9,8 @@ use super::{Filter, Key, RouteConfig, Test};
 /// One warning per route that can never match or repeats another; routes in name order.
 pub fn lint(routes: &BTreeMap<String, RouteConfig>) -> Vec<String> {
     let mut out = Vec::new();
-    let mut seen: Vec<(&str, Vec<&str>, &RouteConfig)> = Vec::new();
+    // Routes by their sources and filters (their debug text: filters are not `Hash`).
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for (name, route) in routes {
         let compiled: Result<Vec<Filter>, String> =
             route.filters.iter().map(Filter::compile).collect();
@@ -19,15 +20,14 @@ pub fn lint(routes: &BTreeMap<String, RouteConfig>) -> Vec<String> {
         }
         let mut from: Vec<&str> = route.from.iter().map(String::as_str).collect();
         from.sort_unstable();
-        if let Some((first, _, _)) = seen
-            .iter()
-            .find(|(_, f, r)| *f == from && r.filters == route.filters)
-        {
-            out.push(format!(
-                "route `{name}` has the same sources and filters as route `{first}`: both match the same events (merge their `to` lists)"
-            ));
-        } else {
-            seen.push((name, from, route));
+        match seen.entry(format!("{from:?} {:?}", route.filters)) {
+            std::collections::hash_map::Entry::Occupied(first) => out.push(format!(
+                "route `{name}` has the same sources and filters as route `{}`: both match the same events (merge their `to` lists)",
+                first.get()
+            )),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(name);
+            }
         }
     }
     out

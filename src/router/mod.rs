@@ -469,6 +469,8 @@ mod tests {
 
     const TYPES: [&str; 4] = ["com.a", "com.b", "com.c", "org.d"];
     const SOURCES: [&str; 4] = ["/x", "/x/y", "/x/yz", "/z"];
+    /// Subjects, some non-ASCII: prefix lengths fall inside multi-byte characters.
+    const SUBJECTS: [&str; 4] = ["s1", "s2", "é1", "éé"];
 
     fn leaf() -> impl Strategy<Value = String> {
         let ty = || prop::sample::select(TYPES.to_vec());
@@ -488,8 +490,10 @@ mod tests {
             (0i32..6).prop_map(|n| format!(r#"{{ numeric = {{ priority = {{ ">=" = {n} }} }} }}"#)),
             (0i32..6).prop_map(|n| format!(r#"{{ exact = {{ priority = "{n}" }} }}"#)),
             (0i32..6).prop_map(|n| format!(r#"{{ cesql = "priority > {n}" }}"#)),
-            prop::sample::select(vec!["s1", "s2"])
+            prop::sample::select(SUBJECTS.to_vec())
                 .prop_map(|s| format!(r#"{{ exact = {{ subject = "{s}" }} }}"#)),
+            prop::sample::select(vec!["s", "é", "éé", "x"])
+                .prop_map(|s| format!(r#"{{ prefix = {{ subject = "{s}" }} }}"#)),
             prop::sample::select(vec!["t1", "t2"])
                 .prop_map(|s| format!(r#"{{ exact = {{ "header.x-tenant" = "{s}" }} }}"#)),
         ]
@@ -520,7 +524,7 @@ mod tests {
         (
             prop::sample::select(TYPES.to_vec()),
             prop::sample::select(SOURCES.to_vec()),
-            prop::option::of(prop::sample::select(vec!["s1", "s2"])),
+            prop::option::of(prop::sample::select(SUBJECTS.to_vec())),
             prop::option::of(0i32..6),
             prop::option::of(prop::sample::select(vec!["t1", "t2"])),
         )
