@@ -76,30 +76,13 @@ filters = [{ cidr = { "peer.ip" = "10.0.0.0/8" } }]
 async fn operators_and_data_filters_route_real_requests() {
     let gw = TestGateway::start(OPERATORS).await;
     let url = gw.url("web", "/events");
-    assert_eq!(
-        post(
-            &url,
-            event("warm", "com.example.reading", r#"{"temperature": 35}"#)
-        )
-        .await,
-        202
-    );
-    assert_eq!(
-        post(
-            &url,
-            event("cold", "com.example.reading", r#"{"temperature": 12}"#)
-        )
-        .await,
-        202
-    );
-    assert_eq!(
-        post(
-            &url,
-            event("alarm", "com.example.alarm", r#"{"temperature": "hot"}"#)
-        )
-        .await,
-        202
-    );
+    for (id, ty, data) in [
+        ("warm", "com.example.reading", r#"{"temperature": 35}"#),
+        ("cold", "com.example.reading", r#"{"temperature": 12}"#),
+        ("alarm", "com.example.alarm", r#"{"temperature": "hot"}"#),
+    ] {
+        assert_eq!(post(&url, event(id, ty, data)).await, 202, "{id}");
+    }
     let ids = |name: &str| -> Vec<String> {
         gw.lines(name)
             .iter()
