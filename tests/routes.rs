@@ -16,6 +16,16 @@ fn event(id: &str, ty: &str, data: &str) -> String {
     )
 }
 
+/// `ferry check --config ferry.toml [extra…]` in `dir`.
+fn ferry_check(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(FERRY)
+        .args(["check", "--config", "ferry.toml"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .expect("ferry check runs")
+}
+
 async fn post(url: &str, body: String) -> u16 {
     reqwest::Client::new()
         .post(url)
@@ -258,11 +268,7 @@ path = "b.jsonl"
         "[routes.never]\nfrom = [\"web\"]\nto = [\"b\"]\nfilters = [{ exact = { type = \"x\" } }, { exact = { type = \"y\" } }]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(FERRY)
-        .args(["check", "--config", "ferry.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = ferry_check(dir.path(), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -281,11 +287,7 @@ path = "b.jsonl"
         "[routes.tenant-a]\nfrom = [\"web\"]\nto = [\"b\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(FERRY)
-        .args(["check", "--config", "ferry.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = ferry_check(dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -295,11 +297,7 @@ path = "b.jsonl"
     std::fs::remove_file(routes.join("tenant-c.toml")).unwrap();
 
     std::fs::write(dir.path().join("event.json"), body("com.b")).unwrap();
-    let out = std::process::Command::new(FERRY)
-        .args(["check", "--config", "ferry.toml", "--explain", "event.json"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = ferry_check(dir.path(), &["--explain", "event.json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout,
